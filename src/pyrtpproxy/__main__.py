@@ -1,0 +1,5 @@
+"""``python -m pyrtpproxy``."""
+
+from .cli import main
+
+main()

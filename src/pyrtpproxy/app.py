@@ -1,0 +1,251 @@
+"""Builds the relay from a :class:`Config` and runs it until a signal says stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import logging.handlers
+import os
+import resource
+import signal
+import sys
+
+from . import __version__
+from .config import Config, ControlKind
+from .control.processor import CommandProcessor
+from .control.server import ControlServer
+from .engine.handler import Engine, EngineConfig
+from .engine.ports import PortAllocator
+from .engine.session import Session, Stream
+from .media.relay import MediaConfig, MediaRelay
+from .notify import Notifier
+
+log = logging.getLogger("pyrtpproxy")
+
+SOCKETS_PER_SESSION = 4
+SWEEP_INTERVAL = 1.0
+
+
+def setup_logging(config: Config, daemon: bool) -> None:
+    """stderr in the foreground, syslog when daemonised (rtpproxy's behaviour)."""
+    root = logging.getLogger()
+    root.handlers.clear()
+    handler: logging.Handler
+    if daemon:
+        facility_name = (config.log_facility or "LOG_DAEMON").removeprefix("LOG_").lower()
+        facility = logging.handlers.SysLogHandler.facility_names.get(facility_name, logging.handlers.SysLogHandler.LOG_DAEMON)
+        handler = logging.handlers.SysLogHandler(address="/dev/log", facility=facility)
+        handler.setFormatter(logging.Formatter("pyrtpproxy[%(process)d]: %(levelname)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(config.log_level)
+
+
+def raise_file_limit(config: Config) -> None:
+    """Apply ``-L`` and warn when the limit caps the sessions the port range could hold."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if config.nofile_limit is not None:
+        wanted = config.nofile_limit
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
+        except (ValueError, OSError):
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+            except (ValueError, OSError) as exc:
+                log.warning("cannot set the open-file limit to %d: %s", wanted, exc)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    by_ports = len(config.ports) // 2
+    by_files = int(0.8 * soft / (SOCKETS_PER_SESSION + 1))
+    if by_files < by_ports:
+        log.warning(
+            "open-file limit %d allows about %d sessions, the port range %d; raise it with -L",
+            soft,
+            by_files,
+            by_ports,
+        )
+
+
+def daemonize(config: Config) -> None:
+    """Classic double fork; the parent exits 0 once the child is detached."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    if not config.no_chdir:
+        os.chdir("/")
+    if not config.no_redirect:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+
+
+def write_pidfile(path: str | None) -> None:
+    """Write our pid; ``/dev/null`` (or no path) means no pid file."""
+    if path and path != os.devnull:
+        with open(path, "w", encoding="ascii") as handle:
+            handle.write(f"{os.getpid()}\n")
+
+
+def remove_pidfile(path: str | None) -> None:
+    """Remove the pid file we wrote."""
+    if path and path != os.devnull:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _session_label(session: Session) -> str:
+    return f"call-id={session.call_id.decode('latin-1')!r} tag={session.tag.decode('latin-1')!r}"
+
+
+class Relay:
+    """The running relay: engine, media, control sockets, sweeper, notifier."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._stop: asyncio.Event | None = None
+        self.engine: Engine | None = None
+        self.notifier: Notifier | None = None
+        self.media: MediaRelay | None = None
+
+    def _on_event(self, kind: str, session: Session, detail: str) -> None:
+        level = logging.INFO if kind != "failed" else logging.WARNING
+        log.log(level, "session %s: %s%s", kind, _session_label(session), f" {detail}" if detail else "")
+
+    def _on_latch(self, stream: Stream, kind: str) -> None:
+        leg = stream.leg
+        log.info(
+            "session %s: %s leg %s %s to %s",
+            kind,
+            _session_label(leg.session),
+            leg.side.name,
+            "RTCP" if stream.is_rtcp else "RTP",
+            stream.remote,
+        )
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (or SIGHUP and the last session gone)."""
+        config = self.config
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.media = MediaRelay(loop, MediaConfig(config.tos, config.send_small_twice), self._on_latch)
+        ports = PortAllocator(
+            config.ports, random_order=not config.sequential_ports, reserved=config.reserved_ports()
+        )
+        self.engine = engine = Engine(
+            EngineConfig(
+                ttl=config.ttl,
+                setup_ttl=config.setup_ttl,
+                independent_timers=config.independent_timers,
+                force_asymmetric=config.force_asymmetric,
+                bridge_symmetric=config.bridge_symmetric,
+                addresses=config.addresses,
+                notify_targets=config.notify_targets,
+                record_dir=config.record_dir,
+            ),
+            ports,
+            self.media,
+            self._on_event,
+        )
+        self.notifier = Notifier()
+        processor = CommandProcessor(engine, loop.time)
+        stdio_only = all(s.kind in (ControlKind.STDIO, ControlKind.STDIOC) for s in config.control)
+        server = ControlServer(
+            processor,
+            config.control,
+            uid=config.uid,
+            gid=config.gid,
+            mode=config.socket_mode,
+            on_stdin_eof=self._stdin_eof(stdio_only),
+        )
+        await server.start()
+        self._install_signals(loop)
+        self._drop_privileges()
+        log.info("pyrtpproxy %s started, media ports %d-%d", __version__, config.ports.start, config.ports.stop)
+        sweeper = loop.create_task(self._sweep_forever())
+        try:
+            await self._stop.wait()
+        finally:
+            sweeper.cancel()
+            server.close()
+            for session in list(engine.table):
+                engine._destroy(session, loop.time(), "deleted")
+            self.notifier.close()
+            log.info("pyrtpproxy stopped")
+        return 0
+
+    def _stdin_eof(self, stdio_only: bool) -> object:
+        def on_eof() -> None:
+            graceful = any(s.kind is ControlKind.STDIOC for s in self.config.control)
+            if graceful and not stdio_only:
+                self._begin_draining()
+            else:
+                self.stop()
+
+        return on_eof
+
+    async def _sweep_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.engine is not None and self.notifier is not None
+        deadline = loop.time()
+        while True:
+            deadline += SWEEP_INTERVAL
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            try:
+                for note in self.engine.sweep(loop.time()):
+                    self.notifier.send(note)
+            except Exception:  # the sweeper must survive anything
+                log.exception("sweeper failed")
+            if self.engine.draining and not len(self.engine.table):
+                log.info("last session gone after SIGHUP, exiting")
+                self.stop()
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGTERM, self._on_terminate)
+        loop.add_signal_handler(signal.SIGINT, self._on_terminate)
+        loop.add_signal_handler(signal.SIGHUP, self._begin_draining)
+
+    def _on_terminate(self) -> None:
+        if self._stop is not None and self._stop.is_set():
+            os._exit(1)  # second signal: exit immediately
+        log.info("signal received, shutting down")
+        self.stop()
+
+    def _begin_draining(self) -> None:
+        assert self.engine is not None
+        log.warning("graceful shutdown: new sessions are refused (E99), exiting when the last ends")
+        self.engine.draining = True
+        if not len(self.engine.table):
+            self.stop()
+
+    def stop(self) -> None:
+        """Ask the relay to shut down."""
+        if self._stop is not None:
+            self._stop.set()
+
+    def _drop_privileges(self) -> None:
+        if self.config.gid is not None:
+            os.setgid(self.config.gid)
+        if self.config.uid is not None:
+            os.setuid(self.config.uid)
+
+
+def run(config: Config) -> int:
+    """Run the relay (after optional daemonising); returns the exit status."""
+    import uvloop
+
+    daemon = not config.foreground
+    if daemon:
+        daemonize(config)
+    setup_logging(config, daemon)
+    raise_file_limit(config)
+    write_pidfile(config.pidfile)
+    try:
+        return uvloop.run(Relay(config).run())
+    finally:
+        remove_pidfile(config.pidfile)

@@ -1,0 +1,253 @@
+"""Command line: rtpproxy's short flags (so init scripts carry over) plus readable long ones."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import socket
+import sys
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import (
+    Config,
+    ConfigError,
+    ControlKind,
+    ControlSpec,
+    build_address_plan,
+    default_runtime_dir,
+    parse_log_level,
+)
+from .protocol.capabilities import BASE_VERSION, CAPABILITIES
+
+EPILOG = """\b
+Examples:
+  pyrtpproxy -f -l 203.0.113.10 -s unix:/run/rtpproxy.sock
+  pyrtpproxy -f -l 10.0.0.1/203.0.113.10 -s udp:127.0.0.1:22222 -n tcp:127.0.0.1:9999
+Control sockets (-s): unix:PATH, cunix:PATH, udp:ADDR[:PORT], udp6:ADDR[:PORT],
+tcp:ADDR[:PORT], tcp6:ADDR[:PORT], stdio:, stdioc:, systemd: (UDP default port 22222,
+'*' = all addresses). Signals: TERM/INT stop, HUP stops accepting new sessions and exits
+when the last one ends. See pyrtpproxy(8)."""
+
+
+def _print_capabilities(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(f"Basic version: {BASE_VERSION.decode()}")
+    for cap in CAPABILITIES:
+        if cap.supported:
+            click.echo(f"Extension {cap.date.decode()}: {cap.description}")
+    ctx.exit(0)
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"pyrtpproxy {__version__}")
+        ctx.exit(0)
+
+
+def _print_clock(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo("CLOCK_MONOTONIC")
+        ctx.exit(0)
+
+
+def _resolve_user(spec: str) -> tuple[int, int | None]:
+    user, _, group = spec.partition(":")
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"unknown user {user!r}") from None
+    if not group:
+        return entry.pw_uid, None
+    try:
+        return entry.pw_uid, grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"unknown group {group!r}") from None
+
+
+def _check_bindable(config: Config) -> None:
+    for local in config.addresses.all():
+        family = socket.AF_INET6 if local.ipv6 else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((local.host or ("::" if local.ipv6 else "0.0.0.0"), 0))
+            except OSError as exc:
+                raise ConfigError(f"cannot use listen address {local.host}: {exc.strerror}") from None
+
+
+def _parse_metrics_listen(text: str | None) -> tuple[str, int] | None:
+    if not text:
+        return None
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--metrics-listen wants HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def build_config(opts: dict[str, Any]) -> Config:
+    """Validate options into a :class:`Config` (raises :class:`ConfigError`)."""
+    runtime = default_runtime_dir()
+    sockets = opts["control"] or (f"unix:{runtime}/rtpproxy.sock",)
+    control = tuple(ControlSpec.parse(s) for s in sockets)
+    if not opts["control"] and runtime.startswith("/tmp/") or "pyrtpproxy" in runtime and not opts["control"]:
+        os.makedirs(runtime, mode=0o700, exist_ok=True)
+    uid = gid = None
+    if opts["user"]:
+        uid, gid = _resolve_user(opts["user"])
+    level, facility = parse_log_level(opts["log_level"] or ("DBUG" if opts["foreground"] else "WARN"))
+    ttl = opts["ttl"]
+    pidfile = opts["pidfile"] if opts["pidfile"] is not None else f"{runtime}/rtpproxy.pid"
+    if os.geteuid() == 0 and uid is None and not opts["no_root_check"]:
+        if any(s.kind.datagram for s in control):
+            raise ConfigError(
+                "running as root with a UDP control socket is insecure: use -u USER, or -F to override"
+            )
+    config = Config(
+        control=control,
+        addresses=build_address_plan(tuple(opts["listen"]), tuple(opts["listen6"]), opts["advertise"]),
+        port_min=opts["port_min"],
+        port_max=opts["port_max"],
+        ttl=ttl,
+        setup_ttl=opts["setup_ttl"] if opts["setup_ttl"] is not None else ttl,
+        independent_timers=opts["independent_timers"],
+        tos=opts["tos"],
+        notify_targets=tuple(t.encode() for t in opts["notify"]),
+        foreground=opts["foreground"],
+        pidfile=pidfile,
+        user=opts["user"],
+        uid=uid,
+        gid=gid,
+        socket_mode=int(opts["socket_mode"]) if opts["socket_mode"] is not None else None,
+        nofile_limit=opts["nofile"],
+        log_level=level,
+        log_facility=facility,
+        send_small_twice=opts["twice"],
+        sequential_ports=opts["sequential"],
+        force_asymmetric=opts["force_asymmetric"],
+        bridge_symmetric=opts["bridge_symmetric"],
+        record_dir=opts["record_dir"],
+        spool_dir=opts["spool_dir"],
+        no_chdir=opts["no_chdir"],
+        no_redirect=opts["no_redirect"],
+        metrics_listen=_parse_metrics_listen(opts["metrics_listen"]),
+    )
+    config.validate()
+    _check_bindable(config)
+    return config
+
+
+def _flag(*names: str, help: str) -> Any:
+    return click.option(*names, is_flag=True, default=False, help=help)
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=EPILOG,
+)
+@_flag("-f", "--foreground", help="Stay in the foreground (default: daemonise).")
+@_flag("-F", "no_root_check", help="Allow running as root with a UDP control socket.")
+@click.option("-s", "--control-socket", "control", multiple=True, metavar="SPEC",
+              help="Control socket, repeatable [default: unix:/var/run/rtpproxy.sock as root, "
+                   "else $XDG_RUNTIME_DIR/pyrtpproxy/rtpproxy.sock].")
+@click.option("-l", "--listen", "listen", multiple=True, metavar="ADDR[/ADDR2]",
+              help="IPv4 media address; a/b = bridge mode (internal/external); "
+                   "[label@]ADDR[=ADVERTISED]; repeatable with labels.")
+@click.option("-6", "--listen6", "listen6", multiple=True, metavar="ADDR[/ADDR2]",
+              help="IPv6 media address(es), same syntax as -l.")
+@click.option("-A", "--advertise", "advertise", metavar="ADV[/ADV2]",
+              help="Address(es) to put in replies instead of the bound one (1:1 NAT).")
+@click.option("-m", "--min-port", "port_min", type=int, default=35000, show_default=True,
+              help="Lowest media port.")
+@click.option("-M", "--max-port", "port_max", type=int, default=65000, show_default=True,
+              help="Highest media port.")
+@click.option("-T", "--ttl", "ttl", type=click.IntRange(min=1), default=60, show_default=True,
+              help="Idle timeout of established sessions, seconds.")
+@click.option("-W", "--setup-ttl", "setup_ttl", type=click.IntRange(min=1),
+              help="Timeout of incomplete sessions, seconds [default: -T].")
+@_flag("-i", "independent_timers", help="Time each direction out on its own.")
+@click.option("-t", "--tos", "tos", type=int, default=0xB8, show_default=True,
+              help="IP TOS of media packets (0..255).")
+@click.option("-n", "--notify", "notify", multiple=True, metavar="TARGET",
+              help="Permitted timeout-notification target: unix:PATH, tcp:HOST:PORT, "
+                   "tcp:%%CC_SELF%%:PORT. Repeatable.")
+@click.option("-r", "--record-dir", "record_dir", metavar="DIR",
+              help="Recording directory (recording is not available in this build; R answers E50).")
+@click.option("-S", "--spool-dir", "spool_dir", metavar="DIR", help="Recording spool directory.")
+@_flag("-R", "no_rtcp_record", help="Do not record RTCP.")
+@_flag("-P", "pcap_record", help="Record in pcap format.")
+@_flag("-a", "record_all", help="Record every session.")
+@click.option("-p", "--pidfile", "pidfile", metavar="FILE",
+              help="PID file; /dev/null for none [default: next to the default control socket].")
+@click.option("-u", "--user", "user", metavar="USER[:GROUP]",
+              help="Drop privileges to USER; owner of the control socket.")
+@click.option("-w", "--socket-mode", "socket_mode", type=int, metavar="MODE",
+              help="Control socket mode, as a decimal number (rtpproxy's convention).")
+@click.option("-L", "--nofile", "nofile", type=click.IntRange(min=1), metavar="N",
+              help="Open-file limit (RLIMIT_NOFILE).")
+@click.option("-d", "--log-level", "log_level", metavar="LEVEL[:FACILITY]",
+              help="DBUG, INFO, WARN, ERR or CRIT, with an optional syslog facility "
+                   "[default: DBUG in the foreground, WARN as a daemon].")
+@_flag("-2", "twice", help="Send packets shorter than 128 bytes twice.")
+@_flag("-b", "sequential", help="Allocate ports sequentially instead of at random.")
+@click.option("-c", "sched_policy", type=click.Choice(["fifo", "rr"]),
+              help="Real-time scheduling policy (accepted, not applied).")
+@_flag("-D", "no_chdir", help="Do not chdir to / when daemonising.")
+@click.option("-v", is_flag=True, expose_value=False, is_eager=True, callback=_print_capabilities,
+              help="Print the protocol capabilities and exit.")
+@click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Print the version and exit.")
+@click.option("-C", is_flag=True, expose_value=False, is_eager=True, callback=_print_clock,
+              help="Print the clock source and exit.")
+@_flag("--force_asymmetric", "force_asymmetric", help="Make every session asymmetric.")
+@_flag("--bridge_symmetric", "bridge_symmetric", help="Keep sessions symmetric in bridge mode.")
+@_flag("--no_resolve", "no_resolve", help="Numeric addresses only (always the case here).")
+@_flag("--no_redirect", "no_redirect", help="Keep stdio open when daemonising.")
+@click.option("--nice", "nice", type=int, help="Process niceness.")
+@click.option("--overload_prot", "overload_prot", is_flag=False, flag_value="1", default=None,
+              help="Accepted for compatibility; not applied.")
+@click.option("--config", "config_file", metavar="FILE", help="Accepted for compatibility; ignored.")
+@click.option("--dso", "dso", multiple=True, metavar="MODULE", help="Accepted for compatibility; ignored.")
+@click.option("--metrics-listen", "metrics_listen", metavar="HOST:PORT",
+              help="Serve Prometheus metrics on HOST:PORT (off by default).")
+def relay_command(**opts: Any) -> None:
+    """pyrtpproxy: a media relay for VoIP, a drop-in replacement for rtpproxy.
+
+    A SIP proxy (Kamailio, OpenSIPS, Sippy B2BUA) asks for a public port per call leg over
+    a control socket; the relay learns each party's real address from its first packet and
+    relays RTP and RTCP between them until the call is deleted or goes idle.
+    """
+    try:
+        config = build_config(opts)
+    except ConfigError as exc:
+        click.echo(f"pyrtpproxy: {exc}", err=True)
+        sys.exit(1)
+    if opts["nice"] is not None:
+        os.nice(opts["nice"])
+    from .app import run
+
+    try:
+        sys.exit(run(config))
+    except OSError as exc:
+        click.echo(f"pyrtpproxy: {exc}", err=True)
+        sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point; ``pyrtpproxy ctl ...`` talks to a running relay."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        relay_command.main(args=args, prog_name="pyrtpproxy", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError:
+        sys.exit(0)
+    except click.UsageError as exc:
+        click.echo(exc.ctx.get_usage() if exc.ctx else "", err=True)
+        click.echo(f"pyrtpproxy: {exc.format_message()}", err=True)
+        sys.exit(1)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(1)

@@ -1,0 +1,242 @@
+"""Control socket listeners: unix, cunix, tcp/tcp6, udp/udp6, stdio, systemd.
+
+Framing differs per transport; everything after framing goes through
+:class:`~pyrtpproxy.control.processor.CommandProcessor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import stat
+import sys
+from collections.abc import Callable
+from typing import cast
+
+from ..config import ControlKind, ControlSpec
+from ..engine.handler import RequestContext
+from .processor import MAX_COMMAND, CommandProcessor
+
+log = logging.getLogger("pyrtpproxy.control")
+
+MAX_STREAM_CONNECTIONS = 100
+MAX_LINE = 8192
+LOCAL_CONTEXT = RequestContext("127.0.0.1")
+SYSTEMD_FIRST_FD = 3
+
+
+class OneShotProtocol(asyncio.Protocol):
+    """``unix:``: one read is one command; reply, then close. Never waits for EOF."""
+
+    def __init__(self, processor: CommandProcessor) -> None:
+        self._processor = processor
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(self._processor.handle(data[:MAX_COMMAND], LOCAL_CONTEXT))
+        transport.close()
+        self._transport = None
+
+
+class LineProtocol(asyncio.Protocol):
+    """Persistent stream transports: newline-framed, pipelined, replies in order."""
+
+    def __init__(
+        self, processor: CommandProcessor, connections: set[LineProtocol], on_eof: Callable[[], None] | None = None
+    ) -> None:
+        self._processor = processor
+        self._connections = connections
+        self._on_eof = on_eof
+        self._buffer = bytearray()
+        self._transport: asyncio.WriteTransport | None = None
+        self._context = LOCAL_CONTEXT
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.WriteTransport, transport)
+        if len(self._connections) >= MAX_STREAM_CONNECTIONS:
+            log.warning("too many control connections, closing a new one")
+            transport.close()
+            return
+        self._transport = transport
+        self._connections.add(self)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self._context = RequestContext(str(peer[0]))
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        self._buffer += data
+        replies: list[bytes] = []
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                break
+            line = bytes(self._buffer[:end])
+            del self._buffer[: end + 1]
+            replies.append(self._processor.handle(line, self._context))
+        if replies:
+            transport.write(b"".join(replies))
+        if len(self._buffer) > MAX_LINE:
+            log.warning("control line longer than %d bytes, dropping the connection", MAX_LINE)
+            self._buffer.clear()
+            transport.close()
+
+    def eof_received(self) -> bool | None:
+        if self._on_eof is not None:
+            self._on_eof()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        self._transport = None
+
+
+class DatagramProtocol(asyncio.DatagramProtocol):
+    """``udp:``/``udp6:``: one datagram per command, cookie echoed, retransmissions cached."""
+
+    def __init__(self, processor: CommandProcessor) -> None:
+        self._processor = processor
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if self._transport is None:
+            return
+        reply = self._processor.handle_datagram(data, RequestContext(str(addr[0])))
+        self._transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("control socket error: %s", exc)
+
+
+class ControlServer:
+    """Opens every ``-s`` listener and closes them (removing socket files) on shutdown."""
+
+    def __init__(
+        self,
+        processor: CommandProcessor,
+        specs: tuple[ControlSpec, ...],
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+        mode: int | None = None,
+        on_stdin_eof: Callable[[], None] | None = None,
+    ) -> None:
+        self._processor = processor
+        self._specs = specs
+        self._uid, self._gid, self._mode = uid, gid, mode
+        self._on_stdin_eof = on_stdin_eof
+        self._closers: list[Callable[[], None]] = []
+        self._unix_paths: list[str] = []
+        self._connections: set[LineProtocol] = set()
+
+    async def start(self) -> None:
+        """Bind and listen on every control socket."""
+        for spec in self._specs:
+            await self._open(spec)
+            log.info("listening for commands on %s", spec)
+
+    async def _open(self, spec: ControlSpec) -> None:
+        loop = asyncio.get_running_loop()
+        kind = spec.kind
+        if kind in (ControlKind.UNIX, ControlKind.CUNIX):
+            sock = self._unix_listener(spec.path)
+            factory: Callable[[], asyncio.Protocol] = (
+                (lambda: OneShotProtocol(self._processor))
+                if kind is ControlKind.UNIX
+                else self._line_protocol
+            )
+            server = await loop.create_unix_server(factory, sock=sock)
+            self._closers.append(server.close)
+        elif kind in (ControlKind.TCP, ControlKind.TCP6):
+            family = socket.AF_INET6 if kind.ipv6 else socket.AF_INET
+            host = spec.host or ("::" if kind.ipv6 else "0.0.0.0")
+            server = await loop.create_server(
+                self._line_protocol, host, spec.port, family=family, reuse_address=True
+            )
+            self._closers.append(server.close)
+        elif kind.datagram:
+            family = socket.AF_INET6 if kind.ipv6 else socket.AF_INET
+            host = spec.host or ("::" if kind.ipv6 else "0.0.0.0")
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: DatagramProtocol(self._processor), local_addr=(host, spec.port), family=family
+            )
+            self._closers.append(transport.close)
+        elif kind in (ControlKind.STDIO, ControlKind.STDIOC):
+            await self._open_stdio()
+        elif kind is ControlKind.SYSTEMD:
+            await self._open_systemd()
+
+    def _line_protocol(self) -> LineProtocol:
+        return LineProtocol(self._processor, self._connections)
+
+    def _unix_listener(self, path: str) -> socket.socket:
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            if self._uid is not None or self._gid is not None:
+                os.chown(path, -1 if self._uid is None else self._uid, -1 if self._gid is None else self._gid)
+            if self._gid is not None:
+                os.chmod(path, self._mode if self._mode is not None else 0o755)
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        self._unix_paths.append(path)
+        return sock
+
+    async def _open_stdio(self) -> None:
+        loop = asyncio.get_running_loop()
+        write_transport, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout.buffer)
+
+        class StdioProtocol(LineProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self._transport = write_transport
+
+        protocol = StdioProtocol(self._processor, set(), on_eof=self._on_stdin_eof)
+        await loop.connect_read_pipe(lambda: protocol, sys.stdin.buffer)
+
+    async def _open_systemd(self) -> None:
+        count = int(os.environ.get("LISTEN_FDS", "0"))
+        if os.environ.get("LISTEN_PID") not in (None, str(os.getpid())) or count < 1:
+            raise OSError("systemd: no socket was passed (LISTEN_FDS)")
+        loop = asyncio.get_running_loop()
+        for fd in range(SYSTEMD_FIRST_FD, SYSTEMD_FIRST_FD + count):
+            sock = socket.socket(fileno=fd)
+            if sock.family == socket.AF_UNIX:
+                server = await loop.create_unix_server(self._line_protocol, sock=sock)
+            else:
+                server = await loop.create_server(self._line_protocol, sock=sock)
+            self._closers.append(server.close)
+
+    def close(self) -> None:
+        """Stop listening, drop connections and remove the socket files."""
+        for closer in self._closers:
+            closer()
+        self._closers.clear()
+        for connection in list(self._connections):
+            if connection._transport is not None:
+                connection._transport.close()
+        for path in self._unix_paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self._unix_paths.clear()

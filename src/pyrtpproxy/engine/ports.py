@@ -1,0 +1,101 @@
+"""Media port allocation: even RTP port P with RTCP on P+1, inside the configured range."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+
+
+def port_range(minimum: int, maximum: int) -> range:
+    """Usable RTP ports for ``-m``/``-M``: the minimum rounded up to even, the maximum
+    lowered so that P+1 still fits (odd ``-M`` → ``-M``-1, even → ``-M``-2)."""
+    low = minimum + (minimum & 1)
+    high = maximum - 1 if maximum & 1 else maximum - 2
+    return range(low, high + 1, 2)
+
+
+class PortsExhausted(Exception):
+    """No candidate port could be bound."""
+
+
+class PortAllocator:
+    """Hands out RTP ports; never the same one twice while it is in use.
+
+    ``random_order`` (rtpproxy's default) picks any free port at random so ports are
+    unpredictable; otherwise ports go out sequentially after the last one used (``-b``).
+    Binding is the caller's business: :meth:`allocate` offers candidates to ``try_bind``,
+    which returns False for a port it cannot use (in use elsewhere, say).
+    """
+
+    def __init__(
+        self,
+        ports: range,
+        *,
+        random_order: bool = True,
+        reserved: Iterable[int] = (),
+        rng: random.Random | None = None,
+    ) -> None:
+        skip = set(reserved)
+        self._random = random_order
+        self._rng = rng or random.Random()
+        self._all = [p for p in ports if p not in skip and p + 1 not in skip]
+        self._free = list(self._all)
+        self._free_set = set(self._all)
+        self._known = frozenset(self._all)
+        self._next_index = 0  # sequential mode: where the next search starts in _all
+
+    @property
+    def capacity(self) -> int:
+        """Number of RTP ports in the range."""
+        return len(self._all)
+
+    @property
+    def free(self) -> int:
+        """Number of RTP ports not in use."""
+        return len(self._free_set)
+
+    def in_use(self, port: int) -> bool:
+        """Whether ``port`` is currently allocated."""
+        return port in self._known and port not in self._free_set
+
+    def allocate(self, try_bind: Callable[[int], bool]) -> int:
+        """Return a port that ``try_bind`` accepted; raise :class:`PortsExhausted`."""
+        if self._random:
+            return self._allocate_random(try_bind)
+        return self._allocate_sequential(try_bind)
+
+    def release(self, port: int) -> None:
+        """Give ``port`` back; releasing a port not in use is ignored."""
+        if port in self._known and port not in self._free_set:
+            self._free_set.add(port)
+            self._free.append(port)
+
+    def _allocate_random(self, try_bind: Callable[[int], bool]) -> int:
+        rejected: list[int] = []
+        try:
+            while self._free:
+                i = self._rng.randrange(len(self._free))
+                # swap-remove keeps allocation O(1)
+                self._free[i], self._free[-1] = self._free[-1], self._free[i]
+                port = self._free.pop()
+                if port not in self._free_set:
+                    continue  # stale entry; cannot happen but costs nothing to tolerate
+                if try_bind(port):
+                    self._free_set.discard(port)
+                    return port
+                rejected.append(port)
+            raise PortsExhausted
+        finally:
+            self._free.extend(rejected)
+
+    def _allocate_sequential(self, try_bind: Callable[[int], bool]) -> int:
+        count = len(self._all)
+        for step in range(count):
+            i = (self._next_index + step) % count
+            port = self._all[i]
+            if port in self._free_set and try_bind(port):
+                self._free_set.discard(port)
+                self._free.remove(port)
+                self._next_index = (i + 1) % count
+                return port
+        raise PortsExhausted

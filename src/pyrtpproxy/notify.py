@@ -1,0 +1,155 @@
+"""Timeout notifications (relay-behaviour.md §6): ``tag\\n`` over a persistent stream
+connection per target, reconnecting as needed, with a bounded queue and counted drops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+from .engine.handler import CC_SELF, Notification
+
+log = logging.getLogger("pyrtpproxy.notify")
+
+QUEUE_LIMIT = 1000
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+CONNECT_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class TargetAddress:
+    """Where a notification goes: a Unix socket path or a TCP host and port."""
+
+    path: str | None = None
+    host: str | None = None
+    port: int = 0
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}" if self.path else f"tcp:{self.host}:{self.port}"
+
+
+def resolve_target(target: bytes, source_host: str) -> TargetAddress:
+    """Turn a configured ``-n`` target into an address; ``%%CC_SELF%%`` becomes the host
+    that sent the U command."""
+    text = target.decode("latin-1")
+    if text.startswith("tcp:"):
+        host, _, port = text[4:].rpartition(":")
+        if host == CC_SELF.decode():
+            host = source_host
+        return TargetAddress(host=host.strip("[]"), port=int(port))
+    return TargetAddress(path=text[5:] if text.startswith("unix:") else text)
+
+
+class _Connection:
+    """One target: a queue drained by a task that (re)connects whenever it must."""
+
+    def __init__(self, address: TargetAddress, stats: NotifierStats) -> None:
+        self.address = address
+        self._stats = stats
+        self._queue: deque[bytes] = deque()
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def enqueue(self, line: bytes) -> None:
+        if len(self._queue) >= QUEUE_LIMIT:
+            self._queue.popleft()
+            self._stats.dropped += 1
+            log.warning("notification queue for %s is full, dropped the oldest", self.address)
+        self._queue.append(line)
+        self._wakeup.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            try:
+                await self._deliver_queue()
+                failures = 0
+            except (OSError, asyncio.TimeoutError) as exc:
+                self._stats.failed += 1
+                self._close()
+                delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    log.warning("notification target %s unreachable (%s); retrying", self.address, exc)
+                await asyncio.sleep(delay)
+
+    async def _deliver_queue(self) -> None:
+        if self._writer is None or self._writer.is_closing() or (self._reader and self._reader.at_eof()):
+            self._close()
+            await self._connect()
+        assert self._writer is not None
+        while self._queue:
+            line = self._queue[0]
+            self._writer.write(line)
+            await self._writer.drain()
+            self._queue.popleft()
+            self._stats.sent += 1
+            log.info("notified %s: %r", self.address, line.rstrip(b"\n"))
+
+    async def _connect(self) -> None:
+        if self.address.path is not None:
+            opening = asyncio.open_unix_connection(self.address.path)
+        else:
+            opening = asyncio.open_connection(self.address.host, self.address.port)
+        self._reader, self._writer = await asyncio.wait_for(opening, CONNECT_TIMEOUT)
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = self._reader = None
+
+    def close(self) -> None:
+        self._task.cancel()
+        self._close()
+
+
+@dataclass(slots=True)
+class NotifierStats:
+    """Counters for metrics and logs."""
+
+    sent: int = 0
+    failed: int = 0
+    dropped: int = 0
+
+
+class Notifier:
+    """Delivers :class:`Notification` objects; one persistent connection per target."""
+
+    def __init__(self) -> None:
+        self.stats = NotifierStats()
+        self._connections: dict[TargetAddress, _Connection] = {}
+
+    def send(self, note: Notification) -> None:
+        """Queue ``note`` for delivery (never blocks, never raises for a bad target)."""
+        try:
+            address = resolve_target(note.target, note.source_host)
+        except ValueError:
+            log.error("cannot parse notification target %r", note.target)
+            self.stats.dropped += 1
+            return
+        connection = self._connections.get(address)
+        if connection is None:
+            connection = self._connections[address] = _Connection(address, self.stats)
+        connection.enqueue(note.tag + b"\n")
+
+    @property
+    def queued(self) -> int:
+        """Notifications waiting for delivery."""
+        return sum(c.queued for c in self._connections.values())
+
+    def close(self) -> None:
+        """Stop every connection."""
+        for connection in self._connections.values():
+            connection.close()
+        self._connections.clear()

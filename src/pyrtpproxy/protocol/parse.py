@@ -1,0 +1,455 @@
+"""Parse control-protocol bytes into commands (pure; no I/O).
+
+Check order follows rtpproxy (error-codes.md): tokenising (E5), command letter (E0),
+argument count (E1), forbidden modifiers (E2), misplaced sub-commands (E3), then
+command-specific modifiers and arguments.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .commands import (
+    AddressSpec,
+    Command,
+    Copy,
+    Delete,
+    DeleteAll,
+    GetCounters,
+    Info,
+    Interface,
+    Play,
+    Query,
+    Record,
+    StopPlay,
+    StopRecord,
+    SubCommand,
+    SubDelete,
+    SubLookup,
+    Update,
+    UpdateModifiers,
+    Version,
+    VersionFeature,
+)
+from .errors import ErrorCode, ProtocolError
+
+MAX_TOKENS = 24  # a segment of this many tokens or more is a syntax error
+MAX_SUBCOMMANDS = 15
+SUBCOMMAND_SEPARATOR = b"&&"
+MAX_COUNTER_NAMES = 40  # G accepts at most one name per counter (E1 beyond)
+
+_SEPARATORS = re.compile(rb"[ \t\r\n]+")
+_TRAILING_JUNK = b"\0 \t\r\n"
+
+
+def tokenize(data: bytes) -> list[bytes]:
+    """Split a command into tokens; trailing NUL padding (OpenSIPS 1.9) is ignored."""
+    return [t for t in _SEPARATORS.split(data.rstrip(_TRAILING_JUNK)) if t]
+
+
+def split_cookie(data: bytes) -> tuple[bytes | None, bytes]:
+    """Split a UDP datagram into ``(cookie, command)``; ``(None, b"")`` when empty."""
+    stripped = data.lstrip(b" \t\r\n")
+    match = _SEPARATORS.search(stripped)
+    if match is None:
+        cookie = stripped.rstrip(_TRAILING_JUNK)
+        return (cookie or None), b""
+    return stripped[: match.start()], stripped[match.end() :]
+
+
+def parse(data: bytes, *, bridge_mode: bool = False) -> Command:
+    """Parse one command (without cookie). Raises :class:`ProtocolError`."""
+    tokens = tokenize(data)
+    if not tokens or any(b"\0" in t for t in tokens):
+        raise ProtocolError(ErrorCode.PARSE_1, "empty command or NUL byte")
+    segments = _split_segments(tokens)
+    main, subs = segments[0], segments[1:]
+    word = main[0]
+    letter = word[:1].upper()
+    parser = _PARSERS.get(letter)
+    if parser is None:
+        raise ProtocolError(ErrorCode.CMDUNKN, f"unknown command {word[:1]!r}")
+    return parser(word[1:], main, subs, bridge_mode)
+
+
+def _split_segments(tokens: list[bytes]) -> list[list[bytes]]:
+    segments: list[list[bytes]] = [[]]
+    for token in tokens:
+        if token == SUBCOMMAND_SEPARATOR:
+            segments.append([])
+        else:
+            segments[-1].append(token)
+    if any(not s for s in segments) or len(segments) - 1 > MAX_SUBCOMMANDS:
+        raise ProtocolError(ErrorCode.PARSE_1, "misplaced &&")
+    if any(len(s) >= MAX_TOKENS for s in segments):
+        raise ProtocolError(ErrorCode.PARSE_1, "too many tokens")
+    return segments
+
+
+def _nargs(tokens: list[bytes], low: int, high: int) -> None:
+    if not low <= len(tokens) <= high:
+        raise ProtocolError(ErrorCode.PARSE_NARGS, f"{len(tokens)} tokens, want {low}..{high}")
+
+
+def _no_modifiers(mods: bytes) -> None:
+    if mods:
+        raise ProtocolError(ErrorCode.PARSE_MODS, f"unexpected modifiers {mods!r}")
+
+
+def _no_subcommands(subs: list[list[bytes]]) -> None:
+    if subs:
+        raise ProtocolError(ErrorCode.PARSE_SUBC, "command takes no sub-commands")
+
+
+def _only_chars(mods: bytes, allowed: bytes, code: ErrorCode) -> None:
+    if mods.lower().strip(allowed):
+        raise ProtocolError(code, f"bad modifiers {mods!r}")
+
+
+def _optional(tokens: list[bytes], index: int) -> bytes | None:
+    return tokens[index] if len(tokens) > index else None
+
+
+# --- U / L -----------------------------------------------------------------------------
+
+_IPV4_CHARS = frozenset(b"0123456789.")
+
+
+def _take_address(mods: bytes, pos: int, allow_label: bool) -> tuple[AddressSpec | None, int]:
+    """Read an ``l``/``r`` argument starting at ``pos``; returns (spec or None, new pos)."""
+    if pos < len(mods) and mods[pos : pos + 1] in (b"[", b"{"):
+        closing = b"]" if mods[pos : pos + 1] == b"[" else b"}"
+        end = mods.find(closing, pos + 1)
+        if end < 0 or (closing == b"}" and not allow_label):
+            return None, pos
+        text = mods[pos + 1 : end].decode("latin-1")
+        if closing == b"}":
+            return (AddressSpec(text, is_label=True) if text else None), end + 1
+        try:
+            ipaddress.IPv6Address(text)
+        except ValueError:
+            return None, pos
+        return AddressSpec(text), end + 1
+    end = pos
+    while end < len(mods) and mods[end] in _IPV4_CHARS:
+        end += 1
+    text = mods[pos:end].decode("latin-1")
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return None, pos
+    return AddressSpec(text), end
+
+
+def _take_digits(mods: bytes, pos: int, extra: bytes = b"") -> tuple[bytes, int]:
+    end = pos
+    while end < len(mods) and (0x30 <= mods[end] <= 0x39 or mods[end] in extra):
+        end += 1
+    return mods[pos:end], end
+
+
+def parse_update_modifiers(mods: bytes, bridge_mode: bool) -> UpdateModifiers:
+    """Parse U/L modifiers left to right; the first bad one decides the error code."""
+    asymmetric: bool | None = None
+    weak = ipv6 = new_port = False
+    interfaces: list[Interface] = []
+    repacketize: int | None = None
+    codecs: bytes | None = None
+    local: AddressSpec | None = None
+    remote: AddressSpec | None = None
+    pos = 0
+    while pos < len(mods):
+        char = chr(mods[pos]).lower()
+        pos += 1
+        if char == "a":
+            asymmetric = True
+        elif char == "s":
+            asymmetric = False
+        elif char == "w":
+            weak = True
+        elif char in "ie":
+            if not bridge_mode or len(interfaces) >= 2:
+                code = ErrorCode.PARSE_12 if char == "i" else ErrorCode.PARSE_11
+                raise ProtocolError(code, "i/e needs bridge mode, at most twice")
+            interfaces.append(Interface.INTERNAL if char == "i" else Interface.EXTERNAL)
+        elif char == "6":
+            ipv6 = True
+        elif char == "z":
+            digits, pos = _take_digits(mods, pos)
+            if not digits or not 1 <= int(digits) <= 999:
+                raise ProtocolError(ErrorCode.PARSE_13, "z wants 1..999")
+            repacketize = int(digits)
+        elif char == "c":
+            digits, pos = _take_digits(mods, pos, b",")
+            if not digits or codecs is not None:
+                raise ProtocolError(ErrorCode.PARSE_14, "c wants a payload-type list, once")
+            codecs = digits
+        elif char == "l":
+            local, pos = _take_address(mods, pos, allow_label=True)
+            if local is None:
+                raise ProtocolError(ErrorCode.PARSE_15, "l wants an address or {label}")
+        elif char == "r":
+            remote, pos = _take_address(mods, pos, allow_label=False)
+            if remote is None:
+                raise ProtocolError(ErrorCode.PARSE_16, "r wants an address")
+        elif char == "n":
+            new_port = True
+        else:
+            raise ProtocolError(ErrorCode.INVLARG_5, f"unknown modifier {char!r}")
+    return UpdateModifiers(
+        asymmetric=asymmetric,
+        weak=weak,
+        ipv6=ipv6,
+        interfaces=tuple(interfaces),
+        repacketize_ms=repacketize,
+        codecs=codecs,
+        local_address=local,
+        remote_address=remote,
+        new_port=new_port,
+    )
+
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def url_decode(data: bytes) -> bytes:
+    """Decode ``%XX`` escapes; a ``%`` without two hex digits is ``E10``."""
+    if b"%" not in data:
+        return data
+    out = bytearray()
+    pos = 0
+    while pos < len(data):
+        byte = data[pos]
+        if byte == 0x25:  # '%'
+            pair = data[pos + 1 : pos + 3]
+            if len(pair) != 2 or not all(b in _HEX for b in pair):
+                raise ProtocolError(ErrorCode.PARSE_10, "bad %-escape in notify tag")
+            out.append(int(pair, 16))
+            pos += 3
+        else:
+            out.append(byte)
+            pos += 1
+    return bytes(out)
+
+
+def _parse_update(
+    lookup_only: bool, mods: bytes, tokens: list[bytes], subs: list[list[bytes]], bridge: bool
+) -> Update:
+    _nargs(tokens, 5, 6 if lookup_only else 8)
+    modifiers = parse_update_modifiers(mods, bridge)
+    to_tag = notify_socket = notify_tag = None
+    if len(tokens) in (6, 8):
+        to_tag = tokens[5]
+    if len(tokens) >= 7:
+        notify_socket, notify_tag = tokens[-2], url_decode(tokens[-1])
+    return Update(
+        lookup_only=lookup_only,
+        call_id=tokens[1],
+        addr=tokens[2],
+        port=tokens[3],
+        from_tag=tokens[4],
+        to_tag=to_tag,
+        notify_socket=notify_socket,
+        notify_tag=notify_tag,
+        modifiers=modifiers,
+        subcommands=_parse_subcommands(subs, allow_lookup=not lookup_only, bridge=bridge),
+    )
+
+
+def _parse_subcommands(
+    subs: list[list[bytes]], *, allow_lookup: bool, bridge: bool
+) -> tuple[SubCommand, ...]:
+    parsed: list[SubCommand] = []
+    for tokens in subs:
+        letter, mods = tokens[0][:1].upper(), tokens[0][1:]
+        try:
+            if letter == b"D" and len(tokens) == 1:
+                _only_chars(mods, b"w", ErrorCode.PARSE_SUBC)
+                parsed.append(SubDelete(weak=bool(mods)))
+            elif letter == b"L" and allow_lookup and len(tokens) == 3:
+                modifiers = parse_update_modifiers(mods, bridge)
+                parsed.append(SubLookup(addr=tokens[1], port=tokens[2], modifiers=modifiers))
+            else:
+                raise ProtocolError(ErrorCode.PARSE_SUBC, f"unsupported sub-command {letter!r}")
+        except ProtocolError as exc:
+            raise ProtocolError(ErrorCode.PARSE_SUBC, exc.detail) from exc
+    return tuple(parsed)
+
+
+# --- the other commands ----------------------------------------------------------------
+
+ParserFn = Callable[[bytes, list[bytes], list[list[bytes]], bool], Command]
+
+
+def _parse_u(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool) -> Command:
+    return _parse_update(False, mods, t, subs, bridge)
+
+
+def _parse_l(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool) -> Command:
+    return _parse_update(True, mods, t, subs, bridge)
+
+
+def _parse_d(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool) -> Command:
+    _nargs(t, 3, 4)
+    _no_subcommands(subs)
+    _only_chars(mods, b"w", ErrorCode.PARSE_4)
+    return Delete(call_id=t[1], from_tag=t[2], to_tag=_optional(t, 3), weak=bool(mods))
+
+
+def _parse_r(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool) -> Command:
+    _nargs(t, 3, 4)
+    _no_subcommands(subs)
+    for char in mods.lower():
+        if char == ord("p"):
+            raise ProtocolError(ErrorCode.PARSE_2, "p is not allowed on R")
+        if char != ord("s"):
+            raise ProtocolError(ErrorCode.PARSE_3, f"bad R modifiers {mods!r}")
+    return Record(call_id=t[1], from_tag=t[2], to_tag=_optional(t, 3), single_file=bool(mods))
+
+
+def _parse_n(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool) -> Command:
+    _nargs(t, 3, 4)
+    _no_subcommands(subs)
+    lowered = mods.lower()
+    if lowered and not lowered.startswith(b"a"):
+        raise ProtocolError(ErrorCode.PARSE_3, f"bad N modifiers {mods!r}")
+    if len(lowered) > 1:
+        raise ProtocolError(ErrorCode.PARSE_2, "nothing may follow N's a")
+    return StopRecord(call_id=t[1], from_tag=t[2], to_tag=_optional(t, 3), both=bool(lowered))
+
+
+def _parse_c(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool) -> Command:
+    _nargs(t, 4, 5)
+    _no_subcommands(subs)
+    _only_chars(mods, b"sp", ErrorCode.PARSE_3)
+    lowered = mods.lower()
+    return Copy(
+        call_id=t[1],
+        target=t[2],
+        from_tag=t[3],
+        to_tag=_optional(t, 4),
+        single_file=b"s" in lowered,
+        reply_port=b"p" in lowered,
+    )
+
+
+def _parse_p(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool) -> Command:
+    _nargs(t, 5, 6)
+    _no_subcommands(subs)
+    if mods and not mods.isdigit():
+        raise ProtocolError(ErrorCode.PARSE_6, "P repeat count must be a number")
+    return Play(
+        call_id=t[1],
+        prompt=t[2],
+        codecs=t[3],
+        from_tag=t[4],
+        to_tag=_optional(t, 5),
+        count=int(mods) if mods else 1,
+    )
+
+
+def _parse_s(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool) -> Command:
+    _nargs(t, 3, 4)
+    _no_modifiers(mods)
+    _no_subcommands(subs)
+    return StopPlay(call_id=t[1], from_tag=t[2], to_tag=_optional(t, 3))
+
+
+def _parse_q(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool) -> Command:
+    _nargs(t, 3, 15)
+    bad = bool(mods.lower().strip(b"v"))
+    return Query(
+        call_id=t[1],
+        from_tag=t[2],
+        to_tag=_optional(t, 3),
+        counters=tuple(t[4:]),
+        verbose=bool(mods) and not bad,
+        bad_modifier=bad,
+        subcommands=_parse_subcommands(subs, allow_lookup=False, bridge=bridge),
+    )
+
+
+def _parse_v(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool) -> Command:
+    if mods[:1].upper() == b"F":
+        _nargs(t, 2, 2)
+        _no_modifiers(mods[1:])
+        _no_subcommands(subs)
+        return VersionFeature(date=t[1])
+    _nargs(t, 1, 1)
+    _no_modifiers(mods)
+    _no_subcommands(subs)
+    return Version()
+
+
+def _parse_i(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool) -> Command:
+    _nargs(t, 1, 1)
+    _no_subcommands(subs)
+    _only_chars(mods, b"bl", ErrorCode.PARSE_7)
+    lowered = mods.lower()
+    return Info(brief=b"b" in lowered, load=b"l" in lowered)
+
+
+def _parse_x(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool) -> Command:
+    _nargs(t, 1, 1)
+    _no_modifiers(mods)
+    _no_subcommands(subs)
+    return DeleteAll()
+
+
+def _parse_g(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool) -> Command:
+    _nargs(t, 1, MAX_COUNTER_NAMES + 1)
+    _no_subcommands(subs)
+    _only_chars(mods, b"v", ErrorCode.PARSE_5)
+    return GetCounters(names=tuple(t[1:]), verbose=bool(mods))
+
+
+_PARSERS: dict[bytes, ParserFn] = {
+    b"U": _parse_u,
+    b"L": _parse_l,
+    b"D": _parse_d,
+    b"R": _parse_r,
+    b"N": _parse_n,
+    b"C": _parse_c,
+    b"P": _parse_p,
+    b"S": _parse_s,
+    b"Q": _parse_q,
+    b"V": _parse_v,
+    b"I": _parse_i,
+    b"X": _parse_x,
+    b"G": _parse_g,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MediaAddress:
+    """Where a U/L says its party's media comes from.
+
+    ``endpoint`` is None when the address was silently ignored; ``hold`` is set for the
+    null host (``0.0.0.0``/``::``), which puts the leg on hold and keeps the old address.
+    """
+
+    endpoint: tuple[str, int] | None
+    hold: bool = False
+
+
+IGNORED_ADDRESS = MediaAddress(None)
+
+
+def resolve_media_address(addr: bytes, port: bytes, ipv6: bool) -> MediaAddress:
+    """Resolve U/L's address and port numerically, with rtpproxy's quirks (§5.3 step 5)."""
+    low, high = (2, 45) if ipv6 else (7, 15)
+    if not low <= len(addr) <= high:
+        return IGNORED_ADDRESS
+    try:
+        text = addr.decode("ascii")
+        ip = ipaddress.IPv6Address(text) if ipv6 else ipaddress.IPv4Address(text)
+    except (UnicodeDecodeError, ValueError):
+        raise ProtocolError(ErrorCode.INVLARG_7, f"bad address {addr!r}") from None
+    if not port.isdigit():
+        raise ProtocolError(ErrorCode.INVLARG_7, f"bad port {port!r}")
+    if ip.is_unspecified:
+        return MediaAddress(None, hold=True)
+    return MediaAddress((ip.compressed, int(port) % 65536))
