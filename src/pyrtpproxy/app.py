@@ -9,6 +9,7 @@ import os
 import resource
 import signal
 import sys
+from collections.abc import Callable
 
 from . import __version__
 from .config import Config, ControlKind
@@ -179,7 +180,7 @@ class Relay:
             log.info("pyrtpproxy stopped")
         return 0
 
-    def _stdin_eof(self, stdio_only: bool) -> object:
+    def _stdin_eof(self, stdio_only: bool) -> Callable[[], None]:
         def on_eof() -> None:
             graceful = any(s.kind is ControlKind.STDIOC for s in self.config.control)
             if graceful and not stdio_only:

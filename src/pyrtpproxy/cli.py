@@ -7,7 +7,8 @@ import os
 import pwd
 import socket
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -93,7 +94,7 @@ def build_config(opts: dict[str, Any]) -> Config:
     runtime = default_runtime_dir()
     sockets = opts["control"] or (f"unix:{runtime}/rtpproxy.sock",)
     control = tuple(ControlSpec.parse(s) for s in sockets)
-    if not opts["control"] and runtime.startswith("/tmp/") or "pyrtpproxy" in runtime and not opts["control"]:
+    if runtime != "/var/run" and (not opts["control"] or opts["pidfile"] is None):
         os.makedirs(runtime, mode=0o700, exist_ok=True)
     uid = gid = None
     if opts["user"]:
@@ -140,7 +141,10 @@ def build_config(opts: dict[str, Any]) -> Config:
     return config
 
 
-def _flag(*names: str, help: str) -> Any:
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _flag(*names: str, help: str) -> Callable[[_F], _F]:
     return click.option(*names, is_flag=True, default=False, help=help)
 
 

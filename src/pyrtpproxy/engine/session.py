@@ -8,12 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from .rtp import RtpAnalysis, rtp_header
 
 RELATCH_WINDOW = 10.0  # seconds after U/L during which any RTP source may re-latch
 RELATCH_MAX_SEQ_DISTANCE = 536
+
+
+@runtime_checkable
+class StreamTransport(Protocol):
+    """The media layer's socket(s) of a stream, told when the remote address changes."""
+
+    def remote_changed(self, remote: Endpoint | None) -> None:
+        """Point any per-peer machinery (a connected socket, say) at ``remote``."""
 
 
 class Endpoint(NamedTuple):
@@ -208,14 +216,17 @@ class Stream:
         self.remote = remote
         self.fast_src = None
         self.peer.fast_src = None
+        if isinstance(self.transport, StreamTransport):
+            self.transport.remote_changed(remote)
 
     def signal(self, remote: Endpoint, now: float, asymmetric: bool) -> None:
         """A U/L gave ``remote`` as this stream's party address (relay-behaviour.md §3 rule 4)."""
-        self.signalled_at = now
         if remote == self.remote:
             return
         if self.from_media and not asymmetric:
-            return  # media knows better; the update only opens the re-latch window
+            # media knows better; a later SDP address only opens the re-latch window
+            self.signalled_at = now
+            return
         self.set_remote(remote)
         self.from_media = False
         self.latched = asymmetric

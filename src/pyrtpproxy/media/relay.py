@@ -1,24 +1,23 @@
-"""The data plane: one non-blocking UDP socket per stream, read by the event loop.
+"""The data plane: UDP sockets per stream, read by the event loop.
 
-The per-packet path is deliberately short: when a stream is settled (latched, complete,
-nothing tapping the media) the engine arms ``fast_src``/``fast_dest`` and a packet from
-``fast_src`` costs one comparison, one counter and one ``sendto``. Everything else (first
-packets, latching, a stranger's packets, the once-a-second sample the sweeper forces)
-goes through :meth:`pyrtpproxy.engine.session.Stream.receive`.
+Each stream (a leg's RTP or RTCP port) has an unconnected socket that hears everybody,
+and, once its remote address is known, a second socket on the same port (``SO_REUSEPORT``)
+*connected* to that remote. The kernel hands the connected socket exactly the remote's
+packets, so the settled case needs no address handling at all: ``recv``, count, ``send``
+out of the opposite stream's connected socket. Strangers, first packets, re-latching and
+the once-a-second sample land on the unconnected socket or take the slow path through
+:meth:`pyrtpproxy.engine.session.Stream.receive`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..engine.session import Leg, LocalAddress, Stream
-
-log = logging.getLogger("pyrtpproxy.media")
+from ..engine.session import Endpoint, Leg, LocalAddress, Stream
 
 RECEIVE_BUFFER = 256 * 1024
 MAX_DATAGRAM = 65536
@@ -36,6 +35,78 @@ class MediaConfig:
     send_small_twice: bool = False
 
 
+def _media_socket(local: LocalAddress, port: int, tos: int) -> socket.socket:
+    family = socket.AF_INET6 if local.ipv6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        if local.ipv6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+        sock.bind((local.host or ("::" if local.ipv6 else "0.0.0.0"), port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class StreamSocket:
+    """The sockets of one stream; the engine sees it as ``Stream.transport``."""
+
+    __slots__ = ("connected", "connected_to", "local", "port", "relay", "sock", "stream", "send")
+
+    def __init__(self, relay: MediaRelay, stream: Stream, sock: socket.socket, local: LocalAddress, port: int) -> None:
+        self.relay = relay
+        self.stream = stream
+        self.sock = sock
+        self.local = local
+        self.port = port
+        self.connected: socket.socket | None = None
+        self.connected_to: Endpoint | None = None
+        # send(data) delivers to stream.remote; the opposite stream's fast path calls it
+        self.send: Callable[[bytes], object] = self._send_nowhere
+
+    def _send_nowhere(self, data: bytes) -> None:
+        return None
+
+    def remote_changed(self, remote: Endpoint | None) -> None:
+        """Keep the connected socket aimed at the stream's remote address."""
+        if remote == self.connected_to and self.connected is not None:
+            return
+        if remote is None or remote.port == 0:
+            self._drop_connected()
+            self.send = self._send_nowhere
+            return
+        target = (remote.host, remote.port)
+        try:
+            if self.connected is None:
+                self.connected = _media_socket(self.local, self.port, self.relay.config.tos)
+                self.relay.watch(self.connected, self.relay.connected_reader(self))
+            self.connected.connect(target)
+        except OSError:
+            self._drop_connected()
+            self.send = lambda data: self.sock.sendto(data, target)
+            return
+        self.connected_to = remote
+        self.send = self.connected.send
+
+    def _drop_connected(self) -> None:
+        if self.connected is not None:
+            self.relay.unwatch(self.connected)
+            self.connected = None
+        self.connected_to = None
+
+    def close(self) -> None:
+        """Stop reading and close both sockets."""
+        self._drop_connected()
+        self.relay.unwatch(self.sock)
+        self.send = self._send_nowhere
+
+
 class MediaRelay:
     """Implements the engine's ``MediaOps`` on an asyncio (uvloop) event loop."""
 
@@ -45,8 +116,8 @@ class MediaRelay:
         config: MediaConfig,
         on_latch: LatchListener | None = None,
     ) -> None:
-        self._loop = loop
-        self._config = config
+        self.loop = loop
+        self.config = config
         self._on_latch = on_latch
         self.send_errors = 0
 
@@ -57,7 +128,7 @@ class MediaRelay:
         sockets: list[socket.socket] = []
         try:
             for number in (port, port + 1):
-                sockets.append(self._bind(local, number))
+                sockets.append(self._exclusive_socket(local, number))
         except OSError as exc:
             for sock in sockets:
                 sock.close()
@@ -65,18 +136,17 @@ class MediaRelay:
                 return False
             raise
         self.close_leg(leg)
-        for sock, stream in zip(sockets, leg.streams, strict=True):
-            stream.transport = sock
-            self._loop.add_reader(sock.fileno(), self._reader(stream, sock))
+        for sock, stream, number in zip(sockets, leg.streams, (port, port + 1), strict=True):
+            transport = StreamSocket(self, stream, sock, local, number)
+            stream.transport = transport
+            self.watch(sock, self._unconnected_reader(transport))
         return True
 
     def close_leg(self, leg: Leg) -> None:
         """Stop reading and close the leg's sockets."""
         for stream in leg.streams:
-            sock = stream.transport
-            if isinstance(sock, socket.socket):
-                self._loop.remove_reader(sock.fileno())
-                sock.close()
+            if isinstance(stream.transport, StreamSocket):
+                stream.transport.close()
             stream.transport = None
             stream.fast_src = None
 
@@ -101,43 +171,76 @@ class MediaRelay:
                 return False
             return True
 
-    # --- sockets ---------------------------------------------------------------------
+    # --- sockets and readers ---------------------------------------------------------
 
-    def _bind(self, local: LocalAddress, port: int) -> socket.socket:
+    def _exclusive_socket(self, local: LocalAddress, port: int) -> socket.socket:
+        """A media socket on a port nobody else holds: SO_REUSEPORT is set (for our own
+        connected twin) only after a probe bind without it proved the port free."""
         family = socket.AF_INET6 if local.ipv6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
             if local.ipv6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, self._config.tos)
-            else:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, self._config.tos)
-            sock.bind((local.host or ("::" if local.ipv6 else "0.0.0.0"), port))
-        except OSError:
-            sock.close()
-            raise
-        return sock
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind((local.host or ("::" if local.ipv6 else "0.0.0.0"), port))
+        return _media_socket(local, port, self.config.tos)
 
-    def _reader(self, stream: Stream, sock: socket.socket) -> Callable[[], None]:
-        recvfrom = sock.recvfrom
-        slow = self._slow_path
-        twice = self._config.send_small_twice
-        clock = self._loop.time
+    def watch(self, sock: socket.socket, reader: Callable[[], None]) -> None:
+        """Start calling ``reader`` when ``sock`` is readable."""
+        self.loop.add_reader(sock.fileno(), reader)
+
+    def unwatch(self, sock: socket.socket) -> None:
+        """Stop reading ``sock`` and close it."""
+        if sock.fileno() >= 0:
+            self.loop.remove_reader(sock.fileno())
+        sock.close()
+
+    def connected_reader(self, transport: StreamSocket) -> Callable[[], None]:
+        """Reader of the connected socket: every packet comes from ``connected_to``."""
+        stream = transport.stream
+        connected = transport.connected
+        assert connected is not None
+        recv = connected.recv
         analysis = stream.analysis
+        clock = self.loop.time
+        slow = self._slow_path
+
+        def on_readable() -> None:
+            try:
+                data = recv(MAX_DATAGRAM)
+            except OSError:
+                return  # EAGAIN, or an ICMP error for the peer: nothing to relay
+            source = transport.connected_to
+            if stream.fast_src == source and source is not None:
+                stream.fast_count += 1
+                if analysis is not None:
+                    analysis.feed(data, clock())
+                try:
+                    stream.peer.transport.send(data)  # type: ignore[attr-defined]
+                except OSError:
+                    self.send_errors += 1
+                return
+            if source is not None:
+                slow(stream, data, source)
+
+        return on_readable
+
+    def _unconnected_reader(self, transport: StreamSocket) -> Callable[[], None]:
+        stream = transport.stream
+        recvfrom = transport.sock.recvfrom
+        slow = self._slow_path
+        analysis = stream.analysis
+        clock = self.loop.time
 
         def on_readable() -> None:
             try:
                 data, src = recvfrom(MAX_DATAGRAM)
             except OSError:
-                return  # EAGAIN, or an ICMP error reported on the socket: nothing to relay
-            if src == stream.fast_src and not twice:
+                return
+            if src == stream.fast_src:  # an asymmetric leg's party sending from another port
                 stream.fast_count += 1
                 if analysis is not None:
                     analysis.feed(data, clock())
                 try:
-                    stream.peer.transport.sendto(data, stream.fast_dest)  # type: ignore[attr-defined]
+                    stream.peer.transport.send(data)  # type: ignore[attr-defined]
                 except OSError:
                     self.send_errors += 1
                 return
@@ -146,18 +249,20 @@ class MediaRelay:
         return on_readable
 
     def _slow_path(self, stream: Stream, data: bytes, src: tuple[str, int]) -> None:
-        before = (stream.remote, stream.relatch_count)
-        dest = stream.receive(data, src, self._loop.time())
-        if self._on_latch is not None and (stream.remote, stream.relatch_count) != before:
-            self._on_latch(stream, "re-latched" if stream.relatch_count != before[1] else "latched")
+        before = (stream.remote, stream.latched, stream.relatch_count)
+        dest = stream.receive(data, src, self.loop.time())
+        if self._on_latch is not None and (stream.remote, stream.latched, stream.relatch_count) != before:
+            self._on_latch(stream, "re-latched" if stream.relatch_count != before[2] else "latched")
+        if self.config.send_small_twice:
+            stream.fast_src = None  # every packet needs the duplicate check below
         if dest is None:
             return
         out = stream.peer.transport
-        if not isinstance(out, socket.socket):
+        if not isinstance(out, StreamSocket):
             return
         try:
-            out.sendto(data, dest)
-            if self._config.send_small_twice and len(data) < SMALL_PACKET:
-                out.sendto(data, dest)
+            out.send(data)
+            if self.config.send_small_twice and len(data) < SMALL_PACKET:
+                out.send(data)
         except OSError:
             self.send_errors += 1
