@@ -6,6 +6,7 @@ sockets and the relay can bind ports synchronously while a command runs.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -220,8 +221,12 @@ class Engine:
             self._apply_update(session, reply_leg, addr_leg, mods, media, now, created)
         except ProtocolError:
             if created:
-                self._destroy(session, now, "failed")
+                self._discard(session)
             raise
+        if created:
+            self.table.add(session)
+            self.counters.nsess_created += 1
+            self._on_event("created", session, "")
         if not cmd.lookup_only:
             self._set_notify(session, cmd, ctx)
         reply = self._port_reply(reply_leg)
@@ -237,11 +242,16 @@ class Engine:
         # the first i/e is the offerer's side (leg B), the second the answerer's (leg A)
         b.local = self.config.addresses.pick(mods.ipv6, interfaces[0])
         a.local = self.config.addresses.pick(mods.ipv6, interfaces[1])
-        self.table.add(session)
-        self.counters.nsess_created += 1
         session.reset_ttl(self.config.setup_ttl)
-        self._on_event("created", session, "")
         return session
+
+    def _discard(self, session: Session) -> None:
+        """Undo a session whose creating U failed: it never existed for the counters."""
+        for leg in session.legs:
+            self.media.close_leg(leg)
+            if leg.port:
+                self.ports.release(leg.port)
+        self._on_event("failed", session, "")
 
     def _apply_update(
         self,
@@ -289,7 +299,7 @@ class Engine:
         assert mods.remote_address is not None
         remote = mods.remote_address.text
         ipv6 = ":" in remote
-        host = self.media.source_address_for(remote, ipv6)
+        host = self.media.source_address_for(remote, ipv6) if _numeric(remote) else None
         if host is None:
             raise ProtocolError(ErrorCode.INVLARG_2, f"no local address towards {remote}")
         return self._configured(host) or LocalAddress(host, ipv6=ipv6)
@@ -304,7 +314,7 @@ class Engine:
         if configured is not None:
             return configured
         family_v6 = ":" in spec.text
-        if self.media.is_local_address(spec.text, family_v6):
+        if _numeric(spec.text) and self.media.is_local_address(spec.text, family_v6):
             return LocalAddress(spec.text, ipv6=family_v6)
         raise ProtocolError(ErrorCode.INVLARG_1, f"{spec.text} is not a local address")
 
@@ -317,12 +327,16 @@ class Engine:
     def _allocate(self, leg: Leg, new_session: bool) -> None:
         assert leg.local is not None
         local = leg.local
+        old = leg.port
         if leg.port:
             self.media.close_leg(leg)
             self.ports.release(leg.port)
             leg.port = 0
         try:
-            leg.port = self.ports.allocate(lambda port: self.media.open_leg(leg, local, port))
+            # ``n`` asks for a new port: never hand the old one straight back
+            leg.port = self.ports.allocate(
+                lambda port: port != old and self.media.open_leg(leg, local, port)
+            )
         except PortsExhausted:
             code = ErrorCode.LSTFAIL_2 if new_session else ErrorCode.LSTFAIL_1
             raise ProtocolError(code, "no free media port") from None
@@ -467,6 +481,7 @@ class Engine:
         if cmd.bad_modifier:
             raise ProtocolError(ErrorCode.PARSE_8, "bad Q modifier")
         session, side = found
+        self._tick(session)  # packets since the last sweep have already reset the timer
         values = _session_values(session, side)
         names = cmd.counters or _DEFAULT_QUERY
         parts: list[bytes] = []
@@ -524,7 +539,8 @@ class Engine:
             b"active sessions: %d" % active,
             b"active streams: %d" % (2 * active),
             b"packets received: %d" % values["npkts_rcvd"],
-            b"packets transmitted: %d" % (int(values["npkts_relayed"]) + int(values["npkts_played"])),
+            b"packets transmitted: %d"
+            % (int(values["npkts_relayed"]) + int(values["npkts_played"])),
         ]
         if cmd.load:
             lines.append(b"average load: 0.000000")
@@ -554,6 +570,15 @@ class Engine:
 
 
 _DEFAULT_QUERY = (b"ttl", b"npkts_ina", b"npkts_ino", b"nrelayed", b"ndropped")
+
+
+def _numeric(host: str) -> bool:
+    """A numeric IPv4/IPv6 address (``l``/``r`` never trigger name lookups)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _strip_scheme(name: bytes) -> bytes:

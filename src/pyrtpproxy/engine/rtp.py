@@ -26,11 +26,12 @@ class RtpAnalysis:
     inter-packet gaps and interarrival jitter. Fed with ``(packet, arrival time)``."""
 
     __slots__ = (
+        "_bad_seq",
         "_base_seq",
         "_cycles",
         "_expected_before",
-        "_jitter_sum",
         "_jitter_samples",
+        "_jitter_sum",
         "_last_arrival",
         "_last_transit",
         "_max_seq",
@@ -56,6 +57,7 @@ class RtpAnalysis:
         self.jitter_max = 0.0
         self._jitter_sum = 0.0
         self._jitter_samples = 0
+        self._bad_seq: int | None = None
         self._base_seq = 0
         self._max_seq = 0
         self._cycles = 0
@@ -103,6 +105,8 @@ class RtpAnalysis:
         """RFC 3550 A.1, simplified: True when the packet counts as received."""
         delta = (seq - self._max_seq) % SEQ_MOD
         extended = self._cycles + seq
+        if delta >= SEQ_MOD - MAX_MISORDER and seq > self._max_seq:
+            extended -= SEQ_MOD  # a late packet from before the last wrap
         if delta == 0 or (delta >= SEQ_MOD - MAX_MISORDER and extended in self._seen):
             self.dups += 1
             return False
@@ -112,7 +116,12 @@ class RtpAnalysis:
                 extended = self._cycles + seq
             self._max_seq = seq
         elif delta < SEQ_MOD - MAX_MISORDER:
-            # a big jump: treat as a restart of the sequence (the source was reset)
+            # a big jump: a restart of the sequence (the source was reset) only when the
+            # next packet follows on; a single stray or very late packet is not counted
+            if seq != self._bad_seq:
+                self._bad_seq = (seq + 1) % SEQ_MOD
+                return False
+            self._bad_seq = None
             self._expected_before = self.expected
             self._base_seq = seq
             self._max_seq = seq

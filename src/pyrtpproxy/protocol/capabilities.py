@@ -18,12 +18,14 @@ class Capability:
 
 
 # Order and descriptions follow rtpproxy's `-v` listing so operators recognise them.
+# ``supported`` is True only for what really works in this build: clients switch features
+# on from these answers (recording, copying and re-packetization are not available).
 CAPABILITIES: tuple[Capability, ...] = (
     Capability(b"20040107", "Basic RTP proxy functionality", True),
     Capability(b"20050322", "Support for multiple RTP streams and MOH", True),
     Capability(b"20060704", "Support for extra parameter in the V command", True),
     Capability(b"20071116", "Support for RTP re-packetization", False),
-    Capability(b"20071218", "Support for forking (copying) RTP stream", True),
+    Capability(b"20071218", "Support for forking (copying) RTP stream", False),
     Capability(b"20080403", "Support for RTP statistics querying", True),
     Capability(b"20081102", "Support for setting codecs in the update/lookup command", True),
     Capability(b"20081224", "Support for session timeouts notification", True),
@@ -34,12 +36,14 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability(b"20150330", "Support for allocating a new port (\"Un\"/\"Ln\")", True),
     Capability(b"20150420", "Support for SEQ tracking and new rtpa_ counters; Q command extended", True),
     Capability(b"20150617", "Support for the wildcard %%CC_SELF%% as a disconnect notify target", True),
-    Capability(b"20191015", "Support for the && sub-command specifier", True),
-    Capability(b"20200226", "Support for the N command to stop recording", True),
+    # && D and && L work, but module sub-commands (OpenSIPS DTMF: M3:1 ...) do not, so
+    # clients must not be told sub-commands are available.
+    Capability(b"20191015", "Support for the && sub-command specifier", False),
+    Capability(b"20200226", "Support for the N command to stop recording", False),
     Capability(b"20230205", "Support for rtpa_nlost counter; catch_dtmf h modifier", False),
     Capability(b"20230314", "Support for for \"fusing\" G and D commands", True),
     Capability(b"20230424", "Support for longest_ipi, rtpa_jlast, rtpa_jmax and rtpa_javg", True),
-    Capability(b"20250523", "Support for the p modifier in the C command", True),
+    Capability(b"20250523", "Support for the p modifier in the C command", False),
     Capability(b"20251015", "Support for changing ttl/tos via the S sub-command", False),
     Capability(b"20260306", "Support for address labels l{label} in U/L", True),
     Capability(b"20260308", "Support for single-shot U ... && L ...", True),

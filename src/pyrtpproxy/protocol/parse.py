@@ -126,13 +126,11 @@ def _take_address(mods: bytes, pos: int, allow_label: bool) -> tuple[AddressSpec
         if end < 0 or (closing == b"}" and not allow_label):
             return None, pos
         text = mods[pos + 1 : end].decode("latin-1")
-        if closing == b"}":
-            return (AddressSpec(text, is_label=True) if text else None), end + 1
-        try:
-            ipaddress.IPv6Address(text)
-        except ValueError:
+        if not text:
             return None, pos
-        return AddressSpec(text), end + 1
+        # a bracketed address is syntactically fine; whether it is usable (E31/E32) is
+        # decided when it is used (verified: Ul[1:2:3:4:5] → E31, Ur[1:2:3:4:5] → E32)
+        return AddressSpec(text, is_label=closing == b"}"), end + 1
     end = pos
     while end < len(mods) and mods[end] in _IPV4_CHARS:
         end += 1
@@ -149,6 +147,15 @@ def _take_digits(mods: bytes, pos: int, extra: bytes = b"") -> tuple[bytes, int]
     while end < len(mods) and (0x30 <= mods[end] <= 0x39 or mods[end] in extra):
         end += 1
     return mods[pos:end], end
+
+
+def _decimal(digits: bytes, cap: int) -> int:
+    """``digits`` as an int saturating at ``cap``, without converting huge numbers
+    (Python refuses strings of more than 4300 digits)."""
+    significant = digits.lstrip(b"0")
+    if len(significant) > len(str(cap)):
+        return cap
+    return min(int(significant or b"0"), cap)
 
 
 def parse_update_modifiers(mods: bytes, bridge_mode: bool) -> UpdateModifiers:
@@ -179,9 +186,9 @@ def parse_update_modifiers(mods: bytes, bridge_mode: bool) -> UpdateModifiers:
             ipv6 = True
         elif char == "z":
             digits, pos = _take_digits(mods, pos)
-            if not digits or not 1 <= int(digits) <= 999:
+            repacketize = _decimal(digits, 1000)
+            if not digits or not 1 <= repacketize <= 999:
                 raise ProtocolError(ErrorCode.PARSE_13, "z wants 1..999")
-            repacketize = int(digits)
         elif char == "c":
             digits, pos = _take_digits(mods, pos, b",")
             if not digits or codecs is not None:
@@ -347,7 +354,7 @@ def _parse_p(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool)
         codecs=t[3],
         from_tag=t[4],
         to_tag=_optional(t, 5),
-        count=int(mods) if mods else 1,
+        count=_decimal(mods, 2**31 - 1) if mods else 1,
     )
 
 
@@ -452,4 +459,5 @@ def resolve_media_address(addr: bytes, port: bytes, ipv6: bool) -> MediaAddress:
         raise ProtocolError(ErrorCode.INVLARG_7, f"bad port {port!r}")
     if ip.is_unspecified:
         return MediaAddress(None, hold=True)
-    return MediaAddress((ip.compressed, int(port) % 65536))
+    # 10**16 is a multiple of 65536, so the last 16 digits decide the wrapped port
+    return MediaAddress((ip.compressed, int(port[-16:]) % 65536))
