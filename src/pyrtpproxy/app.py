@@ -19,6 +19,7 @@ from .engine.handler import Engine, EngineConfig
 from .engine.ports import PortAllocator
 from .engine.session import Session, Stream
 from .media.relay import MediaConfig, MediaRelay
+from .metrics import EventCounts, RelayMetrics
 from .notify import Notifier
 
 log = logging.getLogger("pyrtpproxy")
@@ -113,12 +114,16 @@ class Relay:
         self.engine: Engine | None = None
         self.notifier: Notifier | None = None
         self.media: MediaRelay | None = None
+        self.events = EventCounts()  # latch/end counts for metrics, fed by the hooks below
+        self.metrics: RelayMetrics | None = None
 
     def _on_event(self, kind: str, session: Session, detail: str) -> None:
+        self.events.session_event(kind, session)
         level = logging.INFO if kind != "failed" else logging.WARNING
         log.log(level, "session %s: %s%s", kind, _session_label(session), f" {detail}" if detail else "")
 
     def _on_latch(self, stream: Stream, kind: str) -> None:
+        self.events.latch(stream, kind)
         leg = stream.leg
         log.info(
             "session %s: %s leg %s %s to %s",
@@ -154,7 +159,13 @@ class Relay:
             self._on_event,
         )
         self.notifier = Notifier()
-        processor = CommandProcessor(engine, loop.time)
+        if config.metrics_listen is not None:
+            self.metrics = RelayMetrics(engine, self.notifier, self.events, loop)
+            host, port = self.metrics.serve(*config.metrics_listen)
+            log.info("serving metrics on http://%s:%d/metrics", host, port)
+            processor = CommandProcessor(engine, loop.time, self.metrics.observe)
+        else:
+            processor = CommandProcessor(engine, loop.time)
         stdio_only = all(s.kind in (ControlKind.STDIO, ControlKind.STDIOC) for s in config.control)
         server = ControlServer(
             processor,
@@ -177,6 +188,8 @@ class Relay:
             for session in list(engine.table):
                 engine._destroy(session, loop.time(), "deleted")
             self.notifier.close()
+            if self.metrics is not None:
+                self.metrics.close()
             log.info("pyrtpproxy stopped")
         return 0
 

@@ -243,6 +243,11 @@ def relay_command(**opts: Any) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point; ``pyrtpproxy ctl ...`` talks to a running relay."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["ctl"]:
+        from .ctl import main as ctl_main
+
+        ctl_main(args[1:])
+        return
     try:
         relay_command.main(args=args, prog_name="pyrtpproxy", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError:

@@ -47,18 +47,18 @@ class _Connection:
     def __init__(self, address: TargetAddress, stats: NotifierStats) -> None:
         self.address = address
         self._stats = stats
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[tuple[bytes, bytes]] = deque()  # (line, call-id for the log)
         self._wakeup = asyncio.Event()
         self._writer: asyncio.StreamWriter | None = None
         self._reader: asyncio.StreamReader | None = None
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def enqueue(self, line: bytes) -> None:
+    def enqueue(self, line: bytes, call_id: bytes = b"") -> None:
         if len(self._queue) >= QUEUE_LIMIT:
             self._queue.popleft()
             self._stats.dropped += 1
             log.warning("notification queue for %s is full, dropped the oldest", self.address)
-        self._queue.append(line)
+        self._queue.append((line, call_id))
         self._wakeup.set()
 
     @property
@@ -90,12 +90,17 @@ class _Connection:
             await self._connect()
         assert self._writer is not None
         while self._queue:
-            line = self._queue[0]
+            line, call_id = self._queue[0]
             self._writer.write(line)
             await self._writer.drain()
             self._queue.popleft()
             self._stats.sent += 1
-            log.info("notified %s: %r", self.address, line.rstrip(b"\n"))
+            log.info(
+                "session notified: call-id=%r tag=%r to %s",
+                call_id.decode("latin-1"),
+                line.rstrip(b"\n").decode("latin-1"),
+                self.address,
+            )
 
     async def _connect(self) -> None:
         if self.address.path is not None:
@@ -141,7 +146,7 @@ class Notifier:
         connection = self._connections.get(address)
         if connection is None:
             connection = self._connections[address] = _Connection(address, self.stats)
-        connection.enqueue(note.tag + b"\n")
+        connection.enqueue(note.tag + b"\n", note.call_id)
 
     @property
     def queued(self) -> int:

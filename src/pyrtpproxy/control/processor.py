@@ -11,6 +11,7 @@ from ..engine.handler import Engine, RequestContext
 from ..protocol.commands import Update
 from ..protocol.errors import ErrorCode, ProtocolError
 from ..protocol.parse import parse, split_cookie
+from . import introspect
 
 log = logging.getLogger("pyrtpproxy.control")
 
@@ -71,10 +72,15 @@ class CommandProcessor:
         started = time.perf_counter()
         kind = "?"
         try:
-            command = parse(data[:MAX_COMMAND], bridge_mode=self._bridge)
-            kind = type(command).__name__
-            body = self._engine.execute(command, self._clock(), ctx)
-            failed = isinstance(command, Update) and command.lookup_only and body == b"0"
+            extension = introspect.match(data[:MAX_COMMAND])  # Zsessions, docs/ctl.md
+            if extension is not None:
+                kind, failed = "Introspect", False
+                body = introspect.sessions_reply(self._engine, *extension, self._clock())
+            else:
+                command = parse(data[:MAX_COMMAND], bridge_mode=self._bridge)
+                kind = type(command).__name__
+                body = self._engine.execute(command, self._clock(), ctx)
+                failed = isinstance(command, Update) and command.lookup_only and body == b"0"
         except ProtocolError as exc:
             body, failed = exc.code.wire, True
             self._bad_log.warning("command %r failed: %s", data[:120], exc)

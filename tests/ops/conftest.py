@@ -1,0 +1,143 @@
+"""A real relay process on loopback for the operations tests."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+PYRTPPROXY = [sys.executable, "-m", "pyrtpproxy"]
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def rtp_packet(seq: int, ssrc: int = 0x1234) -> bytes:
+    return struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, seq * 160, ssrc) + b"\x00" * 160
+
+
+def wait_for(predicate, timeout: float = 5.0, step: float = 0.05):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+@dataclass
+class RelayProcess:
+    tmp: Path
+    unix: str
+    cunix: str
+    udp_port: int
+    metrics_port: int
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    extra: list[str] = field(default_factory=list)
+
+    @property
+    def unix_spec(self) -> str:
+        return f"unix:{self.unix}"
+
+    @property
+    def udp_spec(self) -> str:
+        return f"udp:127.0.0.1:{self.udp_port}"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_relay(tmp: Path, *extra: str) -> RelayProcess:
+    base = random.randrange(20000, 30000, 2)
+    relay = RelayProcess(
+        tmp=tmp,
+        unix=str(tmp / "r.sock"),
+        cunix=str(tmp / "c.sock"),
+        udp_port=free_port(socket.SOCK_DGRAM),
+        metrics_port=free_port(),
+        log=tmp / "relay.log",
+        extra=list(extra),
+    )
+    args = [
+        *PYRTPPROXY, "-f", "-F", "-p", "/dev/null", "-d", "INFO",
+        "-l", "127.0.0.1", "-m", str(base), "-M", str(base + 200),
+        "-s", relay.unix_spec, "-s", f"cunix:{relay.cunix}", "-s", relay.udp_spec,
+        "--metrics-listen", f"127.0.0.1:{relay.metrics_port}",
+        *extra,
+    ]  # fmt: skip
+    handle = relay.log.open("wb")
+    relay.proc = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, cwd=tmp)
+    handle.close()
+
+    def ready() -> bool:
+        if relay.proc is not None and relay.proc.poll() is not None:
+            raise RuntimeError(f"relay exited: {relay.log_text()}")
+        if not os.path.exists(relay.cunix):
+            return False
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", relay.metrics_port)) == 0
+
+    if not wait_for(ready, 10.0):
+        relay.stop()
+        raise RuntimeError(f"relay did not start: {relay.log_text()}")
+    return relay
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[RelayProcess]:
+    process = start_relay(tmp_path)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+class Party:
+    """A UDP endpoint on loopback that plays one side of a call."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.5)
+        self.port = int(self.sock.getsockname()[1])
+
+    def send(self, port: int, count: int, start: int = 0) -> None:
+        for seq in range(start, start + count):
+            self.sock.sendto(rtp_packet(seq), ("127.0.0.1", port))
+
+    def drain(self) -> int:
+        got = 0
+        self.sock.settimeout(0.2)
+        while True:
+            try:
+                self.sock.recv(2048)
+            except OSError:
+                return got
+            got += 1
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,140 @@
+"""contrib/systemd: the units verify, and the relay serves a socket passed the systemd way."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pyrtpproxy.config import ControlSpec
+from pyrtpproxy.ctl import ControlClient
+
+from .conftest import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+UNITS = ROOT / "contrib" / "systemd"
+
+
+def exec_start() -> list[str]:
+    """The service's ExecStart, runnable here: the relay from this checkout, $$ unescaped."""
+    line = next(
+        line.split("=", 1)[1]
+        for line in (UNITS / "pyrtpproxy.service").read_text().splitlines()
+        if line.startswith("ExecStart=")
+    )
+    argv = shlex.split(line)
+    assert argv[:2] == ["/bin/sh", "-c"]
+    script = argv[2].replace("$$", "$")
+    here = f"{shlex.quote(sys.executable)} -m pyrtpproxy"
+    assert "/usr/bin/pyrtpproxy" in script
+    return ["/bin/sh", "-c", script.replace("/usr/bin/pyrtpproxy", here)]
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_units_verify(tmp_path: Path) -> None:
+    man8 = tmp_path / "man" / "man8"
+    man8.mkdir(parents=True)
+    shutil.copy(ROOT / "man" / "pyrtpproxy.8", man8)  # Documentation=man:pyrtpproxy(8)
+    for unit in ("pyrtpproxy.service", "pyrtpproxy.socket"):
+        shutil.copy(UNITS / unit, tmp_path)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "pyrtpproxy.service", "pyrtpproxy.socket"],
+        cwd=tmp_path,
+        env={**os.environ, "MANPATH": str(tmp_path / "man"), "SYSTEMD_LOG_LEVEL": "notice"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.strip() == "", result.stderr
+
+
+def relay_env(tmp_path: Path) -> dict[str, str]:
+    # CONTROL_SOCK must be ignored when systemd passes a socket
+    return {
+        **os.environ,
+        "CONTROL_SOCK": f"unix:{tmp_path}/not-used.sock",
+        "EXTRA_OPTS": "-l 127.0.0.1 -m 31000 -M 31100 -d INFO",
+    }
+
+
+def check_relay(path: str, tmp_path: Path, timeout: float = 15.0) -> None:
+    with ControlClient(ControlSpec.parse(f"cunix:{path}"), timeout) as client:
+        assert client.request("V") == "20040107"  # the first request starts the relay
+        assert client.request("U sd-call 127.0.0.1 5000 ftag").split()[0].isdigit()
+        assert client.request("G nsess_created") == "1"
+        assert '"call_id":"sd-call"' in client.request("Zsessions")
+    assert not (tmp_path / "not-used.sock").exists()
+
+
+@pytest.fixture
+def sock_path(tmp_path: Path) -> Iterator[str]:
+    yield str(tmp_path / "ctl.sock")
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate missing"
+)
+def test_socket_activation_with_the_units_exec_start(tmp_path: Path, sock_path: str) -> None:
+    process = subprocess.Popen(
+        ["systemd-socket-activate", "-l", sock_path, "-E", "CONTROL_SOCK", "-E", "EXTRA_OPTS",
+         *exec_start()],
+        env=relay_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "relay.log").open("wb"),
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: os.path.exists(sock_path), 5.0)
+        check_relay(sock_path, tmp_path)
+        # systemd-socket-activate execs the service in place: stopping it stops the relay
+        assert "pyrtpproxy" in Path(f"/proc/{process.pid}/cmdline").read_text()
+    finally:
+        stop(process)
+    log = (tmp_path / "relay.log").read_text()
+    assert "listening for commands on systemd:" in log, log
+
+
+def test_listen_fds_from_a_python_launcher(tmp_path: Path, sock_path: str) -> None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(sock_path)
+    listener.listen(16)
+    fd = listener.fileno()
+    launcher = (
+        "import os, sys; os.environ['LISTEN_PID'] = str(os.getpid()); "
+        "os.environ['LISTEN_FDS'] = '1'; os.execv(sys.argv[1], sys.argv[1:])"
+    )
+
+    def to_fd3() -> None:
+        os.dup2(fd, 3)
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", launcher, *exec_start()],
+        env=relay_env(tmp_path),
+        preexec_fn=to_fd3,
+        close_fds=False,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "relay.log").open("wb"),
+    )
+    listener.close()  # the relay holds it now
+    try:
+        check_relay(sock_path, tmp_path)
+    finally:
+        stop(process)
