@@ -187,6 +187,7 @@ class Relay:
             server.close()
             for session in list(engine.table):
                 engine._destroy(session, loop.time(), "deleted")
+            self.media.close()
             self.notifier.close()
             if self.metrics is not None:
                 self.metrics.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import select
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from ..engine.session import Endpoint, Leg, LocalAddress, Stream
 RECEIVE_BUFFER = 256 * 1024
 MAX_DATAGRAM = 65536
 SMALL_PACKET = 128
+DISPATCH_BATCH = 256  # ready sockets served per event-loop wakeup
 _BIND_BUSY = (errno.EADDRINUSE, errno.EACCES)
 
 LatchListener = Callable[[Stream, str], None]
@@ -120,6 +122,24 @@ class MediaRelay:
         self.config = config
         self._on_latch = on_latch
         self.send_errors = 0
+        # One epoll set for every media socket, read by a single event-loop callback:
+        # libuv stops a poll handle whose fd reports POLLERR (an ICMP error on a connected
+        # UDP socket), and dispatching ourselves serves every ready socket per wakeup.
+        self._epoll = select.epoll()
+        self._readers: dict[int, Callable[[], None]] = {}
+        loop.add_reader(self._epoll.fileno(), self._dispatch)
+
+    def _dispatch(self) -> None:
+        readers = self._readers
+        for fd, _events in self._epoll.poll(0, DISPATCH_BATCH):
+            reader = readers.get(fd)
+            if reader is not None:
+                reader()
+
+    def close(self) -> None:
+        """Stop dispatching media (sockets are closed with their legs)."""
+        self.loop.remove_reader(self._epoll.fileno())
+        self._epoll.close()
 
     # --- MediaOps --------------------------------------------------------------------
 
@@ -184,13 +204,20 @@ class MediaRelay:
         return _media_socket(local, port, self.config.tos)
 
     def watch(self, sock: socket.socket, reader: Callable[[], None]) -> None:
-        """Start calling ``reader`` when ``sock`` is readable."""
-        self.loop.add_reader(sock.fileno(), reader)
+        """Start calling ``reader`` when ``sock`` is readable (or has an error to read)."""
+        fd = sock.fileno()
+        self._readers[fd] = reader
+        self._epoll.register(fd, select.EPOLLIN)
 
     def unwatch(self, sock: socket.socket) -> None:
         """Stop reading ``sock`` and close it."""
-        if sock.fileno() >= 0:
-            self.loop.remove_reader(sock.fileno())
+        fd = sock.fileno()
+        if fd >= 0:
+            self._readers.pop(fd, None)
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
         sock.close()
 
     def connected_reader(self, transport: StreamSocket) -> Callable[[], None]:
