@@ -1,0 +1,138 @@
+"""End-to-end: real Kamailio (contrib/kamailio/kamailio.cfg) + sipp phones behind
+NAT routers that remap ports, media anchored on the relay under test.
+
+Run as root:  .venv/bin/pytest -m e2e tests/e2e -v
+The relay command is $PYRTPPROXY_E2E_RELAY (default .venv/bin/pyrtpproxy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+
+import pytest
+
+from .lab import NAT_PORTS, PUB_IP, UAC_IP, CallRun, Stack, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
+
+
+def finish(stack: Stack, run: CallRun, timeout: float = 60) -> None:
+    """Wait for both sipp instances and fail with their traces if a call failed."""
+    for proc in (run.uac, run.uas):
+        try:
+            rc = proc.wait(timeout)
+        except Exception:
+            proc.stop()
+            rc = -1
+        if rc != 0:
+            kam = stack.kamailio.output()[-6000:] if stack.kamailio else ""
+            pytest.fail(
+                f"{proc.name} exited with {rc}\n{stack.sip_trace(proc)}\n--- kamailio\n{kam}"
+            )
+
+
+def call_ids(run: CallRun, calls: int) -> set[str]:
+    """sipp's Call-IDs are "<call number>-<sipp pid>@<local ip>"."""
+    return {f"{n}-{run.uac.popen.pid}@{UAC_IP}" for n in range(1, calls + 1)}
+
+
+def check_media(stack: Stack, ids: set[str], min_packets: int = 20) -> None:
+    """Every call's media reached both phones, from the relay's public address."""
+    lab = stack.lab
+
+    def complete() -> bool:
+        return ids <= set(lab.media_results("uac")) and ids <= set(lab.media_results("uas"))
+
+    with contextlib.suppress(TimeoutError):
+        wait_for(complete, 10, "media agent results")
+    uac, uas = lab.media_results("uac"), lab.media_results("uas")
+    assert ids <= set(uac), f"no caller media results for {ids - set(uac)}"
+    assert ids <= set(uas), f"no callee media results for {ids - set(uas)}"
+    for cid in ids:
+        for phone, res in (("caller", uac[cid]), ("callee", uas[cid])):
+            remote = res["remote"]
+            assert isinstance(remote, list)
+            # the SDP this phone got points at the relay, not at the other phone
+            assert remote[0] == PUB_IP, f"{phone} SDP of {cid} points at {remote}"
+            assert int(remote[1]) != int(res["local_port"])
+            assert int(res["sent"]) > 0, f"{phone} of {cid} sent nothing"
+            received = int(res["received"])
+            assert received >= min_packets, f"{phone} of {cid} received {received} RTP packets"
+            sources = res["sources"]
+            assert isinstance(sources, dict)
+            # everything came from the relay's port that was put into the SDP
+            assert set(sources) == {f"{PUB_IP}:{remote[1]}"}, sources
+
+
+def test_call_through_nat(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack()
+    lab = stack.lab
+    mapped_before = lab.nat_counter("nat1") + lab.nat_counter("nat2")
+    run = stack.calls(calls=1, pause_ms=3000)
+    finish(stack, run)
+    check_media(stack, call_ids(run, 1))
+    # RTP from the relay arrived at the NAT routers on NAT-mapped ports (20000-29999),
+    # which differ from every port a phone uses: the relay latched onto the mappings.
+    mapped = lab.nat_counter("nat1") + lab.nat_counter("nat2") - mapped_before
+    assert mapped >= 40, f"only {mapped} packets to NAT-mapped ports {NAT_PORTS}"
+    # after the BYE the session is gone
+    wait_for(lambda: stack.info(0).get("active sessions") == 0, 5, "no active sessions")
+    g = stack.counters(0, "nsess_created", "nsess_destroyed", "nsess_complete", "npkts_relayed")
+    assert g["nsess_created"] >= 1
+    assert g["nsess_destroyed"] == g["nsess_created"]
+    assert g["nsess_complete"] >= 1
+    assert g["npkts_relayed"] >= 40
+    assert stack.info(0)["active streams"] == 0
+
+
+def test_media_timeout_ends_call(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(ttl=3)
+    started = time.monotonic()
+    # media for 1.5 s, then silence: the relay times the session out, notifies
+    # Kamailio, Kamailio sends BYE to both phones (both scenarios wait for it)
+    run = stack.calls(calls=1, uac_scenario="uac_wait_bye.xml", media_ms=1500, timeout=40)
+    finish(stack, run, timeout=45)
+    elapsed = time.monotonic() - started
+    check_media(stack, call_ids(run, 1), min_packets=10)
+    g = stack.counters(0, "nsess_created", "nsess_destroyed", "nsess_timeout")
+    assert g["nsess_timeout"] >= 1, g
+    assert g["nsess_destroyed"] == g["nsess_created"]
+    assert stack.kamailio is not None
+    log = stack.kamailio.output()
+    assert "rtpproxy media timeout notification" in log
+    assert "timed out on the relay: ending the dialog" in log
+    assert elapsed < 30
+
+
+def test_twenty_concurrent_calls(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack()
+    run = stack.calls(calls=20, rate=20, pause_ms=4000, timeout=60)
+    # while the calls are up, all 20 sessions are active on the relay
+    wait_for(lambda: stack.info(0).get("active sessions", 0) >= 20, 20, "20 active sessions")
+    finish(stack, run)
+    check_media(stack, call_ids(run, 20), min_packets=20)
+    wait_for(lambda: stack.info(0).get("active sessions") == 0, 5, "no active sessions")
+    g = stack.counters(0, "nsess_created", "nsess_destroyed", "nsess_complete")
+    assert g["nsess_complete"] == 20
+    assert g["nsess_destroyed"] == g["nsess_created"]
+
+
+def test_failover_between_two_relays(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(relays=2)
+    # both relays in one set, weight 1 each: calls spread over both
+    run = stack.calls(calls=6, rate=10, pause_ms=1500)
+    finish(stack, run)
+    check_media(stack, call_ids(run, 6), min_packets=10)
+    created = [stack.counters(i, "nsess_created")["nsess_created"] for i in (0, 1)]
+    assert sum(created) == 6, created
+    assert min(created) >= 1, f"calls not spread over both relays: {created}"
+    # relay 1 goes away; Kamailio disables it and later calls go to relay 0
+    stack.stop_relay(1)
+    before = stack.counters(0, "nsess_created")["nsess_created"]
+    run = stack.calls(calls=6, rate=10, pause_ms=1500)
+    finish(stack, run)
+    check_media(stack, call_ids(run, 6), min_packets=10)
+    after = stack.counters(0, "nsess_created")["nsess_created"]
+    assert after - before == 6
