@@ -155,7 +155,7 @@ def test_e71_for_a_new_port_and_for_a_sub_lookup() -> None:
     engine = make_engine(port_min=40000, port_max=40003)
     assert run(engine, b"U c1 127.0.0.1 5000 ft").endswith(b" 127.0.0.1")
     assert run(engine, b"U c2 127.0.0.1 5000 ft").endswith(b" 127.0.0.1")
-    assert run(engine, b"U c2 127.0.0.1 5000 ft && L 127.0.0.1 6000").endswith(b" && -71")
+    assert run(engine, b"U c2 127.0.0.1 5000 ft tt && L 127.0.0.1 6000").endswith(b" && -71")
 
 
 def test_ports_in_use_by_others_are_skipped_by_the_engine() -> None:

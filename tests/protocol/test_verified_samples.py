@@ -220,11 +220,21 @@ SAMPLES: dict[str, Sample] = {
         ),
     ),
     "5.15 X": _s(EXISTING, (b"X", b"0"), (b"Q cid ftag", b"E50"), (b"X x", b"E1")),
+    # §5.12 prose says "... && 0"; the reference (tools/compat_diff.py) appends sub-command
+    # results only when one is not a plain 0, and a D after the session is gone gives -1.
     "5.16 Q && D": _s(
-        EXISTING, EXISTING_L, (b"Q cid ftag ttag && D", b"60 0 0 0 0 && 0"), (b"X", b"0")
+        EXISTING,
+        EXISTING_L,
+        (b"Q cid ftag ttag && D", b"60 0 0 0 0"),
+        (b"Q cid ftag ttag", b"E50"),
     ),
+    "5.16 Q && D && D": _s(
+        EXISTING, EXISTING_L, (b"Q cid ftag ttag && D && D", b"60 0 0 0 0 && 0 && -1")
+    ),
+    # the reference needs the answerer's tag for a single-shot U && L
     "5.16 U && L": _s(
-        (b"U c 127.0.0.1 5000 ft && L 127.0.0.1 6000", b"{A} 127.0.0.1 && {B} 127.0.0.1"),
+        (b"U c0 127.0.0.1 5000 ft && L 127.0.0.1 6000", b"E3"),
+        (b"U c 127.0.0.1 5000 ft tt && L 127.0.0.1 6000", b"{A} 127.0.0.1 && {B} 127.0.0.1"),
         (b"L c 127.0.0.1 6000 ft tt", b"{B} 127.0.0.1"),
         (b"U c 127.0.0.1 5000 ft && Z", b"E3"),
         (b"L c 127.0.0.1 6000 ft tt && L 127.0.0.1 6000", b"E3"),

@@ -107,6 +107,7 @@ class CommandProcessor:
         cached = self._cache.get(cookie)
         if cached is not None:
             self._engine.counters.ncmds_rcvd_ndups += 1
+            self._engine.counters.ncmds_repld += 1
             return cached[1]
         reply = cookie + b" " + self.handle(command, ctx)
         self._cache[cookie] = (now, reply)

@@ -77,16 +77,21 @@ class LineProtocol(asyncio.Protocol):
             return
         self._buffer += data
         replies: list[bytes] = []
+        too_long = False
         while True:
             end = self._buffer.find(b"\n")
             if end < 0:
+                too_long = len(self._buffer) > MAX_LINE
+                break
+            if end > MAX_LINE:  # would not fit rtpproxy's input buffer: no reply, drop
+                too_long = True
                 break
             line = bytes(self._buffer[:end])
             del self._buffer[: end + 1]
             replies.append(self._processor.handle(line, self._context))
         if replies:
             transport.write(b"".join(replies))
-        if len(self._buffer) > MAX_LINE:
+        if too_long:
             log.warning("control line longer than %d bytes, dropping the connection", MAX_LINE)
             self._buffer.clear()
             transport.close()

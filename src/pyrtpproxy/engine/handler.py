@@ -42,6 +42,7 @@ from .session import Endpoint, Leg, LocalAddress, Session, Side
 from .table import SessionTable
 
 MAX_REPLY = 1024
+SUBCOMMAND_FAILED = b"-1"
 CC_SELF = b"%%CC_SELF%%"
 
 
@@ -391,6 +392,9 @@ class Engine:
     ) -> bytes:
         results: list[bytes] = []
         for sub in subs:
+            if session not in self.table:
+                results.append(SUBCOMMAND_FAILED)  # an earlier && D removed it
+                break
             try:
                 match sub:
                     case SubDelete():
@@ -407,6 +411,8 @@ class Engine:
             except ProtocolError as exc:
                 results.append(b"-%d" % exc.code.value)
                 break
+        if all(r == b"0" for r in results):
+            return b""  # like rtpproxy: plain successes add nothing to the reply
         return b"".join(b" && " + r for r in results)
 
     # --- D / X -------------------------------------------------------------------------
@@ -438,6 +444,8 @@ class Engine:
             (False, ("nsess_nortp", "nsess_owrtp")),
             (True, ("nsess_nortcp", "nsess_owrtcp")),
         ):
+            if not session.complete:
+                continue  # rtpproxy judges media only of sessions that had both legs
             directions = sum(
                 1 for leg in session.legs if (leg.rtcp if rtcp else leg.rtp).packets_in
             )
@@ -502,12 +510,7 @@ class Engine:
         }
         for name, live in zip(PACKET_COUNTERS, self._live_packet_counts(), strict=True):
             values[name] = int(values[name]) + live
-        live_rtpa = [0] * len(RTPA_COUNTERS)
-        for session in self.table:
-            for i, value in enumerate(_rtpa_counts(session)):
-                live_rtpa[i] += value
-        for name, live in zip(RTPA_COUNTERS, live_rtpa, strict=True):
-            values[name] = int(values[name]) + live
+        # rtpa_* are summed when streams end, as in rtpproxy (Q shows live streams)
         return values
 
     def _live_packet_counts(self) -> tuple[int, int, int]:
@@ -561,8 +564,8 @@ class Engine:
         found = self.table.find(cmd.call_id, cmd.from_tag, cmd.to_tag)
         if found is None:
             raise ProtocolError(ErrorCode.SESUNKN, "no such session")
-        if isinstance(cmd, StopPlay):
-            return b"0"
+        if isinstance(cmd, StopPlay) or cmd.count == 0:
+            return b"0"  # S, and P with a repeat count of 0, stop playing
         session, side = found
         if cmd.codecs == b"session" and session.legs[side].codecs is None:
             raise ProtocolError(ErrorCode.INVLARG_5, "no codec list stored for this leg")

@@ -262,7 +262,10 @@ def _parse_update(
         notify_socket=notify_socket,
         notify_tag=notify_tag,
         modifiers=modifiers,
-        subcommands=_parse_subcommands(subs, allow_lookup=not lookup_only, bridge=bridge),
+        # a single-shot U && L needs the answerer's tag (rtpproxy: E3 without it)
+        subcommands=_parse_subcommands(
+            subs, allow_lookup=not lookup_only and to_tag is not None, bridge=bridge
+        ),
     )
 
 
