@@ -179,6 +179,8 @@ class Relay:
         self._install_signals(loop)
         self._drop_privileges()
         log.info("pyrtpproxy %s started, media ports %d-%d", __version__, config.ports.start, config.ports.stop)
+        if config.record_dir:
+            log.warning("recording is not available in this build: R and N answer E50, C E65")
         sweeper = loop.create_task(self._sweep_forever())
         try:
             await self._stop.wait()
