@@ -201,8 +201,10 @@ class Relay:
             graceful = any(s.kind is ControlKind.STDIOC for s in self.config.control)
             if graceful and not stdio_only:
                 self._begin_draining()
-            else:
+            elif stdio_only:
                 self.stop()
+            else:  # protocol.md §1: EOF ends the relay only when stdio is the only socket
+                log.info("EOF on stdin; serving the other control sockets")
 
         return on_eof
 
