@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -35,9 +36,13 @@ def setup_logging(config: Config, daemon: bool) -> None:
     handler: logging.Handler
     if daemon:
         facility_name = (config.log_facility or "LOG_DAEMON").removeprefix("LOG_").lower()
-        facility = logging.handlers.SysLogHandler.facility_names.get(facility_name, logging.handlers.SysLogHandler.LOG_DAEMON)
+        facility = logging.handlers.SysLogHandler.facility_names.get(
+            facility_name, logging.handlers.SysLogHandler.LOG_DAEMON
+        )
         handler = logging.handlers.SysLogHandler(address="/dev/log", facility=facility)
-        handler.setFormatter(logging.Formatter("pyrtpproxy[%(process)d]: %(levelname)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter("pyrtpproxy[%(process)d]: %(levelname)s: %(message)s")
+        )
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -95,10 +100,8 @@ def write_pidfile(path: str | None) -> None:
 def remove_pidfile(path: str | None) -> None:
     """Remove the pid file we wrote."""
     if path and path != os.devnull:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(path)
-        except OSError:
-            pass
 
 
 def _session_label(session: Session) -> str:
@@ -120,7 +123,9 @@ class Relay:
     def _on_event(self, kind: str, session: Session, detail: str) -> None:
         self.events.session_event(kind, session)
         level = logging.INFO if kind != "failed" else logging.WARNING
-        log.log(level, "session %s: %s%s", kind, _session_label(session), f" {detail}" if detail else "")
+        log.log(
+            level, "session %s: %s%s", kind, _session_label(session), f" {detail}" if detail else ""
+        )
 
     def _on_latch(self, stream: Stream, kind: str) -> None:
         self.events.latch(stream, kind)
@@ -139,7 +144,9 @@ class Relay:
         config = self.config
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self.media = MediaRelay(loop, MediaConfig(config.tos, config.send_small_twice), self._on_latch)
+        self.media = MediaRelay(
+            loop, MediaConfig(config.tos, config.send_small_twice), self._on_latch
+        )
         ports = PortAllocator(
             config.ports, random_order=not config.sequential_ports, reserved=config.reserved_ports()
         )
@@ -178,7 +185,12 @@ class Relay:
         await server.start()
         self._install_signals(loop)
         self._drop_privileges()
-        log.info("pyrtpproxy %s started, media ports %d-%d", __version__, config.ports.start, config.ports.stop)
+        log.info(
+            "pyrtpproxy %s started, media ports %d-%d",
+            __version__,
+            config.ports.start,
+            config.ports.stop,
+        )
         if config.record_dir:
             log.warning("recording is not available in this build: R and N answer E50, C E65")
         sweeper = loop.create_task(self._sweep_forever())

@@ -16,7 +16,6 @@ from . import __version__
 from .config import (
     Config,
     ConfigError,
-    ControlKind,
     ControlSpec,
     build_address_plan,
     default_runtime_dir,
@@ -77,7 +76,9 @@ def _check_bindable(config: Config) -> None:
             try:
                 probe.bind((local.host or ("::" if local.ipv6 else "0.0.0.0"), 0))
             except OSError as exc:
-                raise ConfigError(f"cannot use listen address {local.host}: {exc.strerror}") from None
+                raise ConfigError(
+                    f"cannot use listen address {local.host}: {exc.strerror}"
+                ) from None
 
 
 def _parse_metrics_listen(text: str | None) -> tuple[str, int] | None:
@@ -99,17 +100,21 @@ def build_config(opts: dict[str, Any]) -> Config:
     uid = gid = None
     if opts["user"]:
         uid, gid = _resolve_user(opts["user"])
-    level, facility = parse_log_level(opts["log_level"] or ("DBUG" if opts["foreground"] else "WARN"))
+    level, facility = parse_log_level(
+        opts["log_level"] or ("DBUG" if opts["foreground"] else "WARN")
+    )
     ttl = opts["ttl"]
     pidfile = opts["pidfile"] if opts["pidfile"] is not None else f"{runtime}/rtpproxy.pid"
-    if os.geteuid() == 0 and uid is None and not opts["no_root_check"]:
-        if any(s.kind.datagram for s in control):
-            raise ConfigError(
-                "running as root with a UDP control socket is insecure: use -u USER, or -F to override"
-            )
+    as_root = os.geteuid() == 0 and uid is None and not opts["no_root_check"]
+    if as_root and any(s.kind.datagram for s in control):
+        raise ConfigError(
+            "running as root with a UDP control socket is insecure: use -u USER, or -F to override"
+        )
     config = Config(
         control=control,
-        addresses=build_address_plan(tuple(opts["listen"]), tuple(opts["listen6"]), opts["advertise"]),
+        addresses=build_address_plan(
+            tuple(opts["listen"]), tuple(opts["listen6"]), opts["advertise"]
+        ),
         port_min=opts["port_min"],
         port_max=opts["port_max"],
         ttl=ttl,
@@ -154,69 +159,200 @@ def _flag(*names: str, help: str) -> Callable[[_F], _F]:
 )
 @_flag("-f", "--foreground", help="Stay in the foreground (default: daemonise).")
 @_flag("-F", "no_root_check", help="Allow running as root with a UDP control socket.")
-@click.option("-s", "--control-socket", "control", multiple=True, metavar="SPEC",
-              help="Control socket, repeatable [default: unix:/var/run/rtpproxy.sock as root, "
-                   "else $XDG_RUNTIME_DIR/pyrtpproxy/rtpproxy.sock].")
-@click.option("-l", "--listen", "listen", multiple=True, metavar="ADDR[/ADDR2]",
-              help="IPv4 media address; a/b = bridge mode (internal/external); "
-                   "[label@]ADDR[=ADVERTISED]; repeatable with labels.")
-@click.option("-6", "--listen6", "listen6", multiple=True, metavar="ADDR[/ADDR2]",
-              help="IPv6 media address(es), same syntax as -l.")
-@click.option("-A", "--advertise", "advertise", metavar="ADV[/ADV2]",
-              help="Address(es) to put in replies instead of the bound one (1:1 NAT).")
-@click.option("-m", "--min-port", "port_min", type=int, default=35000, show_default=True,
-              help="Lowest media port.")
-@click.option("-M", "--max-port", "port_max", type=int, default=65000, show_default=True,
-              help="Highest media port.")
-@click.option("-T", "--ttl", "ttl", type=click.IntRange(min=1), default=60, show_default=True,
-              help="Idle timeout of established sessions, seconds.")
-@click.option("-W", "--setup-ttl", "setup_ttl", type=click.IntRange(min=1),
-              help="Timeout of incomplete sessions, seconds [default: -T].")
+@click.option(
+    "-s",
+    "--control-socket",
+    "control",
+    multiple=True,
+    metavar="SPEC",
+    help="Control socket, repeatable [default: unix:/var/run/rtpproxy.sock as root, "
+    "else $XDG_RUNTIME_DIR/pyrtpproxy/rtpproxy.sock].",
+)
+@click.option(
+    "-l",
+    "--listen",
+    "listen",
+    multiple=True,
+    metavar="ADDR[/ADDR2]",
+    help="IPv4 media address; a/b = bridge mode (internal/external); "
+    "[label@]ADDR[=ADVERTISED]; repeatable with labels.",
+)
+@click.option(
+    "-6",
+    "--listen6",
+    "listen6",
+    multiple=True,
+    metavar="ADDR[/ADDR2]",
+    help="IPv6 media address(es), same syntax as -l.",
+)
+@click.option(
+    "-A",
+    "--advertise",
+    "advertise",
+    metavar="ADV[/ADV2]",
+    help="Address(es) to put in replies instead of the bound one (1:1 NAT).",
+)
+@click.option(
+    "-m",
+    "--min-port",
+    "port_min",
+    type=int,
+    default=35000,
+    show_default=True,
+    help="Lowest media port.",
+)
+@click.option(
+    "-M",
+    "--max-port",
+    "port_max",
+    type=int,
+    default=65000,
+    show_default=True,
+    help="Highest media port.",
+)
+@click.option(
+    "-T",
+    "--ttl",
+    "ttl",
+    type=click.IntRange(min=1),
+    default=60,
+    show_default=True,
+    help="Idle timeout of established sessions, seconds.",
+)
+@click.option(
+    "-W",
+    "--setup-ttl",
+    "setup_ttl",
+    type=click.IntRange(min=1),
+    help="Timeout of incomplete sessions, seconds [default: -T].",
+)
 @_flag("-i", "independent_timers", help="Time each direction out on its own.")
-@click.option("-t", "--tos", "tos", type=int, default=0xB8, show_default=True,
-              help="IP TOS of media packets (0..255).")
-@click.option("-n", "--notify", "notify", multiple=True, metavar="TARGET",
-              help="Permitted timeout-notification target: unix:PATH, tcp:HOST:PORT, "
-                   "tcp:%%CC_SELF%%:PORT. Repeatable.")
-@click.option("-r", "--record-dir", "record_dir", metavar="DIR",
-              help="Recording directory (recording is not available in this build; R answers E50).")
+@click.option(
+    "-t",
+    "--tos",
+    "tos",
+    type=int,
+    default=0xB8,
+    show_default=True,
+    help="IP TOS of media packets (0..255).",
+)
+@click.option(
+    "-n",
+    "--notify",
+    "notify",
+    multiple=True,
+    metavar="TARGET",
+    help="Permitted timeout-notification target: unix:PATH, tcp:HOST:PORT, "
+    "tcp:%%CC_SELF%%:PORT. Repeatable.",
+)
+@click.option(
+    "-r",
+    "--record-dir",
+    "record_dir",
+    metavar="DIR",
+    help="Recording directory (recording is not available in this build; R answers E50).",
+)
 @click.option("-S", "--spool-dir", "spool_dir", metavar="DIR", help="Recording spool directory.")
 @_flag("-R", "no_rtcp_record", help="Do not record RTCP.")
 @_flag("-P", "pcap_record", help="Record in pcap format.")
 @_flag("-a", "record_all", help="Record every session.")
-@click.option("-p", "--pidfile", "pidfile", metavar="FILE",
-              help="PID file; /dev/null for none [default: next to the default control socket].")
-@click.option("-u", "--user", "user", metavar="USER[:GROUP]",
-              help="Drop privileges to USER; owner of the control socket.")
-@click.option("-w", "--socket-mode", "socket_mode", type=int, metavar="MODE",
-              help="Control socket mode, as a decimal number (rtpproxy's convention).")
-@click.option("-L", "--nofile", "nofile", type=click.IntRange(min=1), metavar="N",
-              help="Open-file limit (RLIMIT_NOFILE).")
-@click.option("-d", "--log-level", "log_level", metavar="LEVEL[:FACILITY]",
-              help="DBUG, INFO, WARN, ERR or CRIT, with an optional syslog facility "
-                   "[default: DBUG in the foreground, WARN as a daemon].")
+@click.option(
+    "-p",
+    "--pidfile",
+    "pidfile",
+    metavar="FILE",
+    help="PID file; /dev/null for none [default: next to the default control socket].",
+)
+@click.option(
+    "-u",
+    "--user",
+    "user",
+    metavar="USER[:GROUP]",
+    help="Drop privileges to USER; owner of the control socket.",
+)
+@click.option(
+    "-w",
+    "--socket-mode",
+    "socket_mode",
+    type=int,
+    metavar="MODE",
+    help="Control socket mode, as a decimal number (rtpproxy's convention).",
+)
+@click.option(
+    "-L",
+    "--nofile",
+    "nofile",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Open-file limit (RLIMIT_NOFILE).",
+)
+@click.option(
+    "-d",
+    "--log-level",
+    "log_level",
+    metavar="LEVEL[:FACILITY]",
+    help="DBUG, INFO, WARN, ERR or CRIT, with an optional syslog facility "
+    "[default: DBUG in the foreground, WARN as a daemon].",
+)
 @_flag("-2", "twice", help="Send packets shorter than 128 bytes twice.")
 @_flag("-b", "sequential", help="Allocate ports sequentially instead of at random.")
-@click.option("-c", "sched_policy", type=click.Choice(["fifo", "rr"]),
-              help="Real-time scheduling policy (accepted, not applied).")
+@click.option(
+    "-c",
+    "sched_policy",
+    type=click.Choice(["fifo", "rr"]),
+    help="Real-time scheduling policy (accepted, not applied).",
+)
 @_flag("-D", "no_chdir", help="Do not chdir to / when daemonising.")
-@click.option("-v", is_flag=True, expose_value=False, is_eager=True, callback=_print_capabilities,
-              help="Print the protocol capabilities and exit.")
-@click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
-              callback=_print_version, help="Print the version and exit.")
-@click.option("-C", is_flag=True, expose_value=False, is_eager=True, callback=_print_clock,
-              help="Print the clock source and exit.")
+@click.option(
+    "-v",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_capabilities,
+    help="Print the protocol capabilities and exit.",
+)
+@click.option(
+    "-V",
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Print the version and exit.",
+)
+@click.option(
+    "-C",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_clock,
+    help="Print the clock source and exit.",
+)
 @_flag("--force_asymmetric", "force_asymmetric", help="Make every session asymmetric.")
 @_flag("--bridge_symmetric", "bridge_symmetric", help="Keep sessions symmetric in bridge mode.")
 @_flag("--no_resolve", "no_resolve", help="Numeric addresses only (always the case here).")
 @_flag("--no_redirect", "no_redirect", help="Keep stdio open when daemonising.")
 @click.option("--nice", "nice", type=int, help="Process niceness.")
-@click.option("--overload_prot", "overload_prot", is_flag=False, flag_value="1", default=None,
-              help="Accepted for compatibility; not applied.")
-@click.option("--config", "config_file", metavar="FILE", help="Accepted for compatibility; ignored.")
-@click.option("--dso", "dso", multiple=True, metavar="MODULE", help="Accepted for compatibility; ignored.")
-@click.option("--metrics-listen", "metrics_listen", metavar="HOST:PORT",
-              help="Serve Prometheus metrics on HOST:PORT (off by default).")
+@click.option(
+    "--overload_prot",
+    "overload_prot",
+    is_flag=False,
+    flag_value="1",
+    default=None,
+    help="Accepted for compatibility; not applied.",
+)
+@click.option(
+    "--config", "config_file", metavar="FILE", help="Accepted for compatibility; ignored."
+)
+@click.option(
+    "--dso", "dso", multiple=True, metavar="MODULE", help="Accepted for compatibility; ignored."
+)
+@click.option(
+    "--metrics-listen",
+    "metrics_listen",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics on HOST:PORT (off by default).",
+)
 def relay_command(**opts: Any) -> None:
     """pyrtpproxy: a media relay for VoIP, a drop-in replacement for rtpproxy.
 

@@ -127,7 +127,9 @@ def _split_address(text: str, ipv6: bool) -> LocalAddress:
     )
 
 
-def build_address_plan(listen4: tuple[str, ...], listen6: tuple[str, ...], advertised: str | None) -> AddressPlan:
+def build_address_plan(
+    listen4: tuple[str, ...], listen6: tuple[str, ...], advertised: str | None
+) -> AddressPlan:
     """Combine ``-l``, ``-6`` and ``-A`` (relay-behaviour.md §7).
 
     The first value of each flag may be ``addr1/addr2`` (bridge mode: internal/external);
@@ -159,9 +161,12 @@ def build_address_plan(listen4: tuple[str, ...], listen6: tuple[str, ...], adver
     first = ipv4 or ipv6
     if adv:
         if len(adv) != len(first):
-            raise ConfigError("-A needs one advertised address per listen address (a/b in bridge mode)")
+            raise ConfigError(
+                "-A needs one advertised address per listen address (a/b in bridge mode)"
+            )
         with_adv = tuple(
-            LocalAddress(loc.host, loc.ipv6, a or loc.advertised, loc.label) for loc, a in zip(first, adv, strict=True)
+            LocalAddress(loc.host, loc.ipv6, a or loc.advertised, loc.label)
+            for loc, a in zip(first, adv, strict=True)
         )
         if ipv4:
             ipv4 = with_adv
@@ -239,7 +244,9 @@ class Config:
             if not 1 <= value <= 65535:
                 raise ConfigError(f"{name} must be between 1 and 65535, got {value}")
         if not self.ports:
-            raise ConfigError(f"port range -m {self.port_min} -M {self.port_max} holds no RTP/RTCP pair")
+            raise ConfigError(
+                f"port range -m {self.port_min} -M {self.port_max} holds no RTP/RTCP pair"
+            )
         if self.ttl < 1 or self.setup_ttl < 1:
             raise ConfigError("-T and -W must be at least 1")
         if not 0 <= self.tos <= 255:

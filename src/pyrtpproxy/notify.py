@@ -75,17 +75,23 @@ class _Connection:
             try:
                 await self._deliver_queue()
                 failures = 0
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 self._stats.failed += 1
                 self._close()
                 delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
-                    log.warning("notification target %s unreachable (%s); retrying", self.address, exc)
+                    log.warning(
+                        "notification target %s unreachable (%s); retrying", self.address, exc
+                    )
                 await asyncio.sleep(delay)
 
     async def _deliver_queue(self) -> None:
-        if self._writer is None or self._writer.is_closing() or (self._reader and self._reader.at_eof()):
+        if (
+            self._writer is None
+            or self._writer.is_closing()
+            or (self._reader and self._reader.at_eof())
+        ):
             self._close()
             await self._connect()
         assert self._writer is not None

@@ -106,8 +106,11 @@ def test_metrics_follow_a_call(relay: RelayProcess) -> None:
         assert value(after, "pyrtpproxy_sessions_deleted_total") == 1
         assert value(after, "pyrtpproxy_sessions_destroyed_total") == 1
         assert value(after, "pyrtpproxy_ports_in_use") == 0
-        # totals survive the session
+        # totals survive the session; every relayed packet here is 172 bytes of RTP
         assert value(after, "pyrtpproxy_packets_relayed_total") >= 30
+        assert value(after, "pyrtpproxy_bytes_relayed_total") == 172 * value(
+            after, "pyrtpproxy_packets_relayed_total"
+        )
         assert value(after, "pyrtpproxy_packets_dropped_total", reason="wrong_source") >= 5
     finally:
         caller.close()

@@ -7,6 +7,7 @@ Framing differs per transport; everything after framing goes through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -50,7 +51,10 @@ class LineProtocol(asyncio.Protocol):
     """Persistent stream transports: newline-framed, pipelined, replies in order."""
 
     def __init__(
-        self, processor: CommandProcessor, connections: set[LineProtocol], on_eof: Callable[[], None] | None = None
+        self,
+        processor: CommandProcessor,
+        connections: set[LineProtocol],
+        on_eof: Callable[[], None] | None = None,
     ) -> None:
         self._processor = processor
         self._connections = connections
@@ -176,7 +180,9 @@ class ControlServer:
             family = socket.AF_INET6 if kind.ipv6 else socket.AF_INET
             host = spec.host or ("::" if kind.ipv6 else "0.0.0.0")
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: DatagramProtocol(self._processor), local_addr=(host, spec.port), family=family
+                lambda: DatagramProtocol(self._processor),
+                local_addr=(host, spec.port),
+                family=family,
             )
             self._closers.append(transport.close)
         elif kind in (ControlKind.STDIO, ControlKind.STDIOC):
@@ -197,7 +203,11 @@ class ControlServer:
         try:
             sock.bind(path)
             if self._uid is not None or self._gid is not None:
-                os.chown(path, -1 if self._uid is None else self._uid, -1 if self._gid is None else self._gid)
+                os.chown(
+                    path,
+                    -1 if self._uid is None else self._uid,
+                    -1 if self._gid is None else self._gid,
+                )
             if self._gid is not None:
                 os.chmod(path, self._mode if self._mode is not None else 0o755)
             sock.listen(128)
@@ -240,8 +250,6 @@ class ControlServer:
             if connection._transport is not None:
                 connection._transport.close()
         for path in self._unix_paths:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(path)
-            except OSError:
-                pass
         self._unix_paths.clear()

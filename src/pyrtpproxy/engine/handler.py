@@ -141,6 +141,7 @@ class Engine:
         self.table = SessionTable()
         self.counters = GlobalCounters()
         self.draining = False  # SIGHUP: refuse new sessions
+        self.bytes_relayed_ended = 0  # not an rtpproxy G counter; see bytes_relayed()
         self._on_event = on_event
         self._last_rcvd = 0
 
@@ -457,6 +458,7 @@ class Engine:
         counters.npkts_rcvd += rcvd
         counters.npkts_relayed += relayed
         counters.npkts_discard += discard
+        self.bytes_relayed_ended += sum(s.bytes_relayed for s in session.streams())
         for name, value in zip(RTPA_COUNTERS, _rtpa_counts(session), strict=True):
             setattr(counters, name, getattr(counters, name) + value)
         for leg in session.legs:
@@ -512,6 +514,11 @@ class Engine:
             values[name] = int(values[name]) + live
         # rtpa_* are summed when streams end, as in rtpproxy (Q shows live streams)
         return values
+
+    def bytes_relayed(self) -> int:
+        """UDP payload bytes relayed since start, live sessions included."""
+        live = sum(s.bytes_relayed for session in self.table for s in session.streams())
+        return self.bytes_relayed_ended + live
 
     def _live_packet_counts(self) -> tuple[int, int, int]:
         rcvd = relayed = discard = 0

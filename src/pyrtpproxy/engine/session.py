@@ -66,6 +66,7 @@ class Stream:
         "accepted",
         "analysis",
         "dropped",
+        "fast_bytes",
         "fast_count",
         "fast_dest",
         "fast_src",
@@ -80,6 +81,7 @@ class Stream:
         "peer",
         "relatch_count",
         "relayed",
+        "relayed_bytes",
         "remote",
         "sampled_at",
         "signalled_at",
@@ -100,6 +102,8 @@ class Stream:
         self.relatch_count = 0
         # counters; packets relayed by the media fast path are only in fast_count
         self.fast_count = 0
+        self.fast_bytes = 0
+        self.relayed_bytes = 0
         self.accepted = 0
         self.relayed = 0
         self.dropped = 0
@@ -122,9 +126,16 @@ class Stream:
         """Packets sent on towards the other party."""
         return self.fast_count + self.relayed
 
+    @property
+    def bytes_relayed(self) -> int:
+        """UDP payload bytes sent on towards the other party."""
+        return self.fast_bytes + self.relayed_bytes
+
     # --- media -----------------------------------------------------------------------------
 
-    def receive(self, packet: bytes, src: tuple[str, int] | tuple[str, int, int, int], now: float) -> Endpoint | None:
+    def receive(
+        self, packet: bytes, src: tuple[str, int] | tuple[str, int, int, int], now: float
+    ) -> Endpoint | None:
         """Slow path for one packet from ``src``: apply latching, count it, and return
         where to send it (out of ``peer``'s socket), or None to drop it."""
         session = self.leg.session
@@ -143,7 +154,12 @@ class Stream:
             self.dropped += 1
             return None
         self.relayed += 1
-        if self.latched and (self.remote == endpoint or self.leg.asymmetric) and session.fast_path_allowed:
+        self.relayed_bytes += len(packet)
+        if (
+            self.latched
+            and (self.remote == endpoint or self.leg.asymmetric)
+            and session.fast_path_allowed
+        ):
             self.fast_src = src
             self.fast_dest = dest
         return dest
@@ -236,6 +252,7 @@ class Leg:
     """One side of a session: an RTP and an RTCP stream on ports P and P+1."""
 
     __slots__ = (
+        "_activity_mark",
         "asymmetric",
         "codecs",
         "local",
@@ -247,7 +264,6 @@ class Leg:
         "side",
         "ttl",
         "weak",
-        "_activity_mark",
     )
 
     def __init__(self, session: Session, side: Side) -> None:
@@ -296,9 +312,9 @@ class Session:
         "created_at",
         "legs",
         "media_taps",
+        "notify_source",
         "notify_tag",
         "notify_target",
-        "notify_source",
         "strong",
         "tag",
     )

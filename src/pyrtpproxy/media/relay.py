@@ -12,6 +12,7 @@ the once-a-second sample land on the unconnected socket or take the slow path th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import select
 import socket
@@ -59,9 +60,11 @@ def _media_socket(local: LocalAddress, port: int, tos: int) -> socket.socket:
 class StreamSocket:
     """The sockets of one stream; the engine sees it as ``Stream.transport``."""
 
-    __slots__ = ("connected", "connected_to", "local", "port", "relay", "sock", "stream", "send")
+    __slots__ = ("connected", "connected_to", "local", "port", "relay", "send", "sock", "stream")
 
-    def __init__(self, relay: MediaRelay, stream: Stream, sock: socket.socket, local: LocalAddress, port: int) -> None:
+    def __init__(
+        self, relay: MediaRelay, stream: Stream, sock: socket.socket, local: LocalAddress, port: int
+    ) -> None:
         self.relay = relay
         self.stream = stream
         self.sock = sock
@@ -214,10 +217,8 @@ class MediaRelay:
         fd = sock.fileno()
         if fd >= 0:
             self._readers.pop(fd, None)
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 self._epoll.unregister(fd)
-            except (OSError, ValueError):
-                pass
         sock.close()
 
     def connected_reader(self, transport: StreamSocket) -> Callable[[], None]:
@@ -238,6 +239,7 @@ class MediaRelay:
             source = transport.connected_to
             if stream.fast_src == source and source is not None:
                 stream.fast_count += 1
+                stream.fast_bytes += len(data)
                 if analysis is not None:
                     analysis.feed(data, clock())
                 try:
@@ -264,6 +266,7 @@ class MediaRelay:
                 return
             if src == stream.fast_src:  # an asymmetric leg's party sending from another port
                 stream.fast_count += 1
+                stream.fast_bytes += len(data)
                 if analysis is not None:
                     analysis.feed(data, clock())
                 try:
@@ -278,7 +281,10 @@ class MediaRelay:
     def _slow_path(self, stream: Stream, data: bytes, src: tuple[str, int]) -> None:
         before = (stream.remote, stream.latched, stream.relatch_count)
         dest = stream.receive(data, src, self.loop.time())
-        if self._on_latch is not None and (stream.remote, stream.latched, stream.relatch_count) != before:
+        if (
+            self._on_latch is not None
+            and (stream.remote, stream.latched, stream.relatch_count) != before
+        ):
             self._on_latch(stream, "re-latched" if stream.relatch_count != before[2] else "latched")
         if self.config.send_small_twice:
             stream.fast_src = None  # every packet needs the duplicate check below

@@ -33,15 +33,19 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability(b"20140323", "Support for tracking/reporting load", False),
     Capability(b"20140617", "Support for anchoring session connect time", False),
     Capability(b"20141004", "Support for extendable performance counters", True),
-    Capability(b"20150330", "Support for allocating a new port (\"Un\"/\"Ln\")", True),
-    Capability(b"20150420", "Support for SEQ tracking and new rtpa_ counters; Q command extended", True),
-    Capability(b"20150617", "Support for the wildcard %%CC_SELF%% as a disconnect notify target", True),
+    Capability(b"20150330", 'Support for allocating a new port ("Un"/"Ln")', True),
+    Capability(
+        b"20150420", "Support for SEQ tracking and new rtpa_ counters; Q command extended", True
+    ),
+    Capability(
+        b"20150617", "Support for the wildcard %%CC_SELF%% as a disconnect notify target", True
+    ),
     # && D and && L work, but module sub-commands (OpenSIPS DTMF: M3:1 ...) do not, so
     # clients must not be told sub-commands are available.
     Capability(b"20191015", "Support for the && sub-command specifier", False),
     Capability(b"20200226", "Support for the N command to stop recording", False),
     Capability(b"20230205", "Support for rtpa_nlost counter; catch_dtmf h modifier", False),
-    Capability(b"20230314", "Support for for \"fusing\" G and D commands", True),
+    Capability(b"20230314", 'Support for for "fusing" G and D commands', True),
     Capability(b"20230424", "Support for longest_ipi, rtpa_jlast, rtpa_jmax and rtpa_javg", True),
     Capability(b"20250523", "Support for the p modifier in the C command", False),
     Capability(b"20251015", "Support for changing ttl/tos via the S sub-command", False),
