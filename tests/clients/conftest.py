@@ -23,26 +23,11 @@ from typing import TypeVar
 
 import pytest
 
+from loopback import free_port as free_port
+from loopback import wait_for as wait_for
+
 PYRTPPROXY = [sys.executable, "-m", "pyrtpproxy"]
 T = TypeVar("T")
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A currently unused loopback port of the given socket kind."""
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], T], timeout: float = 5.0, step: float = 0.02) -> T:
-    """Poll ``predicate`` until it returns something truthy or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
 
 
 @dataclass

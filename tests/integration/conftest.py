@@ -23,6 +23,10 @@ from typing import TypeVar
 
 import pytest
 
+from loopback import free_port as free_port
+from loopback import rtp_packet as rtp_packet
+from loopback import wait_for as wait_for
+
 PYRTPPROXY = [sys.executable, "-m", "pyrtpproxy"]
 VERSION = "20040107"
 REPLY_TIMEOUT = 3.0
@@ -43,14 +47,6 @@ def next_port_block(size: int = 200) -> tuple[int, int]:
     return start, start + size - 1
 
 
-def free_port(kind: int = socket.SOCK_STREAM, family: int = socket.AF_INET) -> int:
-    """A currently unused loopback port."""
-    host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
-    with socket.socket(family, kind) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
 def ipv6_available() -> bool:
     """True if ::1 can be bound."""
     try:
@@ -59,24 +55,6 @@ def ipv6_available() -> bool:
     except OSError:
         return False
     return True
-
-
-def wait_for(predicate: Callable[[], T], timeout: float = 5.0, step: float = 0.02) -> T:
-    """Poll ``predicate`` until it returns something truthy or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
-
-
-def rtp_packet(seq: int, ssrc: int = 0x11223344, ts: int | None = None, pt: int = 0) -> bytes:
-    """An RTP v2 packet with a 160-byte payload."""
-    stamp = seq * 160 if ts is None else ts
-    header = struct.pack("!BBHII", 0x80, pt & 0x7F, seq & 0xFFFF, stamp & 0xFFFFFFFF, ssrc)
-    return header + bytes([seq & 0xFF]) * 160
 
 
 def rtcp_packet(ssrc: int = 0x11223344) -> bytes:

@@ -6,37 +6,19 @@ import os
 import random
 import signal
 import socket
-import struct
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from loopback import free_port as free_port
+from loopback import rtp_packet as rtp_packet
+from loopback import wait_for as wait_for
+
 PYRTPPROXY = [sys.executable, "-m", "pyrtpproxy"]
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def rtp_packet(seq: int, ssrc: int = 0x1234) -> bytes:
-    return struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, seq * 160, ssrc) + b"\x00" * 160
-
-
-def wait_for(predicate, timeout: float = 5.0, step: float = 0.05):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
 
 
 @dataclass

@@ -60,7 +60,17 @@ def _media_socket(local: LocalAddress, port: int, tos: int) -> socket.socket:
 class StreamSocket:
     """The sockets of one stream; the engine sees it as ``Stream.transport``."""
 
-    __slots__ = ("connected", "connected_to", "local", "port", "relay", "send", "sock", "stream")
+    __slots__ = (
+        "connected",
+        "connected_to",
+        "forward",
+        "local",
+        "port",
+        "relay",
+        "send",
+        "sock",
+        "stream",
+    )
 
     def __init__(
         self, relay: MediaRelay, stream: Stream, sock: socket.socket, local: LocalAddress, port: int
@@ -74,6 +84,7 @@ class StreamSocket:
         self.connected_to: Endpoint | None = None
         # send(data) delivers to stream.remote; the opposite stream's fast path calls it
         self.send: Callable[[bytes], object] = self._send_nowhere
+        self.forward = relay.forwarder(stream)
 
     def _send_nowhere(self, data: bytes) -> None:
         return None
@@ -221,14 +232,30 @@ class MediaRelay:
                 self._epoll.unregister(fd)
         sock.close()
 
+    def forwarder(self, stream: Stream) -> Callable[[bytes], None]:
+        """The settled per-packet path of ``stream``: count, analyse, send on."""
+        analysis = stream.analysis
+        clock = self.loop.time
+
+        def forward(data: bytes) -> None:
+            stream.fast_count += 1
+            stream.fast_bytes += len(data)
+            if analysis is not None:
+                analysis.feed(data, clock())
+            try:
+                stream.peer.transport.send(data)  # type: ignore[attr-defined]
+            except OSError:
+                self.send_errors += 1
+
+        return forward
+
     def connected_reader(self, transport: StreamSocket) -> Callable[[], None]:
         """Reader of the connected socket: every packet comes from ``connected_to``."""
         stream = transport.stream
         connected = transport.connected
         assert connected is not None
         recv = connected.recv
-        analysis = stream.analysis
-        clock = self.loop.time
+        forward = transport.forward
         slow = self._slow_path
 
         def on_readable() -> None:
@@ -238,14 +265,7 @@ class MediaRelay:
                 return  # EAGAIN, or an ICMP error for the peer: nothing to relay
             source = transport.connected_to
             if stream.fast_src == source and source is not None:
-                stream.fast_count += 1
-                stream.fast_bytes += len(data)
-                if analysis is not None:
-                    analysis.feed(data, clock())
-                try:
-                    stream.peer.transport.send(data)  # type: ignore[attr-defined]
-                except OSError:
-                    self.send_errors += 1
+                forward(data)
                 return
             if source is not None:
                 slow(stream, data, source)
@@ -255,9 +275,8 @@ class MediaRelay:
     def _unconnected_reader(self, transport: StreamSocket) -> Callable[[], None]:
         stream = transport.stream
         recvfrom = transport.sock.recvfrom
+        forward = transport.forward
         slow = self._slow_path
-        analysis = stream.analysis
-        clock = self.loop.time
 
         def on_readable() -> None:
             try:
@@ -265,14 +284,7 @@ class MediaRelay:
             except OSError:
                 return
             if src == stream.fast_src:  # an asymmetric leg's party sending from another port
-                stream.fast_count += 1
-                stream.fast_bytes += len(data)
-                if analysis is not None:
-                    analysis.feed(data, clock())
-                try:
-                    stream.peer.transport.send(data)  # type: ignore[attr-defined]
-                except OSError:
-                    self.send_errors += 1
+                forward(data)
                 return
             slow(stream, data, src)
 

@@ -1,0 +1,37 @@
+"""Helpers shared by the tests that drive a real relay over loopback."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def free_port(kind: int = socket.SOCK_STREAM, family: int = socket.AF_INET) -> int:
+    """A currently unused loopback port."""
+    host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    with socket.socket(family, kind) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 5.0, step: float = 0.02) -> T:
+    """Poll ``predicate`` until it returns something truthy or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+def rtp_packet(seq: int, ssrc: int = 0x11223344, ts: int | None = None, pt: int = 0) -> bytes:
+    """An RTP v2 packet with a 160-byte payload (G.711, 20 ms): 172 bytes."""
+    stamp = seq * 160 if ts is None else ts
+    header = struct.pack("!BBHII", 0x80, pt & 0x7F, seq & 0xFFFF, stamp & 0xFFFFFFFF, ssrc)
+    return header + bytes([seq & 0xFF]) * 160
