@@ -188,8 +188,8 @@ class Relay:
         log.info(
             "pyrtpproxy %s started, media ports %d-%d",
             __version__,
-            config.ports.start,
-            config.ports.stop,
+            config.ports[0],
+            config.ports[-1] + 1,  # the last RTCP port
         )
         if config.record_dir:
             log.warning("recording is not available in this build: R and N answer E50, C E65")
