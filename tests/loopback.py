@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import struct
+import subprocess
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -35,3 +37,15 @@ def rtp_packet(seq: int, ssrc: int = 0x11223344, ts: int | None = None, pt: int 
     stamp = seq * 160 if ts is None else ts
     header = struct.pack("!BBHII", 0x80, pt & 0x7F, seq & 0xFFFF, stamp & 0xFFFFFFFF, ssrc)
     return header + bytes([seq & 0xFF]) * 160
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM a relay we started (by its PID), then kill it if it does not exit in 5 s."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)

@@ -10,7 +10,6 @@ import contextlib
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from typing import TypeVar
 import pytest
 
 from loopback import free_port as free_port
+from loopback import stop_process
 from loopback import wait_for as wait_for
 
 PYRTPPROXY = [sys.executable, "-m", "pyrtpproxy"]
@@ -87,13 +87,8 @@ class Relay:
         return self.ctl(f"VF {date}").strip()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc)
 
 
 def start_relay(*extra: str) -> Relay:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 
 from loopback import free_port as free_port
 from loopback import rtp_packet as rtp_packet
+from loopback import stop_process
 from loopback import wait_for as wait_for
 
 PYRTPPROXY = [sys.executable, "-m", "pyrtpproxy"]
@@ -44,13 +44,8 @@ class RelayProcess:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc)
 
 
 def start_relay(tmp: Path, *extra: str) -> RelayProcess:
