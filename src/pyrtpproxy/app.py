@@ -159,7 +159,6 @@ class Relay:
                 bridge_symmetric=config.bridge_symmetric,
                 addresses=config.addresses,
                 notify_targets=config.notify_targets,
-                record_dir=config.record_dir,
             ),
             ports,
             self.media,
@@ -199,8 +198,7 @@ class Relay:
         finally:
             sweeper.cancel()
             server.close()
-            for session in list(engine.table):
-                engine._destroy(session, loop.time(), "deleted")
+            engine.delete_all(loop.time())
             self.media.close()
             self.notifier.close()
             if self.metrics is not None:

@@ -74,7 +74,7 @@ def _check_bindable(config: Config) -> None:
         family = socket.AF_INET6 if local.ipv6 else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
             try:
-                probe.bind((local.host or ("::" if local.ipv6 else "0.0.0.0"), 0))
+                probe.bind((local.bind_host, 0))
             except OSError as exc:
                 raise ConfigError(
                     f"cannot use listen address {local.host}: {exc.strerror}"

@@ -94,6 +94,11 @@ class ControlSpec:
                 raise ConfigError(f"address family does not match {scheme}: in {text!r}")
         return cls(kind, host=host, port=port)
 
+    @property
+    def bind_host(self) -> str:
+        """What an inet control socket binds to: the address, or the family's wildcard."""
+        return self.host or ("::" if self.kind.ipv6 else "0.0.0.0")
+
     def __str__(self) -> str:
         if self.kind in (ControlKind.UNIX, ControlKind.CUNIX):
             return f"{self.kind.value}:{self.path}"

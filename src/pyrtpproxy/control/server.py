@@ -171,17 +171,15 @@ class ControlServer:
             self._closers.append(server.close)
         elif kind in (ControlKind.TCP, ControlKind.TCP6):
             family = socket.AF_INET6 if kind.ipv6 else socket.AF_INET
-            host = spec.host or ("::" if kind.ipv6 else "0.0.0.0")
             server = await loop.create_server(
-                self._line_protocol, host, spec.port, family=family, reuse_address=True
+                self._line_protocol, spec.bind_host, spec.port, family=family, reuse_address=True
             )
             self._closers.append(server.close)
         elif kind.datagram:
             family = socket.AF_INET6 if kind.ipv6 else socket.AF_INET
-            host = spec.host or ("::" if kind.ipv6 else "0.0.0.0")
             transport, _ = await loop.create_datagram_endpoint(
                 lambda: DatagramProtocol(self._processor),
-                local_addr=(host, spec.port),
+                local_addr=(spec.bind_host, spec.port),
                 family=family,
             )
             self._closers.append(transport.close)

@@ -98,7 +98,6 @@ class EngineConfig:
     bridge_symmetric: bool = False
     addresses: AddressPlan = field(default_factory=AddressPlan)
     notify_targets: tuple[bytes, ...] = ()
-    record_dir: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +166,7 @@ class Engine:
                 supported = capabilities.supports(command.date, bool(self.config.notify_targets))
                 return b"1" if supported else b"0"
             case DeleteAll():
-                for session in list(self.table):
-                    self._destroy(session, now, "deleted")
+                self.delete_all(now)
                 return b"0"
             case Record() | StopRecord():
                 return self._record(command)
@@ -177,6 +175,11 @@ class Engine:
             case Play() | StopPlay():
                 return self._play(command)
         raise ProtocolError(ErrorCode.CMDUNKN, "unhandled command")
+
+    def delete_all(self, now: float) -> None:
+        """Destroy every session without notifications (``X``, and shutdown)."""
+        for session in list(self.table):
+            self._destroy(session, now, "deleted")
 
     def sweep(self, now: float) -> list[Notification]:
         """Once a second: refresh timers from media activity, expire idle sessions."""

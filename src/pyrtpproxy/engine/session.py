@@ -41,6 +41,11 @@ class LocalAddress:
     label: str | None = None
 
     @property
+    def bind_host(self) -> str:
+        """What sockets bind to: the address, or the family's wildcard."""
+        return self.host or ("::" if self.ipv6 else "0.0.0.0")
+
+    @property
     def reply_address(self) -> str | None:
         """Address to put in U/L replies; None when bound to a wildcard (port-only reply)."""
         if self.advertised:

@@ -50,7 +50,7 @@ def _media_socket(local: LocalAddress, port: int, tos: int) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
         else:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
-        sock.bind((local.host or ("::" if local.ipv6 else "0.0.0.0"), port))
+        sock.bind((local.bind_host, port))
     except OSError:
         sock.close()
         raise
@@ -183,6 +183,7 @@ class MediaRelay:
                 stream.transport.close()
             stream.transport = None
             stream.fast_src = None
+            stream.peer.fast_src = None  # its fast path sends through this stream's socket
 
     def source_address_for(self, remote: str, ipv6: bool) -> str | None:
         """Ask the routing table which local address reaches ``remote``."""
@@ -214,7 +215,7 @@ class MediaRelay:
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
             if local.ipv6:
                 probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            probe.bind((local.host or ("::" if local.ipv6 else "0.0.0.0"), port))
+            probe.bind((local.bind_host, port))
         return _media_socket(local, port, self.config.tos)
 
     def watch(self, sock: socket.socket, reader: Callable[[], None]) -> None:
