@@ -181,8 +181,9 @@ class Relay:
             mode=config.socket_mode,
             on_stdin_eof=self._stdin_eof(stdio_only),
         )
-        await server.start()
+        # Signals first: a command answered on the first socket must already be governed by them.
         self._install_signals(loop)
+        await server.start()
         self._drop_privileges()
         log.info(
             "pyrtpproxy %s started, media ports %d-%d",

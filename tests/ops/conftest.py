@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import socket
 import subprocess
@@ -73,10 +72,8 @@ def start_relay(tmp: Path, *extra: str) -> RelayProcess:
     def ready() -> bool:
         if relay.proc is not None and relay.proc.poll() is not None:
             raise RuntimeError(f"relay exited: {relay.log_text()}")
-        if not os.path.exists(relay.cunix):
-            return False
-        with socket.socket() as probe:
-            return probe.connect_ex(("127.0.0.1", relay.metrics_port)) == 0
+        # The start-up line comes after every control socket is bound, unlike the metrics port.
+        return " started, media ports " in relay.log_text()
 
     if not wait_for(ready, 10.0):
         relay.stop()
