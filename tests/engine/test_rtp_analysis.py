@@ -45,6 +45,18 @@ def test_reordering_is_not_loss() -> None:
     assert counts(feed([1, 3, 2, 4])) == (4, 4, 0, 0, 0)
 
 
+def test_late_packets_within_the_misorder_limit() -> None:
+    seqs = list(range(1000, 1100))
+    seqs.remove(1005)
+    late = [*seqs, 1005]  # 94 behind: late, not lost
+    assert counts(feed(late)) == (100, 100, 0, 0, 0)
+    assert counts(feed([*late, 1005, 1010])) == (100, 100, 0, 2, 0)  # late duplicates
+
+
+def test_duplicates_across_a_gap() -> None:
+    assert counts(feed([1, 2, 50, 2, 49, 49])) == (50, 4, 46, 2, 0)
+
+
 def test_wrap_around() -> None:
     assert counts(feed([65533, 65534, 65535, 0, 1, 2])) == (6, 6, 0, 0, 0)
     assert counts(feed([65534, 0, 65535, 1])) == (4, 4, 0, 0, 0)

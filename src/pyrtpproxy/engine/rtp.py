@@ -9,6 +9,9 @@ RTP_HEADER_SIZE = _HEADER.size
 MAX_DROPOUT = 3000
 MAX_MISORDER = 100
 SEQ_MOD = 1 << 16
+WINDOW_BITS = 128  # more than MAX_MISORDER: late duplicates are recognised
+_WINDOW_MASK = (1 << WINDOW_BITS) - 1
+_SEQ_TS_SSRC = struct.Struct("!HII")
 
 
 def rtp_header(packet: bytes) -> tuple[int, int, int, int] | None:
@@ -23,7 +26,12 @@ def rtp_header(packet: bytes) -> tuple[int, int, int, int] | None:
 
 class RtpAnalysis:
     """Sequence tracking for one received RTP stream: sent/received/lost/dups/errors,
-    inter-packet gaps and interarrival jitter. Fed with ``(packet, arrival time)``."""
+    inter-packet gaps and interarrival jitter. Fed with ``(packet, arrival time)``.
+
+    Runs for every relayed RTP packet, so the in-order case is a handful of operations:
+    duplicates are found with a bit window over the last ``WINDOW_BITS`` sequence numbers
+    instead of a set.
+    """
 
     __slots__ = (
         "_bad_seq",
@@ -35,7 +43,8 @@ class RtpAnalysis:
         "_last_arrival",
         "_last_transit",
         "_max_seq",
-        "_seen",
+        "_next_seq",
+        "_window",
         "dups",
         "jitter_last",
         "jitter_max",
@@ -60,80 +69,94 @@ class RtpAnalysis:
         self._bad_seq: int | None = None
         self._base_seq = 0
         self._max_seq = 0
+        self._next_seq = -1
         self._cycles = 0
         self._expected_before = 0
-        self._seen: set[int] = set()
+        # bit k set: the packet k sequence numbers before _max_seq was received
+        self._window = 0
         self._last_arrival: float | None = None
         self._last_transit: float | None = None
 
     def feed(self, packet: bytes, arrival: float, clock_rate: int = 8000) -> None:
         """Account one packet received at ``arrival`` (seconds)."""
-        header = rtp_header(packet)
-        if header is None:
+        if len(packet) < RTP_HEADER_SIZE or packet[0] & 0xC0 != 0x80:
             self.parse_errors += 1
             return
-        _pt, seq, timestamp, ssrc = header
-        if ssrc != self.ssrc:
+        seq, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(packet, 2)
+        if seq == self._next_seq and ssrc == self.ssrc:  # in order: the common case
+            if seq == 0:
+                self._cycles += SEQ_MOD
+            self._max_seq = seq
+            self._next_seq = (seq + 1) & 0xFFFF
+            self._window = ((self._window << 1) | 1) & _WINDOW_MASK
+        elif ssrc != self.ssrc:
             if self.ssrc is not None:
                 self.ssrc_changes += 1
             self._restart(ssrc, seq)
         elif not self._update_seq(seq):
             return
         self.received += 1
-        if self._last_arrival is not None:
-            self.longest_ipi = max(self.longest_ipi, arrival - self._last_arrival)
+        last_arrival = self._last_arrival
+        if last_arrival is not None and arrival - last_arrival > self.longest_ipi:
+            self.longest_ipi = arrival - last_arrival
         self._last_arrival = arrival
         transit = arrival - timestamp / clock_rate
-        if self._last_transit is not None:
-            delta = abs(transit - self._last_transit)
-            self.jitter_last += (delta - self.jitter_last) / 16.0
-            self.jitter_max = max(self.jitter_max, self.jitter_last)
-            self._jitter_sum += self.jitter_last
-            self._jitter_samples += 1
+        last_transit = self._last_transit
         self._last_transit = transit
+        if last_transit is not None:
+            delta = transit - last_transit
+            if delta < 0.0:
+                delta = -delta
+            jitter = self.jitter_last + (delta - self.jitter_last) / 16.0
+            self.jitter_last = jitter
+            if jitter > self.jitter_max:
+                self.jitter_max = jitter
+            self._jitter_sum += jitter
+            self._jitter_samples += 1
 
     def _restart(self, ssrc: int, seq: int) -> None:
         self._expected_before = self.expected
         self.ssrc = ssrc
-        self._base_seq = seq
-        self._max_seq = seq
-        self._cycles = 0
-        self._seen = {seq}
+        self._follow(seq)
         self._last_transit = None
 
+    def _follow(self, seq: int) -> None:
+        """Take ``seq`` as the first packet of a (new) sequence."""
+        self._base_seq = seq
+        self._max_seq = seq
+        self._next_seq = (seq + 1) & 0xFFFF
+        self._cycles = 0
+        self._window = 1
+
     def _update_seq(self, seq: int) -> bool:
-        """RFC 3550 A.1, simplified: True when the packet counts as received."""
+        """RFC 3550 A.1, simplified, for packets out of order: True when the packet
+        counts as received."""
         delta = (seq - self._max_seq) % SEQ_MOD
-        extended = self._cycles + seq
-        if delta >= SEQ_MOD - MAX_MISORDER and seq > self._max_seq:
-            extended -= SEQ_MOD  # a late packet from before the last wrap
-        if delta == 0 or (delta >= SEQ_MOD - MAX_MISORDER and extended in self._seen):
+        if delta == 0:
             self.dups += 1
             return False
-        if delta < MAX_DROPOUT:
+        if delta < MAX_DROPOUT:  # ahead, with a gap
             if seq < self._max_seq:
                 self._cycles += SEQ_MOD
-                extended = self._cycles + seq
             self._max_seq = seq
-        elif delta < SEQ_MOD - MAX_MISORDER:
-            # a big jump: a restart of the sequence (the source was reset) only when the
-            # next packet follows on; a single stray or very late packet is not counted
-            if seq != self._bad_seq:
-                self._bad_seq = (seq + 1) % SEQ_MOD
+            self._next_seq = (seq + 1) & 0xFFFF
+            self._window = ((self._window << delta) | 1) & _WINDOW_MASK
+            return True
+        if delta >= SEQ_MOD - MAX_MISORDER:  # late, possibly from before the last wrap
+            bit = 1 << (SEQ_MOD - delta)
+            if self._window & bit:
+                self.dups += 1
                 return False
-            self._bad_seq = None
-            self._expected_before = self.expected
-            self._base_seq = seq
-            self._max_seq = seq
-            self._cycles = 0
-            self._seen.clear()
-            extended = seq
-        else:
-            extended = (self._cycles - SEQ_MOD if seq > self._max_seq else self._cycles) + seq
-        self._seen.add(extended)
-        if len(self._seen) > 2 * MAX_MISORDER:
-            floor = self._cycles + self._max_seq - MAX_MISORDER
-            self._seen = {s for s in self._seen if s >= floor}
+            self._window |= bit
+            return True
+        # a big jump: a restart of the sequence (the source was reset) only when the
+        # next packet follows on; a single stray or very late packet is not counted
+        if seq != self._bad_seq:
+            self._bad_seq = (seq + 1) % SEQ_MOD
+            return False
+        self._bad_seq = None
+        self._expected_before = self.expected
+        self._follow(seq)
         return True
 
     @property

@@ -136,6 +136,7 @@ class MediaRelay:
         self.config = config
         self._on_latch = on_latch
         self.send_errors = 0
+        self.now = loop.time()
         # One epoll set for every media socket, read by a single event-loop callback:
         # libuv stops a poll handle whose fd reports POLLERR (an ICMP error on a connected
         # UDP socket), and dispatching ourselves serves every ready socket per wakeup.
@@ -144,6 +145,8 @@ class MediaRelay:
         loop.add_reader(self._epoll.fileno(), self._dispatch)
 
     def _dispatch(self) -> None:
+        # One clock read per wakeup: the arrival time of every packet served in it.
+        self.now = self.loop.time()
         readers = self._readers
         for fd, _events in self._epoll.poll(0, DISPATCH_BATCH):
             reader = readers.get(fd)
@@ -236,17 +239,17 @@ class MediaRelay:
     def forwarder(self, stream: Stream) -> Callable[[bytes], None]:
         """The settled per-packet path of ``stream``: count, analyse, send on."""
         analysis = stream.analysis
-        clock = self.loop.time
+        relay = self
 
         def forward(data: bytes) -> None:
             stream.fast_count += 1
             stream.fast_bytes += len(data)
             if analysis is not None:
-                analysis.feed(data, clock())
+                analysis.feed(data, relay.now)
             try:
                 stream.peer.transport.send(data)  # type: ignore[attr-defined]
             except OSError:
-                self.send_errors += 1
+                relay.send_errors += 1
 
         return forward
 
@@ -293,7 +296,7 @@ class MediaRelay:
 
     def _slow_path(self, stream: Stream, data: bytes, src: tuple[str, int]) -> None:
         before = (stream.remote, stream.latched, stream.relatch_count)
-        dest = stream.receive(data, src, self.loop.time())
+        dest = stream.receive(data, src, self.now)
         if (
             self._on_latch is not None
             and (stream.remote, stream.latched, stream.relatch_count) != before
