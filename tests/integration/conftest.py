@@ -271,6 +271,10 @@ def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
         def answers_v() -> bool:
             if relay.proc is not None and relay.proc.poll() is not None:
                 raise RuntimeError(f"relay exited early: {relay.log_text()}")
+            # The start-up line follows the binding of every control socket (the Unix
+            # one answers while the others may still be opening).
+            if " started, media ports " not in relay.log_text():
+                return False
             try:
                 return relay.unix("V") == VERSION + "\n"
             except OSError:
