@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from pyrtpproxy.engine.session import Endpoint, LocalAddress, Session
+from pyrtpproxy.engine.session import DETACHED, Endpoint, LocalAddress, Session
 from pyrtpproxy.media.relay import MediaConfig, MediaRelay
 
 
@@ -20,7 +20,7 @@ def test_closing_a_leg_disarms_the_peer_fast_path() -> None:
         for stream in b.streams:
             stream.fast_src = Endpoint("127.0.0.1", 5000)
         relay.close_leg(a)
-        assert all(s.transport is None for s in a.streams)
+        assert all(s.transport is DETACHED for s in a.streams)
         assert all(s.fast_src is None for s in b.streams)
         relay.close_leg(b)
     finally:

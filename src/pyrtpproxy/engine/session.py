@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple, Protocol
 
 from .rtp import RtpAnalysis, rtp_header
 
@@ -16,12 +16,27 @@ RELATCH_WINDOW = 10.0  # seconds after U/L during which any RTP source may re-la
 RELATCH_MAX_SEQ_DISTANCE = 536
 
 
-@runtime_checkable
 class StreamTransport(Protocol):
     """The media layer's socket(s) of a stream, told when the remote address changes."""
 
+    def send(self, data: bytes) -> object:
+        """Send ``data`` to the stream's remote address (from the stream's own port)."""
+
     def remote_changed(self, remote: Endpoint | None) -> None:
         """Point any per-peer machinery (a connected socket, say) at ``remote``."""
+
+
+class _Detached:
+    """The transport of a stream without sockets: sends nothing, follows nothing."""
+
+    def send(self, data: bytes) -> None:
+        return None
+
+    def remote_changed(self, remote: Endpoint | None) -> None:
+        return None
+
+
+DETACHED: StreamTransport = _Detached()
 
 
 class Endpoint(NamedTuple):
@@ -117,7 +132,7 @@ class Stream:
         self.analysis: RtpAnalysis | None = None if is_rtcp else RtpAnalysis()
         self.fast_src: object = None
         self.fast_dest: object = None
-        self.transport: object = None  # the media layer's handle for this stream's socket
+        self.transport: StreamTransport = DETACHED  # the media layer's socket(s), once opened
 
     # --- counters as the protocol reports them ------------------------------------------
 
@@ -237,8 +252,7 @@ class Stream:
         self.remote = remote
         self.fast_src = None
         self.peer.fast_src = None
-        if isinstance(self.transport, StreamTransport):
-            self.transport.remote_changed(remote)
+        self.transport.remote_changed(remote)
 
     def signal(self, remote: Endpoint, now: float, asymmetric: bool) -> None:
         """A U/L gave ``remote`` as this stream's party address (relay-behaviour.md §3 rule 4)."""

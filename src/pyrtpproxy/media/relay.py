@@ -19,7 +19,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..engine.session import Endpoint, Leg, LocalAddress, Stream
+from ..engine.session import DETACHED, Endpoint, Leg, LocalAddress, Stream
 
 RECEIVE_BUFFER = 256 * 1024
 MAX_DATAGRAM = 65536
@@ -184,7 +184,7 @@ class MediaRelay:
         for stream in leg.streams:
             if isinstance(stream.transport, StreamSocket):
                 stream.transport.close()
-            stream.transport = None
+            stream.transport = DETACHED
             stream.fast_src = None
             stream.peer.fast_src = None  # its fast path sends through this stream's socket
 
@@ -247,7 +247,7 @@ class MediaRelay:
             if analysis is not None:
                 analysis.feed(data, relay.now)
             try:
-                stream.peer.transport.send(data)  # type: ignore[attr-defined]
+                stream.peer.transport.send(data)
             except OSError:
                 relay.send_errors += 1
 
@@ -307,8 +307,6 @@ class MediaRelay:
         if dest is None:
             return
         out = stream.peer.transport
-        if not isinstance(out, StreamSocket):
-            return
         try:
             out.send(data)
             if self.config.send_small_twice and len(data) < SMALL_PACKET:
