@@ -49,3 +49,39 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+class Party:
+    """A UDP endpoint on 127.0.0.1 that plays one side of a call: sends RTP, counts what
+    comes back (``received``, over the party's life)."""
+
+    def __init__(self, drain_timeout: float = 0.2) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.drain_timeout = drain_timeout
+        self.received = 0
+
+    def send(self, port: int, count: int, start: int = 0) -> None:
+        for seq in range(start, start + count):
+            self.sock.sendto(rtp_packet(seq), ("127.0.0.1", port))
+
+    def drain(self) -> int:
+        """Read what arrives until ``drain_timeout`` passes quietly; how many this call read."""
+        got = 0
+        self.sock.settimeout(self.drain_timeout)
+        while True:
+            try:
+                self.sock.recv(2048)
+            except OSError:
+                self.received += got
+                return got
+            got += 1
+
+    def total(self) -> int:
+        """Drain, then return everything received so far."""
+        self.drain()
+        return self.received
+
+    def close(self) -> None:
+        self.sock.close()

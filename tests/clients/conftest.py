@@ -203,27 +203,3 @@ class TcpListener:
         if self.sock.family == socket.AF_UNIX:
             with contextlib.suppress(OSError):
                 os.unlink(self.address)
-
-
-class Party:
-    """A UDP endpoint playing one side of the call."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.05)
-        self.port = int(self.sock.getsockname()[1])
-        self.received = 0
-
-    def send(self, port: int, count: int) -> None:
-        for seq in range(count):
-            header = bytes([0x80, 0, 0, seq + 1, 0, 0, 0, 160 * seq % 256, 0, 0, 0x12, 0x34])
-            self.sock.sendto(header + bytes(160), ("127.0.0.1", port))
-
-    def drain(self) -> int:
-        try:
-            while True:
-                self.sock.recv(2048)
-                self.received += 1
-        except (TimeoutError, BlockingIOError):
-            return self.received

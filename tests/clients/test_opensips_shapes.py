@@ -20,7 +20,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .conftest import Party, Relay, TcpListener, running_relay, wait_for
+from loopback import Party
+
+from .conftest import Relay, TcpListener, running_relay, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -397,16 +399,16 @@ FLOAT_FORMAT = re.compile(r"\d+\.\d{6}")
 
 def test_query_counters_as_opensips_parses_them(client: Client) -> None:
     cid = call_id(client, "q")
-    caller, callee = Party(), Party()
+    caller, callee = Party(drain_timeout=0.05), Party(drain_timeout=0.05)
     try:
         port_a = port_of(client.cmd(f"U {cid} 127.0.0.1 {caller.port} ft;1"))[0]
         port_b = port_of(client.cmd(f"L {cid} 127.0.0.1 {callee.port} ft;1 tt;1"))[0]
         caller.send(port_b, 3)
         callee.send(port_a, 2)
-        assert wait_for(lambda: callee.drain() >= 3 and caller.drain() >= 2, 3.0)
+        assert wait_for(lambda: callee.total() >= 3 and caller.total() >= 2, 3.0)
     finally:
-        caller.sock.close()
-        callee.sock.close()
+        caller.close()
+        callee.close()
 
     plain = [int(x) for x in client.cmd(f"Q {cid} ft;1 tt;1").split()]
     assert len(plain) == 5 and plain[1:] == [3, 2, 5, 0] and 0 < plain[0] <= 60

@@ -21,7 +21,9 @@ from sippy.Rtp_proxy.session import Rtp_proxy_session
 from sippy.Rtp_proxy.Session.update import update_params
 from sippy.Time.Timeout import Timeout
 
-from .conftest import Party, Relay, TcpListener, wait_for
+from loopback import Party
+
+from .conftest import Relay, TcpListener, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -178,7 +180,7 @@ def test_session_lifecycle(
     relay = relay_factory()
     client = sippy(spaths(relay)[transport])
     client.online()
-    caller, callee = Party(), Party()
+    caller, callee = Party(drain_timeout=0.05), Party(drain_timeout=0.05)
     rs = client.session(f"call-{transport}")
     cid = f"call-{transport}-0"
 
@@ -210,9 +212,9 @@ def test_session_lifecycle(
     # Media both ways, then the stats query: Q -> 5 integers, same as the relay's own Q.
     caller.send(port_b, 3)
     callee.send(port_a, 2)
-    assert wait_for(lambda: callee.drain() >= 3 and caller.drain() >= 2, 3.0)
-    caller.sock.close()
-    callee.sock.close()
+    assert wait_for(lambda: callee.total() >= 3 and caller.total() >= 2, 3.0)
+    caller.close()
+    callee.close()
     stats = client.stats(rs)
     assert client.last() == f"Q {cid} ftag ttag"
     ttl, caller_rcount, callee_rcount, relayed, dropped = stats

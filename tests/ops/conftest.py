@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from loopback import Party as Party
 from loopback import free_port as free_port
 from loopback import rtp_packet as rtp_packet
 from loopback import stop_process
@@ -88,30 +89,3 @@ def relay(tmp_path: Path) -> Iterator[RelayProcess]:
         yield process
     finally:
         process.stop()
-
-
-class Party:
-    """A UDP endpoint on loopback that plays one side of a call."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.5)
-        self.port = int(self.sock.getsockname()[1])
-
-    def send(self, port: int, count: int, start: int = 0) -> None:
-        for seq in range(start, start + count):
-            self.sock.sendto(rtp_packet(seq), ("127.0.0.1", port))
-
-    def drain(self) -> int:
-        got = 0
-        self.sock.settimeout(0.2)
-        while True:
-            try:
-                self.sock.recv(2048)
-            except OSError:
-                return got
-            got += 1
-
-    def close(self) -> None:
-        self.sock.close()

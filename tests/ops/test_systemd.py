@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from loopback import stop_process
 from pyrtpproxy.config import ControlSpec
 from pyrtpproxy.ctl import ControlClient
 
@@ -36,16 +36,6 @@ def exec_start() -> list[str]:
     here = f"{shlex.quote(sys.executable)} -m pyrtpproxy"
     assert "/usr/bin/pyrtpproxy" in script
     return ["/bin/sh", "-c", script.replace("/usr/bin/pyrtpproxy", here)]
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
@@ -107,7 +97,7 @@ def test_socket_activation_with_the_units_exec_start(tmp_path: Path, sock_path: 
         # systemd-socket-activate execs the service in place: stopping it stops the relay
         assert "pyrtpproxy" in Path(f"/proc/{process.pid}/cmdline").read_text()
     finally:
-        stop(process)
+        stop_process(process)
     log = (tmp_path / "relay.log").read_text()
     assert "listening for commands on systemd:" in log, log
 
@@ -137,4 +127,4 @@ def test_listen_fds_from_a_python_launcher(tmp_path: Path, sock_path: str) -> No
     try:
         check_relay(sock_path, tmp_path)
     finally:
-        stop(process)
+        stop_process(process)
