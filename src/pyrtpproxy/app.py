@@ -19,6 +19,7 @@ from .control.server import ControlServer
 from .engine.handler import Engine, EngineConfig
 from .engine.ports import PortAllocator
 from .engine.session import Session, Stream
+from .media.kernel import KernelForwarder, Nftables, NftError, ipv4_forwarding_enabled
 from .media.relay import MediaConfig, MediaRelay
 from .metrics import EventCounts, RelayMetrics
 from .notify import Notifier
@@ -144,8 +145,17 @@ class Relay:
         config = self.config
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        forwarding = ipv4_forwarding_enabled()
+        try:
+            kernel = self._kernel_forwarder(loop, forwarding)
+        except NftError as exc:
+            log.critical("cannot set up kernel forwarding (--kernel-forward): %s", exc)
+            return 1
         self.media = MediaRelay(
-            loop, MediaConfig(config.tos, config.send_small_twice), self._on_latch
+            loop,
+            MediaConfig(config.tos, config.send_small_twice, forwarding),
+            self._on_latch,
+            kernel,
         )
         ports = PortAllocator(
             config.ports, random_order=not config.sequential_ports, reserved=config.reserved_ports()
@@ -206,6 +216,24 @@ class Relay:
                 self.metrics.close()
             log.info("pyrtpproxy stopped")
         return 0
+
+    def _kernel_forwarder(
+        self, loop: asyncio.AbstractEventLoop, forwarding: bool
+    ) -> KernelForwarder | None:
+        config = self.config
+        if not config.kernel_forward:
+            return None
+        kernel = KernelForwarder(Nftables(), config.nft_table, config.tos, loop.call_soon)
+        kernel.start()
+        log.info(
+            "kernel forwarding on: settled IPv4 streams go through nftables table ip %s",
+            config.nft_table,
+        )
+        if not forwarding:
+            log.warning(
+                "net.ipv4.ip_forward is 0: streams between two other hosts stay in user space"
+            )
+        return kernel
 
     def _stdin_eof(self, stdio_only: bool) -> Callable[[], None]:
         def on_eof() -> None:

@@ -140,6 +140,8 @@ def build_config(opts: dict[str, Any]) -> Config:
         no_chdir=opts["no_chdir"],
         no_redirect=opts["no_redirect"],
         metrics_listen=_parse_metrics_listen(opts["metrics_listen"]),
+        kernel_forward=opts["kernel_forward"],
+        nft_table=opts["nft_table"],
     )
     config.validate()
     _check_bindable(config)
@@ -352,6 +354,19 @@ def _flag(*names: str, help: str) -> Callable[[_F], _F]:
     "metrics_listen",
     metavar="HOST:PORT",
     help="Serve Prometheus metrics on HOST:PORT (off by default).",
+)
+@_flag(
+    "--kernel-forward",
+    "kernel_forward",
+    help="Let the kernel (nftables) relay settled IPv4 streams; needs CAP_NET_ADMIN.",
+)
+@click.option(
+    "--nft-table",
+    "nft_table",
+    default="pyrtpproxy",
+    show_default=True,
+    metavar="NAME",
+    help="The nftables table (family ip) that --kernel-forward owns.",
 )
 def relay_command(**opts: Any) -> None:
     """pyrtpproxy: a media relay for VoIP, a drop-in replacement for rtpproxy.

@@ -10,6 +10,7 @@ from enum import Enum
 from .engine.handler import AddressPlan
 from .engine.ports import port_range
 from .engine.session import LocalAddress
+from .media.kernel import check_table_name
 
 DEFAULT_UDP_PORT = 22222
 MAX_NOTIFY_TARGETS = 64
@@ -229,6 +230,8 @@ class Config:
     no_chdir: bool = False
     no_redirect: bool = False
     metrics_listen: tuple[str, int] | None = None
+    kernel_forward: bool = False
+    nft_table: str = "pyrtpproxy"
 
     @property
     def ports(self) -> range:
@@ -267,3 +270,11 @@ class Config:
             raise ConfigError("-S requires -r")
         if self.socket_mode is not None and not 0 <= self.socket_mode <= 4095:
             raise ConfigError("-w must be between 0 and 4095")
+        if self.kernel_forward and self.uid is not None:
+            raise ConfigError(
+                "--kernel-forward changes nftables for the whole run; it cannot drop to -u USER"
+            )
+        try:
+            check_table_name(self.nft_table)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None

@@ -43,6 +43,9 @@ class FakeMedia:
         if self.open.pop(id(leg), None) is not None:
             self.closed += 1
 
+    def refresh_counters(self) -> None:
+        return None
+
     def source_address_for(self, remote: str, ipv6: bool) -> str | None:
         return self.routes.get(remote)
 

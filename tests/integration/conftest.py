@@ -231,7 +231,14 @@ def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
     """Start relays with extra flags; all are stopped and checked at teardown."""
     started: list[Relay] = []
 
-    def start(*extra: str, listen: str = "127.0.0.1", ttl: int = 60, ports: int = 200) -> Relay:
+    def start(
+        *extra: str,
+        listen: str = "127.0.0.1",
+        ttl: int = 60,
+        ports: int = 200,
+        wrapper: tuple[str, ...] = (),
+    ) -> Relay:
+        """``wrapper`` goes before the command (``ip netns exec NS``, say); it must exec."""
         index = len(started)
         port_min, port_max = next_port_block(ports)
         relay = Relay(
@@ -260,7 +267,7 @@ def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
         relay.args = args
         with relay.log_path.open("wb") as log:
             relay.proc = subprocess.Popen(
-                [*PYRTPPROXY, *args],
+                [*wrapper, *PYRTPPROXY, *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -53,7 +53,11 @@ class MediaOps(Protocol):
         """Bind RTP on ``port`` and RTCP on ``port + 1``; False if either is in use."""
 
     def close_leg(self, leg: Leg) -> None:
-        """Close the leg's sockets (it may have none)."""
+        """Close the leg's sockets (it may have none); its counters are final afterwards."""
+
+    def refresh_counters(self) -> None:
+        """Bring stream counters up to date with packets the media layer did not see
+        one by one (kernel-forwarded ones)."""
 
     def source_address_for(self, remote: str, ipv6: bool) -> str | None:
         """The local address the OS would use to reach ``remote`` (``r`` modifier)."""
@@ -184,6 +188,7 @@ class Engine:
     def sweep(self, now: float) -> list[Notification]:
         """Once a second: refresh timers from media activity, expire idle sessions."""
         notifications: list[Notification] = []
+        self.media.refresh_counters()
         for session in list(self.table):
             self._tick(session)
             if session.ttl <= 0:
@@ -441,6 +446,10 @@ class Engine:
         if session not in self.table:
             return
         self.table.remove(session)
+        for leg in session.legs:  # first: closing brings in the last kernel-forwarded counts
+            self.media.close_leg(leg)
+            if leg.port:
+                self.ports.release(leg.port)
         counters = self.counters
         counters.nsess_destroyed += 1
         counters.total_duration += max(0.0, now - session.created_at)
@@ -464,10 +473,6 @@ class Engine:
         self.bytes_relayed_ended += sum(s.bytes_relayed for s in session.streams())
         for name, value in zip(RTPA_COUNTERS, _rtpa_counts(session), strict=True):
             setattr(counters, name, getattr(counters, name) + value)
-        for leg in session.legs:
-            self.media.close_leg(leg)
-            if leg.port:
-                self.ports.release(leg.port)
         session.invalidate_fast_path()
         self._on_event(reason, session, "")
 
@@ -494,6 +499,7 @@ class Engine:
         if cmd.bad_modifier:
             raise ProtocolError(ErrorCode.PARSE_8, "bad Q modifier")
         session, side = found
+        self.media.refresh_counters()
         self._tick(session)  # packets since the last sweep have already reset the timer
         values = _session_values(session, side)
         names = cmd.counters or _DEFAULT_QUERY
@@ -510,6 +516,7 @@ class Engine:
 
     def counter_values(self) -> dict[str, int | float]:
         """Every global counter, live sessions' packets included."""
+        self.media.refresh_counters()
         values: dict[str, int | float] = {
             name: getattr(self.counters, name) for name in COUNTER_NAMES
         }

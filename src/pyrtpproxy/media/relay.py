@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import select
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..engine.session import DETACHED, Endpoint, Leg, LocalAddress, Stream
+from .kernel import KernelForwarder
 
 RECEIVE_BUFFER = 256 * 1024
 MAX_DATAGRAM = 65536
@@ -36,6 +38,7 @@ class MediaConfig:
 
     tos: int = 0xB8
     send_small_twice: bool = False
+    ipv4_forwarding: bool = False  # the host routes IPv4 between other hosts
 
 
 def _media_socket(local: LocalAddress, port: int, tos: int) -> socket.socket:
@@ -93,6 +96,7 @@ class StreamSocket:
         """Keep the connected socket aimed at the stream's remote address."""
         if remote == self.connected_to and self.connected is not None:
             return
+        self.relay.take_back(self.stream)
         if remote is None or remote.port == 0:
             self._drop_connected()
             self.send = self._send_nowhere
@@ -131,10 +135,13 @@ class MediaRelay:
         loop: asyncio.AbstractEventLoop,
         config: MediaConfig,
         on_latch: LatchListener | None = None,
+        kernel: KernelForwarder | None = None,
     ) -> None:
         self.loop = loop
         self.config = config
         self._on_latch = on_latch
+        self.kernel = kernel
+        self._local_hosts: dict[str, bool] = {}
         self.send_errors = 0
         self.now = loop.time()
         # One epoll set for every media socket, read by a single event-loop callback:
@@ -157,6 +164,8 @@ class MediaRelay:
         """Stop dispatching media (sockets are closed with their legs)."""
         self.loop.remove_reader(self._epoll.fileno())
         self._epoll.close()
+        if self.kernel is not None:
+            self.kernel.stop()
 
     # --- MediaOps --------------------------------------------------------------------
 
@@ -182,11 +191,20 @@ class MediaRelay:
     def close_leg(self, leg: Leg) -> None:
         """Stop reading and close the leg's sockets."""
         for stream in leg.streams:
+            self.take_back(stream)
+        if self.kernel is not None:
+            self.kernel.flush()  # now: the leg's counters must be final when this returns
+        for stream in leg.streams:
             if isinstance(stream.transport, StreamSocket):
                 stream.transport.close()
             stream.transport = DETACHED
             stream.fast_src = None
             stream.peer.fast_src = None  # its fast path sends through this stream's socket
+
+    def refresh_counters(self) -> None:
+        """Fold the counts of kernel-forwarded packets into the streams."""
+        if self.kernel is not None:
+            self.kernel.sync()
 
     def source_address_for(self, remote: str, ipv6: bool) -> str | None:
         """Ask the routing table which local address reaches ``remote``."""
@@ -208,6 +226,55 @@ class MediaRelay:
             except OSError:
                 return False
             return True
+
+    # --- in-kernel forwarding -----------------------------------------------------------
+
+    def take_back(self, stream: Stream) -> None:
+        """Stop kernel forwarding both directions that depend on ``stream``'s address."""
+        if self.kernel is not None:
+            self.kernel.withdraw(stream)
+            self.kernel.withdraw(stream.peer)
+
+    def _offer_to_kernel(self, stream: Stream) -> None:
+        """Hand a settled stream to the kernel when it qualifies (IPv4, symmetric, latched,
+        peer address known, nothing tapping the media; for a packet between two other
+        hosts, only when the host forwards IPv4)."""
+        kernel = self.kernel
+        assert kernel is not None
+        source, peer = stream.remote, stream.peer
+        dest = peer.remote
+        inbound, outbound = stream.transport, peer.transport
+        if (
+            source is None
+            or dest is None
+            or not stream.latched
+            or stream.leg.asymmetric
+            or not stream.leg.session.fast_path_allowed
+            or self.config.send_small_twice
+            or not isinstance(inbound, StreamSocket)
+            or not isinstance(outbound, StreamSocket)
+            or inbound.local.ipv6
+            or outbound.local.ipv6
+            or outbound.connected is None
+            or outbound.connected_to != dest
+            or dest.port == 0
+            or ipaddress.ip_address(dest.host).is_unspecified
+        ):
+            return
+        if not (
+            self.config.ipv4_forwarding
+            or self._is_local_host(source.host)
+            or self._is_local_host(dest.host)
+        ):
+            return
+        host, port = outbound.connected.getsockname()[:2]
+        kernel.offload(stream, source, inbound.port, dest, Endpoint(host, port))
+
+    def _is_local_host(self, host: str) -> bool:
+        known = self._local_hosts.get(host)
+        if known is None:
+            known = self._local_hosts[host] = self.is_local_address(host, ipv6=False)
+        return known
 
     # --- sockets and readers ---------------------------------------------------------
 
@@ -295,6 +362,8 @@ class MediaRelay:
         return on_readable
 
     def _slow_path(self, stream: Stream, data: bytes, src: tuple[str, int]) -> None:
+        if self.kernel is not None and src != stream.remote:
+            self.kernel.refresh(stream, self.now)  # re-latching compares sequence numbers
         before = (stream.remote, stream.latched, stream.relatch_count)
         dest = stream.receive(data, src, self.now)
         if (
@@ -306,6 +375,12 @@ class MediaRelay:
             stream.fast_src = None  # every packet needs the duplicate check below
         if dest is None:
             return
+        if (
+            self.kernel is not None
+            and stream.fast_src is not None
+            and not self.kernel.holds(stream)
+        ):
+            self._offer_to_kernel(stream)
         out = stream.peer.transport
         try:
             out.send(data)
