@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -51,9 +51,9 @@ def lab() -> Iterator[Lab]:
 def make_stack(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Callable[..., Stack]]:
     stacks: list[Stack] = []
 
-    def factory(relays: int = 1, ttl: int = 60) -> Stack:
+    def factory(relays: int = 1, ttl: int = 60, relay_flags: Sequence[str] = ()) -> Stack:
         name = f"{request.node.name}-{len(stacks)}".replace("[", "-").replace("]", "")
-        stack = Stack(lab, name, relays=relays, ttl=ttl)
+        stack = Stack(lab, name, relays=relays, ttl=ttl, relay_flags=relay_flags)
         stacks.append(stack)
         stack.start()
         return stack

@@ -273,8 +273,16 @@ class CallRun:
 class Stack:
     """Relays + Kamailio in the lab's pub namespace, the callee registered."""
 
-    def __init__(self, lab: Lab, name: str, relays: int = 1, ttl: int = 60) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        name: str,
+        relays: int = 1,
+        ttl: int = 60,
+        relay_flags: Sequence[str] = (),
+    ) -> None:
         self.lab = lab
+        self.relay_flags = list(relay_flags)
         self.dir = lab.workdir / name
         self.dir.mkdir()
         self.ttl = ttl
@@ -301,6 +309,7 @@ class Stack:
             # so "-p /dev/null" as root deletes /dev/null
             "-p", str(self.dir / f"relay{i}.pid"),
             "-d", "INFO",
+            *self.relay_flags,
         ]  # fmt: skip
 
     def start_relay(self, i: int) -> None:

@@ -8,12 +8,13 @@ The relay command is $PYRTPPROXY_E2E_RELAY (default .venv/bin/pyrtpproxy).
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable
 
 import pytest
 
-from .lab import NAT_PORTS, PUB_IP, UAC_IP, CallRun, Stack, wait_for
+from .lab import NAT_PORTS, PUB_IP, UAC_IP, CallRun, Lab, Stack, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
@@ -104,6 +105,41 @@ def test_media_timeout_ends_call(make_stack: Callable[..., Stack]) -> None:
     assert "rtpproxy media timeout notification" in log
     assert "timed out on the relay: ending the dialog" in log
     assert elapsed < 30
+
+
+def test_call_through_nat_kernel_forwarded(lab: Lab, make_stack: Callable[..., Stack]) -> None:
+    """--kernel-forward on a relay that routes: both phones are on other hosts, so the
+    kernel forwards their media. -T 3 with a 6 s call: the relay must see the kernel's
+    packets, or it would time the call out in the middle."""
+    lab.exec_in("pub", "sysctl", "-qw", "net.ipv4.ip_forward=1")  # read at relay start
+    try:
+        run_kernel_forwarded_call(make_stack(ttl=3, relay_flags=("--kernel-forward",)))
+    finally:
+        lab.exec_in("pub", "sysctl", "-qw", "net.ipv4.ip_forward=0")
+
+
+def run_kernel_forwarded_call(stack: Stack) -> None:
+    lab = stack.lab
+    run = stack.calls(calls=1, pause_ms=6000)
+
+    def forwarded() -> list[int]:
+        listing = lab.exec_in("pub", "nft", "list", "set", "ip", "pyrtpproxy", "inbound")
+        return [int(n) for n in re.findall(r"counter packets (\d+)", listing)]
+
+    try:
+        # both RTP directions (RTCP is sparse)
+        wait_for(lambda: sum(n >= 50 for n in forwarded()) >= 2, 15, "kernel forwarding")
+    except TimeoutError:
+        relay = stack.relays[0].proc
+        log = relay.output()[-3000:] if relay else ""
+        pytest.fail(f"kernel counters {forwarded()}; relay log:\n{log}")
+    finish(stack, run)
+    check_media(stack, call_ids(run, 1), min_packets=200)
+    wait_for(lambda: stack.info(0).get("active sessions") == 0, 5, "no active sessions")
+    assert forwarded() == []  # the BYE removed the call's map elements
+    g = stack.counters(0, "nsess_timeout", "npkts_relayed")
+    assert g["nsess_timeout"] == 0, g
+    assert g["npkts_relayed"] >= 400, g
 
 
 def test_twenty_concurrent_calls(make_stack: Callable[..., Stack]) -> None:

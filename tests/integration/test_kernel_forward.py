@@ -153,3 +153,18 @@ def test_delete_keeps_the_kernel_counts(
     assert relay.counter("npkts_rcvd", "npkts_relayed") == [22, 22]
     call.caller.send(call.b, rtp_packet(21))
     assert call.callee.recv(0.3) is None
+
+
+def test_two_calls_between_the_same_two_sockets(
+    kernel_relay: Callable[..., Relay], ns_parties: Callable[[], Party], netns: NetNamespace
+) -> None:
+    relay = kernel_relay()
+    caller, callee = ns_parties(), ns_parties()
+    calls = [setup_call(relay, f"kf5{n}", caller, callee) for n in range(2)]
+    for call in calls:
+        settle(call, netns)
+    for seq in range(1, 6):
+        for call in calls:  # each call's packets leave from that call's own ports
+            assert relay_ok(caller, call.b, callee, seq) == ("127.0.0.1", call.a)
+            assert relay_ok(callee, call.a, caller, seq, 0x55) == ("127.0.0.1", call.b)
+    assert all(n == 5 for n in kernel_counts(netns).values()), kernel_counts(netns)

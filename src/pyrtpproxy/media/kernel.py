@@ -6,15 +6,16 @@ latched source to the stream's port (destination := the peer's address, source :
 peer stream's port) and delivers it without waking the relay. Everything else still reaches
 the relay's sockets: strangers, re-latching, IPv6, asymmetric legs.
 
-The table holds five maps. A packet arriving for the relay is matched on its source
-address, source port and destination port (the relay's ports are unique):
+A packet arriving for the relay is matched on its source address, source port and
+destination port (the relay's ports are unique, so this names one stream):
 
 * ``inbound`` (a set with a counter per element) says "this is a kernel-forwarded
   stream" and counts its packets and bytes;
-* ``in_addr`` / ``in_port`` give the new destination;
-* ``out_addr`` / ``out_port``, keyed on the rewritten packet, give the new source. The
-  source is rewritten after routing (postrouting, or input for a local party): in
-  prerouting a local source address would make the packet look martian.
+* ``in_addr``, ``in_sport`` and ``in_dport`` give the new destination address, the new
+  source port (the peer stream's) and the new destination port;
+* ``out_addr``, keyed on the rewritten packet (whose source port is the relay's own),
+  gives the new source address. It is set after routing (postrouting, or input for a
+  local party): in prerouting a local source address would make the packet look martian.
 
 Forwarded packets are not tracked by conntrack (``notrack``), so stateful NAT rules of the
 host leave them alone. Counters are folded into the streams' own counters by
@@ -109,25 +110,26 @@ def check_table_name(name: str) -> str:
 
 def table_definition(table: str, tos: int) -> str:
     """The relay's table: empty maps and the four hooks that consult them."""
-    inbound = "ip saddr . udp sport . udp dport"
-    outbound = "ip saddr . udp sport . ip daddr . udp dport"
+    arrived = "ip saddr . udp sport . udp dport"
+    # every lookup is keyed on fields not yet rewritten, or on the relay's own (unique) port
     rewrite_destination = (
-        f"ip frag-off & 0x3fff == 0 {inbound} @inbound notrack "
-        f"ip daddr set {inbound} map @in_addr udp dport set {inbound} map @in_port"
+        f"ip frag-off & 0x3fff == 0 {arrived} @inbound notrack "
+        f"ip daddr set {arrived} map @in_addr "
+        f"udp sport set {arrived} map @in_sport "
+        f"udp dport set {arrived} map @in_dport"
     )
-    # udp sport is rewritten last: the out_addr key still holds the original source port
     rewrite_source = (
-        f"ip saddr set {outbound} map @out_addr "
-        f"udp sport set udp sport . ip daddr . udp dport map @out_port ip dscp set {tos >> 2}"
+        "ip saddr set ip saddr . udp sport . ip daddr . udp dport map @out_addr "
+        f"ip dscp set {tos >> 2}"
     )
     key3 = "ipv4_addr . inet_service . inet_service"
     key4 = "ipv4_addr . inet_service . ipv4_addr . inet_service"
     return f"""table ip {table} {{
   set inbound {{ type {key3}; counter; }}
   map in_addr {{ type {key3} : ipv4_addr; }}
-  map in_port {{ type {key3} : inet_service; }}
+  map in_sport {{ type {key3} : inet_service; }}
+  map in_dport {{ type {key3} : inet_service; }}
   map out_addr {{ type {key4} : ipv4_addr; }}
-  map out_port {{ type inet_service . ipv4_addr . inet_service : inet_service; }}
   chain prerouting {{ type filter hook prerouting priority raw; {rewrite_destination}; }}
   chain output {{ type route hook output priority raw; {rewrite_destination}; }}
   chain postrouting {{ type filter hook postrouting priority 110; {rewrite_source}; }}
@@ -155,10 +157,9 @@ class Offload:
         return f"{self.source.host} . {self.source.port} . {self.local_port}"
 
     def elements(self, verb: str, table: str) -> str:
-        """``add``/``delete`` commands for this direction's five map elements."""
+        """``add``/``delete`` commands for this direction's map elements."""
         key = self.key
         src, dst, out = self.source, self.dest, self.out_from
-        out_key = f"{src.host} . {src.port} . {dst.host} . {dst.port}"
         with_value = verb == "add"
 
         def element(name: str, elem_key: str, value: object) -> str:
@@ -168,9 +169,9 @@ class Offload:
         return "\n".join(
             (
                 element("in_addr", key, dst.host),
-                element("in_port", key, dst.port),
-                element("out_addr", out_key, out.host),
-                element("out_port", f"{src.port} . {dst.host} . {dst.port}", out.port),
+                element("in_sport", key, out.port),
+                element("in_dport", f"{src.host} . {out.port} . {self.local_port}", dst.port),
+                element("out_addr", f"{src.host} . {out.port} . {dst.host} . {dst.port}", out.host),
                 f"{verb} element ip {table} inbound {{ {key} }}",
             )
         )
