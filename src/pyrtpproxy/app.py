@@ -176,7 +176,13 @@ class Relay:
         )
         self.notifier = Notifier()
         if config.metrics_listen is not None:
-            self.metrics = RelayMetrics(engine, self.notifier, self.events, loop)
+            self.metrics = RelayMetrics(
+                engine,
+                self.notifier,
+                self.events,
+                loop,
+                None if kernel is None else lambda: kernel.forwarded_streams,
+            )
             host, port = self.metrics.serve(*config.metrics_listen)
             log.info("serving metrics on http://%s:%d/metrics", host, port)
             processor = CommandProcessor(engine, loop.time, self.metrics.observe)

@@ -260,11 +260,13 @@ class RelayCollector(Collector):
         notifier: Notifier | None = None,
         events: EventCounts | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        kernel_streams: Callable[[], int] | None = None,
     ) -> None:
         self._engine = engine
         self._notifier = notifier
         self._events = events or EventCounts()
         self._loop = loop
+        self._kernel_streams = kernel_streams
 
     def collect(self) -> Iterable[Metric]:
         """Read the engine now (on its event loop if there is one) and describe it."""
@@ -311,6 +313,12 @@ class RelayCollector(Collector):
             "Sessions still waiting for their second leg.",
             value=sum(1 for s in sessions if not s.complete),
         )
+        if self._kernel_streams is not None:
+            yield GaugeMetricFamily(
+                _name("kernel_forwarded_streams"),
+                "Stream directions the kernel relays now (--kernel-forward).",
+                value=self._kernel_streams(),
+            )
         events = self._events
         yield CounterMetricFamily(
             _name("sessions_deleted_total"),
@@ -426,11 +434,12 @@ class RelayMetrics:
         notifier: Notifier | None = None,
         events: EventCounts | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        kernel_streams: Callable[[], int] | None = None,
     ) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
         self.registry = CollectorRegistry(auto_describe=False)
         self.events = events or EventCounts()
-        self.registry.register(RelayCollector(engine, notifier, self.events, loop))
+        self.registry.register(RelayCollector(engine, notifier, self.events, loop, kernel_streams))
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory
         self.commands = Counter(
             "commands",

@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from .conftest import Party, Relay, RelayFactory, parse_port, rtcp_packet, rtp_packet, wait_for
+from .conftest import (
+    Party,
+    Relay,
+    RelayFactory,
+    free_port,
+    parse_port,
+    rtcp_packet,
+    rtp_packet,
+    wait_for,
+)
 from .netns import NetNamespace, namespaces_available
 from .test_relay import Call, relay_ok, setup_call
 
@@ -68,7 +78,8 @@ def settle(call: Call, netns: NetNamespace, seq: int = 0) -> None:
 def test_settled_streams_are_relayed_by_the_kernel(
     kernel_relay: Callable[..., Relay], ns_parties: Callable[[], Party], netns: NetNamespace
 ) -> None:
-    relay = kernel_relay()
+    metrics_port = free_port()
+    relay = kernel_relay("--metrics-listen", f"127.0.0.1:{metrics_port}")
     call = setup_call(relay, "kf1", ns_parties(), ns_parties())
     settle(call, netns)
     for seq in range(1, 51):
@@ -82,6 +93,14 @@ def test_settled_streams_are_relayed_by_the_kernel(
         call.caller.send_rtcp(call.b + 1, rtcp_packet())
         assert call.callee.recv_rtcp() == (rtcp_packet(), ("127.0.0.1", call.a + 1))
     assert wait_for(lambda: (call.caller.port + 1, call.b + 1) in kernel_counts(netns), 3.0)
+    scrape = netns.call(
+        lambda: (
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+            .read()
+            .decode()
+        )
+    )
+    assert "pyrtpproxy_kernel_forwarded_streams 3.0" in scrape
     # Q (RTP) and G (RTP and RTCP) include what the kernel relayed
     assert relay.cmd("Q kf1 ft tt").split()[1:4] == ["51", "51", "102"]
     assert relay.counter("npkts_relayed") == [105]

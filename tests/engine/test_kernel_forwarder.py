@@ -1,0 +1,135 @@
+"""KernelForwarder's bookkeeping against a stand-in for libnftables: batching, counters
+folded into the streams, the sequence estimate, refusals. The real kernel path is covered
+by tests/integration/test_kernel_forward.py (root, own namespace)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pyrtpproxy.engine.session import Endpoint, Session, Stream
+from pyrtpproxy.media.kernel import KernelForwarder, NftError
+
+CALLER = Endpoint("192.0.2.10", 40000)
+CALLEE = Endpoint("198.51.100.20", 50000)
+OUT = Endpoint("203.0.113.1", 30002)
+
+
+class FakeNft:
+    """Records command batches; answers listings with the counters set in ``counts``."""
+
+    def __init__(self) -> None:
+        self.batches: list[str] = []
+        self.counts: dict[str, tuple[int, int]] = {}
+        self.refuse_adds = False
+
+    def run(self, commands: str) -> bytes:
+        self.batches.append(commands)
+        if commands.startswith(("list set", "get element")):
+            body = ",\n".join(
+                f"{key} counter packets {p} bytes {b}" for key, (p, b) in self.counts.items()
+            )
+            return f"table ip t {{ set inbound {{ elements = {{ {body} }} }} }}".encode()
+        if self.refuse_adds and commands.startswith("add element"):
+            raise NftError("Error: Could not process rule: File exists")
+        return b""
+
+
+def forwarder() -> tuple[KernelForwarder, FakeNft, list[Callable[[], None]]]:
+    nft = FakeNft()
+    scheduled: list[Callable[[], None]] = []
+    kernel = KernelForwarder(nft, "t", 0xB8, scheduled.append)  # type: ignore[arg-type]
+    return kernel, nft, scheduled
+
+
+def stream() -> Stream:
+    return Session(b"call", b"tag", 0.0).legs[0].rtp
+
+
+def test_offloads_of_one_wakeup_go_in_one_transaction() -> None:
+    kernel, nft, scheduled = forwarder()
+    first, second = stream(), stream()
+    kernel.offload(first, CALLER, 30000, CALLEE, OUT)
+    kernel.offload(second, CALLER, 30004, CALLEE, Endpoint(OUT.host, 30006))
+    assert len(scheduled) == 1 and nft.batches == []
+    scheduled[0]()
+    assert len(nft.batches) == 1
+    batch = nft.batches[0]
+    assert batch.count("add element") == 10
+    assert "add element ip t in_addr { 192.0.2.10 . 40000 . 30000 : 198.51.100.20 }" in batch
+    assert "add element ip t in_sport { 192.0.2.10 . 40000 . 30000 : 30002 }" in batch
+    assert "add element ip t in_dport { 192.0.2.10 . 30002 . 30000 : 50000 }" in batch
+    assert (
+        "add element ip t out_addr { 192.0.2.10 . 30002 . 198.51.100.20 . 50000 : 203.0.113.1 }"
+    ) in batch
+    assert kernel.forwarded_streams == 2
+
+
+def test_withdraw_before_the_flush_sends_nothing() -> None:
+    kernel, nft, scheduled = forwarder()
+    s = stream()
+    kernel.offload(s, CALLER, 30000, CALLEE, OUT)
+    kernel.withdraw(s)
+    scheduled[0]()
+    assert nft.batches == []
+    assert not kernel.holds(s)
+
+
+def test_counters_are_folded_without_headers_and_the_last_count_survives_removal() -> None:
+    kernel, nft, scheduled = forwarder()
+    s = stream()
+    s.last_seq = 100
+    kernel.offload(s, CALLER, 30000, CALLEE, OUT)
+    scheduled[0]()
+    nft.counts["192.0.2.10 . 40000 . 30000"] = (10, 10 * (172 + 28))
+    kernel.sync()
+    assert (s.packets_relayed, s.bytes_relayed, s.last_seq) == (10, 1720, 110)
+    kernel.sync()  # the same counters again add nothing
+    assert s.packets_relayed == 10
+    nft.counts["192.0.2.10 . 40000 . 30000"] = (15, 15 * 200)
+    kernel.withdraw(s)
+    scheduled[-1]()
+    assert s.packets_relayed == 15 and s.bytes_relayed == 15 * 172
+    assert nft.batches[-1].count("delete element") == 5
+    assert not kernel.holds(s)
+
+
+@given(base=st.integers(0, 65535), forwarded=st.integers(0, 200_000))
+def test_sequence_estimate_wraps(base: int, forwarded: int) -> None:
+    kernel, nft, scheduled = forwarder()
+    s = stream()
+    s.last_seq = base
+    kernel.offload(s, CALLER, 30000, CALLEE, OUT)
+    scheduled[0]()
+    nft.counts["192.0.2.10 . 40000 . 30000"] = (forwarded, forwarded * 200)
+    kernel.sync()
+    assert s.last_seq == (base + forwarded) % 65536
+
+
+def test_a_refused_stream_stays_in_user_space_until_its_addresses_change() -> None:
+    kernel, nft, scheduled = forwarder()
+    nft.refuse_adds = True
+    s = stream()
+    kernel.offload(s, CALLER, 30000, CALLEE, OUT)
+    scheduled[0]()
+    assert kernel.failures == 1 and kernel.forwarded_streams == 0
+    kernel.offload(s, CALLER, 30000, CALLEE, OUT)  # no retry per packet
+    assert len(scheduled) == 1
+    kernel.withdraw(s)  # a new address: it may be tried again
+    nft.refuse_adds = False
+    kernel.offload(s, CALLER, 30000, CALLEE, OUT)
+    scheduled[-1]()
+    assert kernel.forwarded_streams == 1
+
+
+def test_strangers_read_the_counters_at_most_twice_a_second() -> None:
+    kernel, nft, scheduled = forwarder()
+    s = stream()
+    kernel.offload(s, CALLER, 30000, CALLEE, OUT)
+    scheduled[0]()
+    for tick in range(100):  # a flood: 100 strangers' packets in one second
+        kernel.refresh(s, 10.0 + tick / 100)
+    reads = [b for b in nft.batches if b.startswith("get element")]
+    assert len(reads) == 2
