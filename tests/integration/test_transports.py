@@ -378,8 +378,19 @@ def _run_startup(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[byte
         ["-f", "-m", "20000", "-M", "10000"],
         ["-f", "-u", "nosuchuser"],
         ["-f", "-l", "192.0.2.77"],
+        ["-f", "--kernel-forward", "-u", "root"],
+        ["-f", "--kernel-forward", "--nft-table", "no-dashes"],
     ],
-    ids=["stdio-no-f", "bad-s", "bad-udp-port", "m-gt-M", "unknown-user", "unusable-l"],
+    ids=[
+        "stdio-no-f",
+        "bad-s",
+        "bad-udp-port",
+        "m-gt-M",
+        "unknown-user",
+        "unusable-l",
+        "kernel-forward-with-u",
+        "bad-nft-table",
+    ],
 )
 def test_startup_errors(tmp_path: Path, args: list[str]) -> None:
     sock = str(tmp_path / "x.sock")
