@@ -5,6 +5,7 @@ joined it (``setns`` moves only the calling thread; its sockets stay in the name
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import secrets
 import shutil
@@ -18,13 +19,19 @@ CLONE_NEWNET = 0x40000000
 PREFIX = "pyrtpk-"
 
 
+@functools.cache
 def namespaces_available() -> str | None:
-    """Why namespaces cannot be used here, or None."""
+    """Why namespaces cannot be used here, or None (checked by creating one)."""
     if os.geteuid() != 0:
         return "needs root (network namespaces, nftables)"
     for tool in ("ip", "nft"):
         if shutil.which(tool) is None:
             return f"needs {tool} (Debian: iproute2, nftables)"
+    try:
+        probe = NetNamespace()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return f"cannot create a network namespace here: {exc}"
+    probe.delete()
     return None
 
 
@@ -33,8 +40,14 @@ class NetNamespace:
 
     def __init__(self) -> None:
         self.name = PREFIX + secrets.token_hex(4)
-        subprocess.run(["ip", "netns", "add", self.name], check=True)
-        subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
+        try:
+            subprocess.run(
+                ["ip", "-n", self.name, "link", "set", "lo", "up"], check=True, capture_output=True
+            )
+        except subprocess.CalledProcessError:
+            self.delete()
+            raise
 
     @property
     def wrapper(self) -> tuple[str, ...]:

@@ -27,7 +27,9 @@ from .conftest import (
 from .netns import NetNamespace, namespaces_available
 from .test_relay import Call, relay_ok, setup_call
 
-pytestmark = pytest.mark.skipif(namespaces_available() is not None, reason="root only")
+pytestmark = pytest.mark.skipif(
+    namespaces_available() is not None, reason=namespaces_available() or ""
+)
 
 COUNTED = re.compile(r"([0-9.]+) \. (\d+) \. (\d+) counter packets (\d+)")
 
