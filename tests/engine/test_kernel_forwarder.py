@@ -24,6 +24,7 @@ class FakeNft:
         self.batches: list[str] = []
         self.counts: dict[str, tuple[int, int]] = {}
         self.refuse_adds = False
+        self.refuse_batches_of_deletes = False
 
     def run(self, commands: str) -> bytes:
         self.batches.append(commands)
@@ -34,6 +35,8 @@ class FakeNft:
             return f"table ip t {{ set inbound {{ elements = {{ {body} }} }} }}".encode()
         if self.refuse_adds and commands.startswith("add element"):
             raise NftError("Error: Could not process rule: File exists")
+        if self.refuse_batches_of_deletes and commands.count("delete element") > 1:
+            raise NftError("Error: Could not process rule: No such file or directory")
         return b""
 
 
@@ -133,3 +136,15 @@ def test_strangers_read_the_counters_at_most_twice_a_second() -> None:
         kernel.refresh(s, 10.0 + tick / 100)
     reads = [b for b in nft.batches if b.startswith("get element")]
     assert len(reads) == 2
+
+
+def test_a_refused_removal_is_retried_element_by_element() -> None:
+    kernel, nft, scheduled = forwarder()
+    s = stream()
+    kernel.offload(s, CALLER, 30000, CALLEE, OUT)
+    scheduled[0]()
+    nft.refuse_batches_of_deletes = True
+    kernel.withdraw(s)
+    scheduled[-1]()
+    singles = [b for b in nft.batches if b.startswith("delete element") and "\n" not in b]
+    assert len(singles) == 5 and kernel.failures == 1

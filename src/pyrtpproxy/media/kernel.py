@@ -24,6 +24,7 @@ host leave them alone. Counters are folded into the streams' own counters by
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -266,13 +267,14 @@ class KernelForwarder:
         self._flush_pending = False
         if self._to_delete:
             self._fold_final_counts()
-            commands = "\n".join(o.elements("delete", self.table) for o in self._to_delete)
+            removed = list(self._to_delete)
             self._to_delete.clear()
             try:
-                self.nft.run(commands)
+                self.nft.run("\n".join(o.elements("delete", self.table) for o in removed))
             except NftError as exc:
                 self.failures += 1
                 log.error("nftables refused to remove forwarded streams: %s", exc)
+                self._delete_one_by_one(removed)
         if self._to_add:
             batch = list(self._to_add.values())
             self._to_add.clear()
@@ -287,6 +289,14 @@ class KernelForwarder:
                 return
             for offload in batch:
                 self._active[offload.stream] = offload
+
+    def _delete_one_by_one(self, removed: list[Offload]) -> None:
+        """After a refused batch (an element already gone, say), remove what is left:
+        a stale element would go on forwarding to the old address."""
+        for offload in removed:
+            for command in offload.elements("delete", self.table).splitlines():
+                with contextlib.suppress(NftError):
+                    self.nft.run(command)
 
     # --- counters ----------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ RECEIVE_BUFFER = 256 * 1024
 MAX_DATAGRAM = 65536
 SMALL_PACKET = 128
 DISPATCH_BATCH = 256  # ready sockets served per event-loop wakeup
+LOCAL_HOST_CACHE = 4096  # remembered answers to "is this address one of ours?"
 _BIND_BUSY = (errno.EADDRINUSE, errno.EACCES)
 
 LatchListener = Callable[[Stream, str], None]
@@ -273,6 +274,8 @@ class MediaRelay:
     def _is_local_host(self, host: str) -> bool:
         known = self._local_hosts.get(host)
         if known is None:
+            if len(self._local_hosts) >= LOCAL_HOST_CACHE:
+                self._local_hosts.clear()  # remote hosts come and go; keep the cache bounded
             known = self._local_hosts[host] = self.is_local_address(host, ipv6=False)
         return known
 
