@@ -19,7 +19,7 @@ from .control.server import ControlServer
 from .engine.handler import Engine, EngineConfig
 from .engine.ports import PortAllocator
 from .engine.session import Session, Stream
-from .media.kernel import KernelForwarder, Nftables, NftError, ipv4_forwarding_enabled
+from .media.kernel import KernelForwarder, Nftables, NftError
 from .media.relay import MediaConfig, MediaRelay
 from .metrics import EventCounts, RelayMetrics
 from .notify import Notifier
@@ -145,15 +145,14 @@ class Relay:
         config = self.config
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        forwarding = ipv4_forwarding_enabled()
         try:
-            kernel = self._kernel_forwarder(loop, forwarding)
+            kernel = self._kernel_forwarder(loop)
         except NftError as exc:
             log.critical("cannot set up kernel forwarding (--kernel-forward): %s", exc)
             return 1
         self.media = MediaRelay(
             loop,
-            MediaConfig(config.tos, config.send_small_twice, forwarding),
+            MediaConfig(config.tos, config.send_small_twice),
             self._on_latch,
             kernel,
         )
@@ -223,9 +222,7 @@ class Relay:
             log.info("pyrtpproxy stopped")
         return 0
 
-    def _kernel_forwarder(
-        self, loop: asyncio.AbstractEventLoop, forwarding: bool
-    ) -> KernelForwarder | None:
+    def _kernel_forwarder(self, loop: asyncio.AbstractEventLoop) -> KernelForwarder | None:
         config = self.config
         if not config.kernel_forward:
             return None
@@ -235,7 +232,7 @@ class Relay:
             "kernel forwarding on: settled IPv4 streams go through nftables table ip %s",
             config.nft_table,
         )
-        if not forwarding:
+        if not kernel.routes_between_hosts:
             log.warning(
                 "net.ipv4.ip_forward is 0: streams between two other hosts stay in user space"
             )

@@ -202,11 +202,14 @@ class KernelForwarder:
         self._refused: set[Stream] = set()
         self._flush_pending = False
         self.failures = 0
+        self.routes_between_hosts = False  # net.ipv4.ip_forward, read by start()
 
     # --- table -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Create the table, replacing one left over by an earlier run."""
+        """Create the table, replacing one left over by an earlier run, and note whether
+        the host forwards IPv4 (media between two other hosts needs it)."""
+        self.routes_between_hosts = ipv4_forwarding_enabled()
         self.nft.run(
             f"add table ip {self.table}\ndelete table ip {self.table}\n"
             + table_definition(self.table, self.tos)

@@ -39,7 +39,6 @@ class MediaConfig:
 
     tos: int = 0xB8
     send_small_twice: bool = False
-    ipv4_forwarding: bool = False  # the host routes IPv4 between other hosts
 
 
 def _media_socket(local: LocalAddress, port: int, tos: int) -> socket.socket:
@@ -263,7 +262,7 @@ class MediaRelay:
         ):
             return
         if not (
-            self.config.ipv4_forwarding
+            kernel.routes_between_hosts
             or self._is_local_host(source.host)
             or self._is_local_host(dest.host)
         ):
