@@ -402,8 +402,17 @@ METRICS = ["loss_pct", "p50_ms", "p99_ms", "max_ms", "relay_cpu_pct", "us_per_pk
            "sys_us_per_pkt", "gen_cpu_pct", "late_pct", "foreign_pct", "relayed_pps"]  # fmt: skip
 
 
+def plot_title(machine: dict[str, Any]) -> str:
+    """The plot's heading, from ``machine_facts()``."""
+    return f"rtpproxy-compatible relays on {machine['cpus']} CPUs"
+
+
 def summarise(
-    results: list[dict[str, Any]], relays: list[RelaySpec], steps: list[int], repeat: int
+    results: list[dict[str, Any]],
+    relays: list[RelaySpec],
+    steps: list[int],
+    repeat: int,
+    versions: dict[str, str],
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for spec in relays:
@@ -450,6 +459,7 @@ def summarise(
             "capacity_median": statistics.median(caps) if caps else None,
             "capacity_is_lower_bound": any(capped),
             "generator_bound_before_limit": any(gen_limited),
+            "version": versions.get(spec.name, "?"),
         }
     return out
 
@@ -725,13 +735,10 @@ def report_again(args: argparse.Namespace) -> int:
     for rec in results:
         classify(args, rec)
     repeat = 1 + max(int(r["rep"]) for r in results)
-    summary = summarise(results, relays, meta["steps"], repeat)
-    for name, version in meta["versions"].items():
-        summary[name]["version"] = version
+    summary = summarise(results, relays, meta["steps"], repeat, meta["versions"])
     print_tables(summary, relays, args.baseline or relays[0].name)
     if args.plot:
-        cpus = meta["machine"]["cpus"]
-        plot(summary, relays, args.plot, f"rtpproxy-compatible relays on {cpus} CPUs")
+        plot(summary, relays, args.plot, plot_title(meta["machine"]))
     return 0
 
 
@@ -830,9 +837,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         kill_all_started()
 
-    summary = summarise(results, relays, steps, args.repeat)
-    for name, version in versions.items():
-        summary[name]["version"] = version
+    summary = summarise(results, relays, steps, args.repeat, versions)
     doc = {"meta": meta, "interrupted": interrupted, "results": results, "summary": summary}
     out_path.write_text(json.dumps(doc, indent=1, default=str))
     print(
@@ -844,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
     print_tables(summary, relays, baseline)
     print(f"\nraw results: {out_path}")
     if args.plot:
-        plot(summary, relays, args.plot, f"rtpproxy-compatible relays on {facts['cpus']} CPUs")
+        plot(summary, relays, args.plot, plot_title(facts))
     return 130 if interrupted else 0
 
 
