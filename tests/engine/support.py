@@ -101,7 +101,7 @@ def run_udp(engine: Engine, data: bytes, now: float = 0.0) -> bytes:
     """What a UDP control socket does with one datagram (no reply cache)."""
     cookie, command = split_cookie(data[:MAX_COMMAND])
     if cookie is None:
-        return ErrorCode.PARSE_1.wire
+        return ErrorCode.SYNTAX.wire
     return cookie + b" " + run(engine, command, now)
 
 

@@ -86,7 +86,7 @@ class CommandProcessor:
             self._bad_log.warning("command %r failed: %s", data[:120], exc)
         except Exception:  # a bug must cost one command, never the relay
             log.exception("internal error on command %r", data[:120])
-            body, failed = ErrorCode.NOMEM_9.wire, True
+            body, failed = ErrorCode.INTERNAL_ERROR.wire, True
         if failed:
             counters.ncmds_errs += 1
         else:
@@ -101,7 +101,7 @@ class CommandProcessor:
         if cookie is None:
             self._engine.counters.ncmds_rcvd += 1
             self._engine.counters.ncmds_errs += 1
-            return ErrorCode.PARSE_1.wire + b"\n"
+            return ErrorCode.SYNTAX.wire + b"\n"
         now = self._clock()
         self._expire(now)
         cached = self._cache.get(cookie)

@@ -83,7 +83,7 @@ class AddressPlan:
         """The address of ``interface`` in the family; ``E36`` when the family has none."""
         choices = self.ipv6 if ipv6 else self.ipv4
         if not choices:
-            raise ProtocolError(ErrorCode.INVLARG_6, "no local address of that family")
+            raise ProtocolError(ErrorCode.NO_ADDRESS_OF_FAMILY, "no local address of that family")
         return choices[min(interface.value, len(choices) - 1)]
 
     def all(self) -> tuple[LocalAddress, ...]:
@@ -178,7 +178,7 @@ class Engine:
                 return self._copy(command)
             case Play() | StopPlay():
                 return self._play(command)
-        raise ProtocolError(ErrorCode.CMDUNKN, "unhandled command")
+        raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, "unhandled command")
 
     def delete_all(self, now: float) -> None:
         """Destroy every session without notifications (``X``, and shutdown)."""
@@ -211,7 +211,7 @@ class Engine:
     def _update(self, cmd: Update, now: float, ctx: RequestContext) -> bytes:
         mods = cmd.modifiers
         if cmd.notify_socket is not None and not self.config.notify_targets:
-            raise ProtocolError(ErrorCode.NSOFF, "notify requested but no -n configured")
+            raise ProtocolError(ErrorCode.NOTIFY_DISABLED, "notify requested but no -n configured")
         if mods.ipv6:
             self.config.addresses.pick(True, Interface.INTERNAL)  # E36 if no IPv6 address
         media = resolve_media_address(cmd.addr, cmd.port, mods.ipv6)
@@ -244,7 +244,7 @@ class Engine:
 
     def _create(self, cmd: Update, now: float) -> Session:
         if self.draining:
-            raise ProtocolError(ErrorCode.SLOWSHTDN, "shutting down, no new sessions")
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "shutting down, no new sessions")
         session = Session(cmd.call_id, cmd.from_tag, now)
         mods = cmd.modifiers
         interfaces = mods.interfaces + (Interface.INTERNAL,) * (2 - len(mods.interfaces))
@@ -311,7 +311,7 @@ class Engine:
         ipv6 = ":" in remote
         host = self.media.source_address_for(remote, ipv6) if _numeric(remote) else None
         if host is None:
-            raise ProtocolError(ErrorCode.INVLARG_2, f"no local address towards {remote}")
+            raise ProtocolError(ErrorCode.NO_ROUTE_TO_REMOTE, f"no local address towards {remote}")
         return self._configured(host) or LocalAddress(host, ipv6=ipv6)
 
     def _local_from_spec(self, spec: AddressSpec, ipv6: bool) -> LocalAddress:
@@ -319,14 +319,14 @@ class Engine:
             for local in self.config.addresses.all():
                 if local.label == spec.text:
                     return local
-            raise ProtocolError(ErrorCode.INVLARG_1, f"unknown address label {spec.text}")
+            raise ProtocolError(ErrorCode.NOT_A_LOCAL_ADDRESS, f"unknown address label {spec.text}")
         configured = self._configured(spec.text)
         if configured is not None:
             return configured
         family_v6 = ":" in spec.text
         if _numeric(spec.text) and self.media.is_local_address(spec.text, family_v6):
             return LocalAddress(spec.text, ipv6=family_v6)
-        raise ProtocolError(ErrorCode.INVLARG_1, f"{spec.text} is not a local address")
+        raise ProtocolError(ErrorCode.NOT_A_LOCAL_ADDRESS, f"{spec.text} is not a local address")
 
     def _configured(self, host: str) -> LocalAddress | None:
         for local in self.config.addresses.all():
@@ -348,7 +348,7 @@ class Engine:
                 lambda port: port != old and self.media.open_leg(leg, local, port)
             )
         except PortsExhausted:
-            code = ErrorCode.LSTFAIL_2 if new_session else ErrorCode.LSTFAIL_1
+            code = ErrorCode.NO_PORT_FOR_SESSION if new_session else ErrorCode.NO_PORT_FOR_LEG
             raise ProtocolError(code, "no free media port") from None
         for stream in leg.streams:
             stream.set_remote(stream.remote)  # new socket: drop shortcuts through the old one
@@ -429,7 +429,7 @@ class Engine:
     def _delete(self, cmd: Delete, now: float) -> bytes:
         matches = self.table.find_all(cmd.call_id, cmd.from_tag, cmd.to_tag)
         if not matches:
-            raise ProtocolError(ErrorCode.SESUNKN, "no such session")
+            raise ProtocolError(ErrorCode.NO_SESSION, "no such session")
         for session, side in matches:
             self._delete_one(session, side, cmd.weak, now)
         return b"0"
@@ -495,9 +495,9 @@ class Engine:
     def _query(self, cmd: Query, now: float) -> bytes:
         found = self.table.find(cmd.call_id, cmd.from_tag, cmd.to_tag)
         if found is None:
-            raise ProtocolError(ErrorCode.SESUNKN, "no such session")
+            raise ProtocolError(ErrorCode.NO_SESSION, "no such session")
         if cmd.bad_modifier:
-            raise ProtocolError(ErrorCode.PARSE_8, "bad Q modifier")
+            raise ProtocolError(ErrorCode.UNKNOWN_QUERY_MODIFIER, "bad Q modifier")
         session, side = found
         self.media.refresh_counters()
         self._tick(session)  # packets since the last sweep have already reset the timer
@@ -507,11 +507,11 @@ class Engine:
         for name in names:
             value = values.get(name)
             if value is None:
-                raise ProtocolError(ErrorCode.QRYFAIL, f"unknown counter {name!r}")
+                raise ProtocolError(ErrorCode.UNKNOWN_QUERY_COUNTER, f"unknown counter {name!r}")
             parts.append(name + b"=" + value if cmd.verbose else value)
         reply = b" ".join(parts)
         if len(reply) >= MAX_REPLY - 64:
-            raise ProtocolError(ErrorCode.RTOOBIG_2, "Q reply too long")
+            raise ProtocolError(ErrorCode.QUERY_REPLY_TOO_LONG, "Q reply too long")
         return reply + self._run_subcommands(cmd.subcommands, session, side, now)
 
     def counter_values(self) -> dict[str, int | float]:
@@ -543,12 +543,12 @@ class Engine:
         for raw in cmd.names:
             name = raw.decode("latin-1")
             if name not in values:
-                raise ProtocolError(ErrorCode.STSFAIL, f"unknown counter {name}")
+                raise ProtocolError(ErrorCode.UNKNOWN_COUNTER, f"unknown counter {name}")
             value = format_value(values[name])
             parts.append(raw + b"=" + value if cmd.verbose else value)
         reply = b" ".join(parts)
         if len(reply) >= MAX_REPLY - 64:
-            raise ProtocolError(ErrorCode.RTOOBIG_1, "G reply too long")
+            raise ProtocolError(ErrorCode.COUNTERS_REPLY_TOO_LONG, "G reply too long")
         return reply
 
     def _info(self, cmd: Info) -> bytes:
@@ -570,23 +570,23 @@ class Engine:
 
     def _record(self, cmd: Record | StopRecord) -> bytes:
         # Like rtpproxy without -r: nothing can be recorded, so nothing matches (E50).
-        raise ProtocolError(ErrorCode.SESUNKN, "recording is not available")
+        raise ProtocolError(ErrorCode.NO_SESSION, "recording is not available")
 
     def _copy(self, cmd: Copy) -> bytes:
         if self.table.find(cmd.call_id, cmd.from_tag, cmd.to_tag) is None:
-            raise ProtocolError(ErrorCode.SESUNKN, "no such session")
-        raise ProtocolError(ErrorCode.CPYFAIL, "copy not available")
+            raise ProtocolError(ErrorCode.NO_SESSION, "no such session")
+        raise ProtocolError(ErrorCode.COPY_FAILED, "copy not available")
 
     def _play(self, cmd: Play | StopPlay) -> bytes:
         found = self.table.find(cmd.call_id, cmd.from_tag, cmd.to_tag)
         if found is None:
-            raise ProtocolError(ErrorCode.SESUNKN, "no such session")
+            raise ProtocolError(ErrorCode.NO_SESSION, "no such session")
         if isinstance(cmd, StopPlay) or cmd.count == 0:
             return b"0"  # S, and P with a repeat count of 0, stop playing
         session, side = found
         if cmd.codecs == b"session" and session.legs[side].codecs is None:
-            raise ProtocolError(ErrorCode.INVLARG_5, "no codec list stored for this leg")
-        raise ProtocolError(ErrorCode.PLRFAIL, "prompt cannot be played")
+            raise ProtocolError(ErrorCode.INVALID_MODIFIER, "no codec list stored for this leg")
+        raise ProtocolError(ErrorCode.PLAY_FAILED, "prompt cannot be played")
 
 
 _DEFAULT_QUERY = (b"ttl", b"npkts_ina", b"npkts_ino", b"nrelayed", b"ndropped")

@@ -64,14 +64,14 @@ def parse(data: bytes, *, bridge_mode: bool = False) -> Command:
     """Parse one command (without cookie). Raises :class:`ProtocolError`."""
     tokens = tokenize(data)
     if not tokens or any(b"\0" in t for t in tokens):
-        raise ProtocolError(ErrorCode.PARSE_1, "empty command or NUL byte")
+        raise ProtocolError(ErrorCode.SYNTAX, "empty command or NUL byte")
     segments = _split_segments(tokens)
     main, subs = segments[0], segments[1:]
     word = main[0]
     letter = word[:1].upper()
     parser = _PARSERS.get(letter)
     if parser is None:
-        raise ProtocolError(ErrorCode.CMDUNKN, f"unknown command {word[:1]!r}")
+        raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, f"unknown command {word[:1]!r}")
     return parser(word[1:], main, subs, bridge_mode)
 
 
@@ -83,25 +83,27 @@ def _split_segments(tokens: list[bytes]) -> list[list[bytes]]:
         else:
             segments[-1].append(token)
     if any(not s for s in segments) or len(segments) - 1 > MAX_SUBCOMMANDS:
-        raise ProtocolError(ErrorCode.PARSE_1, "misplaced &&")
+        raise ProtocolError(ErrorCode.SYNTAX, "misplaced &&")
     if any(len(s) >= MAX_TOKENS for s in segments):
-        raise ProtocolError(ErrorCode.PARSE_1, "too many tokens")
+        raise ProtocolError(ErrorCode.SYNTAX, "too many tokens")
     return segments
 
 
 def _nargs(tokens: list[bytes], low: int, high: int) -> None:
     if not low <= len(tokens) <= high:
-        raise ProtocolError(ErrorCode.PARSE_NARGS, f"{len(tokens)} tokens, want {low}..{high}")
+        raise ProtocolError(
+            ErrorCode.WRONG_ARGUMENT_COUNT, f"{len(tokens)} tokens, want {low}..{high}"
+        )
 
 
 def _no_modifiers(mods: bytes) -> None:
     if mods:
-        raise ProtocolError(ErrorCode.PARSE_MODS, f"unexpected modifiers {mods!r}")
+        raise ProtocolError(ErrorCode.MODIFIERS_NOT_ALLOWED, f"unexpected modifiers {mods!r}")
 
 
 def _no_subcommands(subs: list[list[bytes]]) -> None:
     if subs:
-        raise ProtocolError(ErrorCode.PARSE_SUBC, "command takes no sub-commands")
+        raise ProtocolError(ErrorCode.BAD_SUBCOMMAND, "command takes no sub-commands")
 
 
 def _only_chars(mods: bytes, allowed: bytes, code: ErrorCode) -> None:
@@ -179,7 +181,11 @@ def parse_update_modifiers(mods: bytes, bridge_mode: bool) -> UpdateModifiers:
             weak = True
         elif char in "ie":
             if not bridge_mode or len(interfaces) >= 2:
-                code = ErrorCode.PARSE_12 if char == "i" else ErrorCode.PARSE_11
+                code = (
+                    ErrorCode.INTERNAL_WITHOUT_BRIDGE
+                    if char == "i"
+                    else ErrorCode.EXTERNAL_WITHOUT_BRIDGE
+                )
                 raise ProtocolError(code, "i/e needs bridge mode, at most twice")
             interfaces.append(Interface.INTERNAL if char == "i" else Interface.EXTERNAL)
         elif char == "6":
@@ -188,24 +194,26 @@ def parse_update_modifiers(mods: bytes, bridge_mode: bool) -> UpdateModifiers:
             digits, pos = _take_digits(mods, pos)
             repacketize = _decimal(digits, 1000)
             if not digits or not 1 <= repacketize <= 999:
-                raise ProtocolError(ErrorCode.PARSE_13, "z wants 1..999")
+                raise ProtocolError(ErrorCode.BAD_REPACKETIZE_TIME, "z wants 1..999")
         elif char == "c":
             digits, pos = _take_digits(mods, pos, b",")
             if not digits or codecs is not None:
-                raise ProtocolError(ErrorCode.PARSE_14, "c wants a payload-type list, once")
+                raise ProtocolError(ErrorCode.BAD_CODEC_LIST, "c wants a payload-type list, once")
             codecs = digits
         elif char == "l":
             local, pos = _take_address(mods, pos, allow_label=True)
             if local is None:
-                raise ProtocolError(ErrorCode.PARSE_15, "l wants an address or {label}")
+                raise ProtocolError(
+                    ErrorCode.BAD_LOCAL_ADDRESS_SYNTAX, "l wants an address or {label}"
+                )
         elif char == "r":
             remote, pos = _take_address(mods, pos, allow_label=False)
             if remote is None:
-                raise ProtocolError(ErrorCode.PARSE_16, "r wants an address")
+                raise ProtocolError(ErrorCode.BAD_REMOTE_ADDRESS_SYNTAX, "r wants an address")
         elif char == "n":
             new_port = True
         else:
-            raise ProtocolError(ErrorCode.INVLARG_5, f"unknown modifier {char!r}")
+            raise ProtocolError(ErrorCode.INVALID_MODIFIER, f"unknown modifier {char!r}")
     return UpdateModifiers(
         asymmetric=asymmetric,
         weak=weak,
@@ -233,7 +241,7 @@ def url_decode(data: bytes) -> bytes:
         if byte == 0x25:  # '%'
             pair = data[pos + 1 : pos + 3]
             if len(pair) != 2 or not all(b in _HEX for b in pair):
-                raise ProtocolError(ErrorCode.PARSE_10, "bad %-escape in notify tag")
+                raise ProtocolError(ErrorCode.BAD_NOTIFY_TAG, "bad %-escape in notify tag")
             out.append(int(pair, 16))
             pos += 3
         else:
@@ -277,15 +285,15 @@ def _parse_subcommands(
         letter, mods = tokens[0][:1].upper(), tokens[0][1:]
         try:
             if letter == b"D" and len(tokens) == 1:
-                _only_chars(mods, b"w", ErrorCode.PARSE_SUBC)
+                _only_chars(mods, b"w", ErrorCode.BAD_SUBCOMMAND)
                 parsed.append(SubDelete(weak=bool(mods)))
             elif letter == b"L" and allow_lookup and len(tokens) == 3:
                 modifiers = parse_update_modifiers(mods, bridge)
                 parsed.append(SubLookup(addr=tokens[1], port=tokens[2], modifiers=modifiers))
             else:
-                raise ProtocolError(ErrorCode.PARSE_SUBC, f"unsupported sub-command {letter!r}")
+                raise ProtocolError(ErrorCode.BAD_SUBCOMMAND, f"unsupported sub-command {letter!r}")
         except ProtocolError as exc:
-            raise ProtocolError(ErrorCode.PARSE_SUBC, exc.detail) from exc
+            raise ProtocolError(ErrorCode.BAD_SUBCOMMAND, exc.detail) from exc
     return tuple(parsed)
 
 
@@ -305,7 +313,7 @@ def _parse_l(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool)
 def _parse_d(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool) -> Command:
     _nargs(t, 3, 4)
     _no_subcommands(subs)
-    _only_chars(mods, b"w", ErrorCode.PARSE_4)
+    _only_chars(mods, b"w", ErrorCode.UNKNOWN_DELETE_MODIFIER)
     return Delete(call_id=t[1], from_tag=t[2], to_tag=_optional(t, 3), weak=bool(mods))
 
 
@@ -314,9 +322,9 @@ def _parse_r(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool)
     _no_subcommands(subs)
     for char in mods.lower():
         if char == ord("p"):
-            raise ProtocolError(ErrorCode.PARSE_2, "p is not allowed on R")
+            raise ProtocolError(ErrorCode.MISPLACED_RECORD_MODIFIER, "p is not allowed on R")
         if char != ord("s"):
-            raise ProtocolError(ErrorCode.PARSE_3, f"bad R modifiers {mods!r}")
+            raise ProtocolError(ErrorCode.UNKNOWN_RECORD_MODIFIER, f"bad R modifiers {mods!r}")
     return Record(call_id=t[1], from_tag=t[2], to_tag=_optional(t, 3), single_file=bool(mods))
 
 
@@ -325,16 +333,16 @@ def _parse_n(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool)
     _no_subcommands(subs)
     lowered = mods.lower()
     if lowered and not lowered.startswith(b"a"):
-        raise ProtocolError(ErrorCode.PARSE_3, f"bad N modifiers {mods!r}")
+        raise ProtocolError(ErrorCode.UNKNOWN_RECORD_MODIFIER, f"bad N modifiers {mods!r}")
     if len(lowered) > 1:
-        raise ProtocolError(ErrorCode.PARSE_2, "nothing may follow N's a")
+        raise ProtocolError(ErrorCode.MISPLACED_RECORD_MODIFIER, "nothing may follow N's a")
     return StopRecord(call_id=t[1], from_tag=t[2], to_tag=_optional(t, 3), both=bool(lowered))
 
 
 def _parse_c(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool) -> Command:
     _nargs(t, 4, 5)
     _no_subcommands(subs)
-    _only_chars(mods, b"sp", ErrorCode.PARSE_3)
+    _only_chars(mods, b"sp", ErrorCode.UNKNOWN_RECORD_MODIFIER)
     lowered = mods.lower()
     return Copy(
         call_id=t[1],
@@ -350,7 +358,7 @@ def _parse_p(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool)
     _nargs(t, 5, 6)
     _no_subcommands(subs)
     if mods and not mods.isdigit():
-        raise ProtocolError(ErrorCode.PARSE_6, "P repeat count must be a number")
+        raise ProtocolError(ErrorCode.BAD_PLAY_COUNT, "P repeat count must be a number")
     return Play(
         call_id=t[1],
         prompt=t[2],
@@ -397,7 +405,7 @@ def _parse_v(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool)
 def _parse_i(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool) -> Command:
     _nargs(t, 1, 1)
     _no_subcommands(subs)
-    _only_chars(mods, b"bl", ErrorCode.PARSE_7)
+    _only_chars(mods, b"bl", ErrorCode.UNKNOWN_INFO_MODIFIER)
     lowered = mods.lower()
     return Info(brief=b"b" in lowered, load=b"l" in lowered)
 
@@ -412,7 +420,7 @@ def _parse_x(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool)
 def _parse_g(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool) -> Command:
     _nargs(t, 1, MAX_COUNTER_NAMES + 1)
     _no_subcommands(subs)
-    _only_chars(mods, b"v", ErrorCode.PARSE_5)
+    _only_chars(mods, b"v", ErrorCode.UNKNOWN_COUNTERS_MODIFIER)
     return GetCounters(names=tuple(t[1:]), verbose=bool(mods))
 
 
@@ -457,9 +465,9 @@ def resolve_media_address(addr: bytes, port: bytes, ipv6: bool) -> MediaAddress:
         text = addr.decode("ascii")
         ip = ipaddress.IPv6Address(text) if ipv6 else ipaddress.IPv4Address(text)
     except (UnicodeDecodeError, ValueError):
-        raise ProtocolError(ErrorCode.INVLARG_7, f"bad address {addr!r}") from None
+        raise ProtocolError(ErrorCode.BAD_ADDRESS, f"bad address {addr!r}") from None
     if not port.isdigit():
-        raise ProtocolError(ErrorCode.INVLARG_7, f"bad port {port!r}")
+        raise ProtocolError(ErrorCode.BAD_ADDRESS, f"bad port {port!r}")
     if ip.is_unspecified:
         return MediaAddress(None, hold=True)
     # 10**16 is a multiple of 65536, so the last 16 digits decide the wrapped port
