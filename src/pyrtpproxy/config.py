@@ -7,9 +7,8 @@ import os
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .engine.handler import AddressPlan
+from .engine.addresses import AddressPlan, LocalAddress
 from .engine.ports import port_range
-from .engine.session import LocalAddress
 from .media.kernel import check_table_name
 
 DEFAULT_UDP_PORT = 22222

@@ -7,9 +7,10 @@ import random
 import struct
 from collections.abc import Callable, Iterable
 
-from pyrtpproxy.engine.handler import AddressPlan, Engine, EngineConfig, RequestContext
+from pyrtpproxy.engine.addresses import AddressPlan, LocalAddress
+from pyrtpproxy.engine.handler import Engine, EngineConfig, RequestContext
 from pyrtpproxy.engine.ports import PortAllocator, port_range
-from pyrtpproxy.engine.session import Leg, LocalAddress
+from pyrtpproxy.engine.session import Leg
 from pyrtpproxy.protocol.errors import ErrorCode, ProtocolError
 from pyrtpproxy.protocol.parse import parse, split_cookie
 

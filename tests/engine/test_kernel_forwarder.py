@@ -9,7 +9,8 @@ from collections.abc import Callable
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyrtpproxy.engine.session import Endpoint, Session, Stream
+from pyrtpproxy.engine.addresses import Endpoint
+from pyrtpproxy.engine.session import Session, Stream
 from pyrtpproxy.media.kernel import KernelForwarder, NftError
 
 CALLER = Endpoint("192.0.2.10", 40000)

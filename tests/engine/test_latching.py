@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from pyrtpproxy.engine.addresses import Endpoint
 from pyrtpproxy.engine.handler import Engine
-from pyrtpproxy.engine.session import Endpoint, Session, Side
+from pyrtpproxy.engine.session import Session, Side
 
 from .support import make_engine, rtcp, rtp, run
 

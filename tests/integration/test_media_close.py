@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from pyrtpproxy.engine.session import DETACHED, Endpoint, LocalAddress, Session
+from pyrtpproxy.engine.addresses import Endpoint, LocalAddress
+from pyrtpproxy.engine.session import DETACHED, Session
 from pyrtpproxy.media.relay import MediaConfig, MediaRelay
 
 

@@ -10,8 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from engine.support import make_engine, run, run_udp
-from pyrtpproxy.engine.handler import AddressPlan
-from pyrtpproxy.engine.session import LocalAddress
+from pyrtpproxy.engine.addresses import AddressPlan, LocalAddress
 from pyrtpproxy.protocol.commands import (
     AddressSpec,
     Delete,

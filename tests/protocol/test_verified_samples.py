@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from engine.support import WILDCARD, FakeMedia, make_engine, rtp, run, run_udp
-from pyrtpproxy.engine.handler import AddressPlan, Engine
-from pyrtpproxy.engine.session import Endpoint, LocalAddress, Side
+from pyrtpproxy.engine.addresses import AddressPlan, Endpoint, LocalAddress
+from pyrtpproxy.engine.handler import Engine
+from pyrtpproxy.engine.session import Side
 
 # -l 127.0.0.1/127.0.0.2 -A 192.0.2.1/192.0.2.2
 BRIDGE = AddressPlan(

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..engine.addresses import Endpoint
 from ..engine.handler import Engine
-from ..engine.session import Endpoint, Leg, Session, Side
+from ..engine.session import Leg, Session, Side
 from ..protocol.parse import tokenize
 
 COMMAND_WORD = b"Zsessions"

@@ -35,10 +35,10 @@ from ..protocol.commands import (
     VersionFeature,
 )
 from ..protocol.errors import ErrorCode, ProtocolError
-from ..protocol.parse import MediaAddress, resolve_media_address
+from .addresses import AddressPlan, Endpoint, LocalAddress, MediaAddress, resolve_media_address
 from .counters import COUNTER_NAMES, PACKET_COUNTERS, RTPA_COUNTERS, GlobalCounters, format_value
 from .ports import PortAllocator, PortsExhausted
-from .session import Endpoint, Leg, LocalAddress, Session, Side
+from .session import Leg, Session, Side
 from .table import SessionTable
 
 MAX_REPLY = 1024
@@ -64,31 +64,6 @@ class MediaOps(Protocol):
 
     def is_local_address(self, host: str, ipv6: bool) -> bool:
         """Whether media sockets can bind to ``host`` (``l`` modifier)."""
-
-
-@dataclass(frozen=True, slots=True)
-class AddressPlan:
-    """Media addresses from ``-l``/``-6``/``-A``: internal and external per family."""
-
-    ipv4: tuple[LocalAddress, ...] = (LocalAddress(""),)
-    ipv6: tuple[LocalAddress, ...] = ()
-    labelled: tuple[LocalAddress, ...] = ()
-
-    @property
-    def bridge_mode(self) -> bool:
-        """Two interfaces (``-l a/b``): sessions bridge internal and external networks."""
-        return len(self.ipv4) > 1 or len(self.ipv6) > 1
-
-    def pick(self, ipv6: bool, interface: Interface) -> LocalAddress:
-        """The address of ``interface`` in the family; ``E36`` when the family has none."""
-        choices = self.ipv6 if ipv6 else self.ipv4
-        if not choices:
-            raise ProtocolError(ErrorCode.NO_ADDRESS_OF_FAMILY, "no local address of that family")
-        return choices[min(interface.value, len(choices) - 1)]
-
-    def all(self) -> tuple[LocalAddress, ...]:
-        """Every configured address."""
-        return self.ipv4 + self.ipv6 + self.labelled
 
 
 @dataclass(frozen=True, slots=True)

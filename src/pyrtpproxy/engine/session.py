@@ -6,10 +6,10 @@ its slow path and uses ``fast_src``/``fast_dest`` as a shortcut once a stream is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
+from .addresses import Endpoint, LocalAddress
 from .rtp import RtpAnalysis, rtp_header
 
 RELATCH_WINDOW = 10.0  # seconds after U/L during which any RTP source may re-latch
@@ -37,35 +37,6 @@ class _Detached:
 
 
 DETACHED: StreamTransport = _Detached()
-
-
-class Endpoint(NamedTuple):
-    """A transport address; compares equal to the plain ``(host, port)`` tuples sockets give."""
-
-    host: str
-    port: int
-
-
-@dataclass(frozen=True, slots=True)
-class LocalAddress:
-    """A media address of this relay: what sockets bind to, and what replies advertise."""
-
-    host: str  # "" means the wildcard address of the family
-    ipv6: bool = False
-    advertised: str | None = None
-    label: str | None = None
-
-    @property
-    def bind_host(self) -> str:
-        """What sockets bind to: the address, or the family's wildcard."""
-        return self.host or ("::" if self.ipv6 else "0.0.0.0")
-
-    @property
-    def reply_address(self) -> str | None:
-        """Address to put in U/L replies; None when bound to a wildcard (port-only reply)."""
-        if self.advertised:
-            return self.advertised
-        return self.host or None
 
 
 class Side(IntEnum):

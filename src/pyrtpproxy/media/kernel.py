@@ -32,7 +32,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..engine.session import Endpoint, Stream
+from ..engine.addresses import Endpoint
+from ..engine.session import Stream
 
 log = logging.getLogger("pyrtpproxy.kernel")
 

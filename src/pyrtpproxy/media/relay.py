@@ -20,7 +20,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..engine.session import DETACHED, Endpoint, Leg, LocalAddress, Stream
+from ..engine.addresses import Endpoint, LocalAddress
+from ..engine.session import DETACHED, Leg, Stream
 from .kernel import KernelForwarder
 
 RECEIVE_BUFFER = 256 * 1024

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from .commands import (
     AddressSpec,
@@ -439,36 +438,3 @@ _PARSERS: dict[bytes, ParserFn] = {
     b"X": _parse_x,
     b"G": _parse_g,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class MediaAddress:
-    """Where a U/L says its party's media comes from.
-
-    ``endpoint`` is None when the address was silently ignored; ``hold`` is set for the
-    null host (``0.0.0.0``/``::``), which puts the leg on hold and keeps the old address.
-    """
-
-    endpoint: tuple[str, int] | None
-    hold: bool = False
-
-
-IGNORED_ADDRESS = MediaAddress(None)
-
-
-def resolve_media_address(addr: bytes, port: bytes, ipv6: bool) -> MediaAddress:
-    """Resolve U/L's address and port numerically, with rtpproxy's quirks (§5.3 step 5)."""
-    low, high = (2, 45) if ipv6 else (7, 15)
-    if not low <= len(addr) <= high:
-        return IGNORED_ADDRESS
-    try:
-        text = addr.decode("ascii")
-        ip = ipaddress.IPv6Address(text) if ipv6 else ipaddress.IPv4Address(text)
-    except (UnicodeDecodeError, ValueError):
-        raise ProtocolError(ErrorCode.BAD_ADDRESS, f"bad address {addr!r}") from None
-    if not port.isdigit():
-        raise ProtocolError(ErrorCode.BAD_ADDRESS, f"bad port {port!r}")
-    if ip.is_unspecified:
-        return MediaAddress(None, hold=True)
-    # 10**16 is a multiple of 65536, so the last 16 digits decide the wrapped port
-    return MediaAddress((ip.compressed, int(port[-16:]) % 65536))
