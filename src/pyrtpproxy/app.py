@@ -16,18 +16,32 @@ from . import __version__
 from .config import Config, ControlKind
 from .control.processor import CommandProcessor
 from .control.server import ControlServer
-from .engine.handler import Engine, EngineConfig
+from .engine.counters import Counters
+from .engine.engine import Engine, EngineConfig
+from .engine.events import (
+    EndReason,
+    Event,
+    Latched,
+    LegClosed,
+    LegOpened,
+    NotifyTargetUnknown,
+    NotifyWanted,
+    SessionCompleted,
+    SessionCreated,
+    SessionEnded,
+    StreamChanged,
+)
 from .engine.ports import PortAllocator
-from .engine.session import Session, Stream
+from .engine.session import Session
 from .media.kernel import KernelForwarder, Nftables, NftError
 from .media.relay import MediaConfig, MediaRelay
-from .metrics import EventCounts, RelayMetrics
+from .metrics import RelayMetrics
 from .notify import Notifier
 
 log = logging.getLogger("pyrtpproxy")
 
 SOCKETS_PER_SESSION = 4
-SWEEP_INTERVAL = 1.0
+KERNEL_SYNC_INTERVAL = 1.0  # seconds between reads of the kernel's counters
 
 
 def setup_logging(config: Config, daemon: bool) -> None:
@@ -110,51 +124,113 @@ def _session_label(session: Session) -> str:
 
 
 class Relay:
-    """The running relay: engine, media, control sockets, sweeper, notifier."""
+    """The running relay: engine, media, control sockets, one timer, notifier.
+
+    Everything the engine wants done arrives here as events (:meth:`dispatch`); the
+    engine's timer is one ``loop.call_at``, re-armed only when its deadline moves.
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.counters = Counters()
         self.engine: Engine | None = None
         self.notifier: Notifier | None = None
         self.media: MediaRelay | None = None
-        self.events = EventCounts()  # latch/end counts for metrics, fed by the hooks below
         self.metrics: RelayMetrics | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
 
-    def _on_event(self, kind: str, session: Session, detail: str) -> None:
-        self.events.session_event(kind, session)
-        level = logging.INFO if kind != "failed" else logging.WARNING
-        log.log(
-            level, "session %s: %s%s", kind, _session_label(session), f" {detail}" if detail else ""
-        )
+    # --- events --------------------------------------------------------------------------
 
-    def _on_latch(self, stream: Stream, kind: str) -> None:
-        self.events.latch(stream, kind)
-        leg = stream.leg
-        log.info(
-            "session %s: %s leg %s %s to %s",
-            kind,
-            _session_label(leg.session),
-            leg.side.name,
-            "RTCP" if stream.is_rtcp else "RTP",
-            stream.remote,
-        )
+    def dispatch(self, events: tuple[Event, ...]) -> None:
+        """Carry out the engine's events: media changes, notifications, logs."""
+        assert self.media is not None and self.notifier is not None
+        for event in events:
+            match event:
+                case StreamChanged() | LegOpened() | LegClosed():
+                    self.media.apply(event)
+                case Latched(stream=stream, relatched=relatched):
+                    leg = stream.leg
+                    log.info(
+                        "session %s: %s leg %s %s to %s",
+                        "re-latched" if relatched else "latched",
+                        _session_label(leg.session),
+                        leg.side.name,
+                        "RTCP" if stream.is_rtcp else "RTP",
+                        stream.remote,
+                    )
+                case SessionCreated(session=session):
+                    log.info("session created: %s", _session_label(session))
+                case SessionCompleted(session=session):
+                    log.info("session completed: %s", _session_label(session))
+                case SessionEnded(session=session, reason=reason):
+                    level = logging.WARNING if reason is EndReason.FAILED else logging.INFO
+                    log.log(level, "session %s: %s", reason.value, _session_label(session))
+                case NotifyWanted():
+                    self.notifier.send(event)
+                case NotifyTargetUnknown(session=session, name=name):
+                    log.info(
+                        "session notify-unknown: %s %s",
+                        _session_label(session),
+                        name.decode("latin-1"),
+                    )
+
+    def _after_command(self, events: tuple[Event, ...]) -> None:
+        """A command (or the timer) ran: act on it, then the timer and SIGHUP's drain."""
+        self.dispatch(events)
+        self._arm_timer()
+        engine = self.engine
+        assert engine is not None
+        if engine.draining and not len(engine.table):
+            log.info("last session gone after SIGHUP, exiting")
+            self.stop()
+
+    def _arm_timer(self) -> None:
+        assert self.engine is not None and self._loop is not None
+        deadline = self.engine.get_timer()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = None if deadline is None else self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self.engine is not None and self._loop is not None and self.media is not None
+        self._timer = self._timer_at = None
+        try:
+            self.media.refresh_counters()  # kernel-forwarded packets count as activity
+            self._after_command(self.engine.handle_timer(self._loop.time()))
+        except Exception:  # the timer must survive anything
+            log.exception("session timer failed")
+            self._arm_timer()
+
+    def _sync_kernel_forever(self) -> None:
+        """Fold kernel-forwarded packets into the streams once a second (idle timers,
+        metrics and re-latching read them)."""
+        assert self.media is not None and self._loop is not None
+        try:
+            self.media.refresh_counters()
+        except Exception:
+            log.exception("reading kernel-forwarded counters failed")
+        self._loop.call_later(KERNEL_SYNC_INTERVAL, self._sync_kernel_forever)
+
+    # --- running -------------------------------------------------------------------------
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT (or SIGHUP and the last session gone)."""
         config = self.config
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
             kernel = self._kernel_forwarder(loop)
         except NftError as exc:
             log.critical("cannot set up kernel forwarding (--kernel-forward): %s", exc)
             return 1
-        self.media = MediaRelay(
-            loop,
-            MediaConfig(config.tos, config.send_small_twice),
-            self._on_latch,
-            kernel,
+        self.media = media = MediaRelay(
+            loop, MediaConfig(config.tos, config.send_small_twice), self.counters, kernel
         )
         ports = PortAllocator(
             config.ports, random_order=not config.sequential_ports, reserved=config.reserved_ports()
@@ -170,23 +246,30 @@ class Relay:
                 notify_targets=config.notify_targets,
             ),
             ports,
-            self.media,
-            self._on_event,
+            media,
+            self.counters,
         )
-        self.notifier = Notifier()
+        media.connect_engine(engine.receive, self.dispatch)
+        self.notifier = Notifier(self.counters.relay)
+        observe = None
         if config.metrics_listen is not None:
             self.metrics = RelayMetrics(
                 engine,
                 self.notifier,
-                self.events,
                 loop,
                 None if kernel is None else lambda: kernel.forwarded_streams,
+                media.refresh_counters,
             )
             host, port = self.metrics.serve(*config.metrics_listen)
             log.info("serving metrics on http://%s:%d/metrics", host, port)
-            processor = CommandProcessor(engine, loop.time, self.metrics.observe)
-        else:
-            processor = CommandProcessor(engine, loop.time)
+            observe = self.metrics.observe
+        processor = CommandProcessor(
+            engine,
+            loop.time,
+            on_events=self._after_command,
+            refresh=media.refresh_counters,
+            **({} if observe is None else {"observe": observe}),
+        )
         stdio_only = all(s.kind in (ControlKind.STDIO, ControlKind.STDIOC) for s in config.control)
         server = ControlServer(
             processor,
@@ -208,14 +291,16 @@ class Relay:
         )
         if config.record_dir:
             log.warning("recording is not available in this build: R and N answer E50, C E65")
-        sweeper = loop.create_task(self._sweep_forever())
+        if kernel is not None:
+            loop.call_later(KERNEL_SYNC_INTERVAL, self._sync_kernel_forever)
         try:
             await self._stop.wait()
         finally:
-            sweeper.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
             server.close()
-            engine.delete_all(loop.time())
-            self.media.close()
+            self.dispatch(engine.delete_all(loop.time()))
+            media.close()
             self.notifier.close()
             if self.metrics is not None:
                 self.metrics.close()
@@ -226,7 +311,9 @@ class Relay:
         config = self.config
         if not config.kernel_forward:
             return None
-        kernel = KernelForwarder(Nftables(), config.nft_table, config.tos, loop.call_soon)
+        kernel = KernelForwarder(
+            Nftables(), config.nft_table, config.tos, loop.call_soon, self.counters, loop.time
+        )
         kernel.start()
         log.info(
             "kernel forwarding on: settled IPv4 streams go through nftables table ip %s",
@@ -249,22 +336,6 @@ class Relay:
                 log.info("EOF on stdin; serving the other control sockets")
 
         return on_eof
-
-    async def _sweep_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self.engine is not None and self.notifier is not None
-        deadline = loop.time()
-        while True:
-            deadline += SWEEP_INTERVAL
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
-            try:
-                for note in self.engine.sweep(loop.time()):
-                    self.notifier.send(note)
-            except Exception:  # the sweeper must survive anything
-                log.exception("sweeper failed")
-            if self.engine.draining and not len(self.engine.table):
-                log.info("last session gone after SIGHUP, exiting")
-                self.stop()
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.add_signal_handler(signal.SIGTERM, self._on_terminate)

@@ -1,15 +1,15 @@
 """Prometheus metrics, read lazily from the engine at scrape time.
 
 Nothing here runs per packet. The media path keeps incrementing plain ``int`` attributes
-on :class:`~pyrtpproxy.engine.session.Stream` objects exactly as before; a scrape walks
-the live sessions once and adds the totals the engine already keeps for destroyed
-sessions (:meth:`~pyrtpproxy.engine.handler.Engine.counter_values`).
+on :class:`~pyrtpproxy.engine.session.Stream` objects; a scrape reads one
+:class:`~pyrtpproxy.engine.counters.Snapshot` (the totals of ended sessions plus one walk
+over the live ones), the same read ``G`` does.
 
 Threading: the HTTP server runs in a daemon thread (``prometheus_client``'s WSGI server),
 so serving HTTP never blocks the event loop. Reading single ``int`` attributes from that
 thread would be safe under the GIL (each read is atomic), but a *sum* over sessions is
-not: ``Engine._destroy`` removes a session from the table a few bytecodes before it adds
-the session's packets to the totals, and a scrape falling in between would see
+not: the engine removes a session from the table a few bytecodes before it adds the
+session's packets to the totals, and a scrape falling in between would see
 ``packets_relayed_total`` go down, which Prometheus reads as a counter reset. So when the
 collector knows the event loop, the engine-derived part of a scrape is computed *on the
 loop* (``call_soon_threadsafe``; the HTTP thread waits at most :data:`SCRAPE_TIMEOUT`):
@@ -30,8 +30,8 @@ import os
 import platform
 import resource
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
@@ -47,10 +47,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .engine.counters import DROP_REASONS, PROTOCOLS
 
 if TYPE_CHECKING:
-    from .engine.handler import Engine
-    from .engine.session import Session, Stream
+    from .engine.engine import Engine
     from .notify import Notifier
 
 NAMESPACE = "pyrtpproxy"
@@ -184,13 +184,11 @@ G_COUNTER_METRICS: dict[str, tuple[str, str, str]] = {
     "pps_in": (
         "packets_received_per_second",
         "gauge",
-        "Packets received during the last sweeper second (G pps_in).",
+        "Packets per second received over the last second or more (G pps_in).",
     ),
 }
 
 SCRAPE_TIMEOUT = 5.0  # seconds the HTTP thread waits for the event loop
-DROP_REASONS = ("no_destination", "wrong_source", "incomplete_session")
-SESSION_END_EVENTS = frozenset({"deleted", "timeout", "failed"})
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25)
 
 
@@ -198,42 +196,8 @@ def _name(short: str) -> str:
     return f"{NAMESPACE}_{short}"
 
 
-def _stream_drops(stream: Stream) -> tuple[int, int, int]:
-    return stream.dropped, stream.ignored, stream.incomplete
-
-
-@dataclass(slots=True)
-class EventCounts:
-    """Totals fed from the relay's session and latch events (never from the packet path).
-
-    ``Relay._on_event``/``Relay._on_latch`` call :meth:`session_event` and :meth:`latch`;
-    both run on the event loop only when a session changes state.
-    """
-
-    deleted: int = 0
-    failed: int = 0
-    latched: dict[str, int] = field(default_factory=lambda: {"rtp": 0, "rtcp": 0})
-    relatched: dict[str, int] = field(default_factory=lambda: {"rtp": 0, "rtcp": 0})
-    # drops of sessions already destroyed, by reason (DROP_REASONS order)
-    ended_drops: list[int] = field(default_factory=lambda: [0, 0, 0])
-
-    def session_event(self, kind: str, session: Session) -> None:
-        """Count a session event; fold a destroyed session's drop counters in."""
-        if kind not in SESSION_END_EVENTS:
-            return
-        if kind == "deleted":
-            self.deleted += 1
-        elif kind == "failed":
-            self.failed += 1
-        for stream in session.streams():
-            for i, value in enumerate(_stream_drops(stream)):
-                self.ended_drops[i] += value
-
-    def latch(self, stream: Stream, kind: str) -> None:
-        """Count a latch (``"latched"``) or re-latch (``"re-latched"``) of a stream."""
-        protocol = "rtcp" if stream.is_rtcp else "rtp"
-        target = self.relatched if kind == "re-latched" else self.latched
-        target[protocol] += 1
+def _nothing() -> None:
+    return None
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -258,15 +222,15 @@ class RelayCollector(Collector):
         self,
         engine: Engine,
         notifier: Notifier | None = None,
-        events: EventCounts | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         kernel_streams: Callable[[], int] | None = None,
+        refresh: Callable[[], None] = _nothing,
     ) -> None:
         self._engine = engine
         self._notifier = notifier
-        self._events = events or EventCounts()
         self._loop = loop
         self._kernel_streams = kernel_streams
+        self._refresh = refresh
 
     def collect(self) -> Iterable[Metric]:
         """Read the engine now (on its event loop if there is one) and describe it."""
@@ -289,9 +253,12 @@ class RelayCollector(Collector):
 
     def _collect(self) -> Iterator[Metric]:
         engine = self._engine
-        values = engine.counter_values()
+        self._refresh()
+        now = self._loop.time() if self._loop is not None else time.monotonic()
+        snap = engine.snapshot(now)
+        relay = snap.relay
         for g_name, (short, kind, help_text) in G_COUNTER_METRICS.items():
-            value = values.get(g_name)
+            value = snap.g.value(g_name)
             if value is None:
                 continue
             if kind == "counter":
@@ -302,16 +269,15 @@ class RelayCollector(Collector):
         yield CounterMetricFamily(
             _name("bytes_relayed_total"),
             "UDP payload bytes of RTP and RTCP relayed to the other party.",
-            value=engine.bytes_relayed(),
+            value=snap.bytes_relayed,
         )
-        sessions = list(engine.table)
         yield GaugeMetricFamily(
-            _name("sessions_active"), "Sessions in the table now.", value=len(sessions)
+            _name("sessions_active"), "Sessions in the table now.", value=snap.sessions_active
         )
         yield GaugeMetricFamily(
             _name("sessions_incomplete"),
             "Sessions still waiting for their second leg.",
-            value=sum(1 for s in sessions if not s.complete),
+            value=snap.sessions_incomplete,
         )
         if self._kernel_streams is not None:
             yield GaugeMetricFamily(
@@ -319,37 +285,39 @@ class RelayCollector(Collector):
                 "Stream directions the kernel relays now (--kernel-forward).",
                 value=self._kernel_streams(),
             )
-        events = self._events
+        yield CounterMetricFamily(
+            _name("kernel_failures_total"),
+            "nftables changes refused (--kernel-forward); the streams stay in user space.",
+            value=relay.kernel_failures,
+        )
+        yield CounterMetricFamily(
+            _name("media_send_errors_total"),
+            "Relayed packets the kernel refused to send (e.g. ICMP unreachable, no buffer).",
+            value=relay.send_errors,
+        )
         yield CounterMetricFamily(
             _name("sessions_deleted_total"),
             "Sessions destroyed by D, X or shutdown (not by timeout).",
-            value=events.deleted,
+            value=relay.sessions_deleted,
         )
         yield CounterMetricFamily(
             _name("sessions_failed_total"),
             "Session creations refused: the creating U failed (e.g. no free port).",
-            value=events.failed,
+            value=relay.sessions_failed,
         )
         for short, help_text, counts in (
-            ("legs_latched_total", "Streams that latched to a source address.", events.latched),
+            ("legs_latched_total", "Streams that latched to a source address.", relay.latched),
             (
                 "legs_relatched_total",
                 "Streams that moved to a new source address (re-latch).",
-                events.relatched,
+                relay.relatched,
             ),
         ):
             family = CounterMetricFamily(_name(short), help_text, labels=["protocol"])
-            for protocol, count in counts.items():
-                family.add_metric([protocol], count)
+            for protocol in PROTOCOLS:
+                family.add_metric([protocol], counts[protocol])
             yield family
 
-        drops = list(events.ended_drops)
-        latched_now = 0
-        for session in sessions:
-            for stream in session.streams():
-                latched_now += stream.latched
-                for i, value in enumerate(_stream_drops(stream)):
-                    drops[i] += value
         family = CounterMetricFamily(
             _name("packets_dropped_total"),
             "Packets received but not relayed, by reason: no_destination (other party's "
@@ -357,11 +325,13 @@ class RelayCollector(Collector):
             "incomplete_session (only one leg set up).",
             labels=["reason"],
         )
-        for reason, value in zip(DROP_REASONS, drops, strict=True):
-            family.add_metric([reason], value)
+        for reason in DROP_REASONS:
+            family.add_metric([reason], snap.drops[reason])
         yield family
         yield GaugeMetricFamily(
-            _name("streams_latched"), "Live RTP/RTCP streams latched now.", value=latched_now
+            _name("streams_latched"),
+            "Live RTP/RTCP streams latched now.",
+            value=snap.streams_latched,
         )
 
         ports = engine.ports
@@ -382,22 +352,25 @@ class RelayCollector(Collector):
             value=int(engine.draining),
         )
 
+        for short, help_text, value in (
+            (
+                "notifications_sent_total",
+                "Timeout notifications delivered.",
+                relay.notifications_sent,
+            ),
+            (
+                "notifications_failed_total",
+                "Failed attempts to deliver notifications (each retried).",
+                relay.notifications_failed,
+            ),
+            (
+                "notifications_dropped_total",
+                "Notifications given up (queue full).",
+                relay.notifications_dropped,
+            ),
+        ):
+            yield CounterMetricFamily(_name(short), help_text, value=value)
         if self._notifier is not None:
-            stats = self._notifier.stats
-            for short, help_text, value in (
-                ("notifications_sent_total", "Timeout notifications delivered.", stats.sent),
-                (
-                    "notifications_failed_total",
-                    "Failed attempts to deliver notifications (each retried).",
-                    stats.failed,
-                ),
-                (
-                    "notifications_dropped_total",
-                    "Notifications given up (queue full or bad target).",
-                    stats.dropped,
-                ),
-            ):
-                yield CounterMetricFamily(_name(short), help_text, value=value)
             yield GaugeMetricFamily(
                 _name("notifications_queued"),
                 "Notifications waiting for delivery.",
@@ -432,14 +405,13 @@ class RelayMetrics:
         self,
         engine: Engine,
         notifier: Notifier | None = None,
-        events: EventCounts | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         kernel_streams: Callable[[], int] | None = None,
+        refresh: Callable[[], None] = _nothing,
     ) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
         self.registry = CollectorRegistry(auto_describe=False)
-        self.events = events or EventCounts()
-        self.registry.register(RelayCollector(engine, notifier, self.events, loop, kernel_streams))
+        self.registry.register(RelayCollector(engine, notifier, loop, kernel_streams, refresh))
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory
         self.commands = Counter(
             "commands",
@@ -460,14 +432,10 @@ class RelayMetrics:
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
-    def observe(self, kind: str, result: str, seconds: float) -> None:
+    def observe(self, kind: str, succeeded: bool, seconds: float) -> None:
         """``CommandProcessor``'s observe hook: count one command and its duration."""
-        self.commands.labels(kind, result).inc()
+        self.commands.labels(kind, "ok" if succeeded else "error").inc()
         self.latency.labels(kind).observe(seconds)
-
-    def observer(self) -> Callable[[str, str, float], None]:
-        """The hook to pass to ``CommandProcessor``."""
-        return self.observe
 
     def serve(self, host: str, port: int) -> tuple[str, int]:
         """Start the HTTP endpoint in a daemon thread; returns the bound address."""

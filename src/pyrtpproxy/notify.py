@@ -8,7 +8,9 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
-from .engine.handler import CC_SELF, Notification
+from .engine.counters import RelayCounters
+from .engine.engine import CC_SELF
+from .engine.events import NotifyWanted
 
 log = logging.getLogger("pyrtpproxy.notify")
 
@@ -44,7 +46,7 @@ def resolve_target(target: bytes, source_host: str) -> TargetAddress:
 class _Connection:
     """One target: a queue drained by a task that (re)connects whenever it must."""
 
-    def __init__(self, address: TargetAddress, stats: NotifierStats) -> None:
+    def __init__(self, address: TargetAddress, stats: RelayCounters) -> None:
         self.address = address
         self._stats = stats
         self._queue: deque[tuple[bytes, bytes]] = deque()  # (line, call-id for the log)
@@ -56,7 +58,7 @@ class _Connection:
     def enqueue(self, line: bytes, call_id: bytes = b"") -> None:
         if len(self._queue) >= QUEUE_LIMIT:
             self._queue.popleft()
-            self._stats.dropped += 1
+            self._stats.notifications_dropped += 1
             log.warning("notification queue for %s is full, dropped the oldest", self.address)
         self._queue.append((line, call_id))
         self._wakeup.set()
@@ -76,7 +78,7 @@ class _Connection:
                 await self._deliver_queue()
                 failures = 0
             except (TimeoutError, OSError) as exc:
-                self._stats.failed += 1
+                self._stats.notifications_failed += 1
                 self._close()
                 delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
                 failures += 1
@@ -100,7 +102,7 @@ class _Connection:
             self._writer.write(line)
             await self._writer.drain()
             self._queue.popleft()
-            self._stats.sent += 1
+            self._stats.notifications_sent += 1
             log.info(
                 "session notified: call-id=%r tag=%r to %s",
                 call_id.decode("latin-1"),
@@ -125,29 +127,20 @@ class _Connection:
         self._close()
 
 
-@dataclass(slots=True)
-class NotifierStats:
-    """Counters for metrics and logs."""
-
-    sent: int = 0
-    failed: int = 0
-    dropped: int = 0
-
-
 class Notifier:
-    """Delivers :class:`Notification` objects; one persistent connection per target."""
+    """Delivers timeout notifications; one persistent connection per target."""
 
-    def __init__(self) -> None:
-        self.stats = NotifierStats()
+    def __init__(self, stats: RelayCounters | None = None) -> None:
+        self.stats = stats or RelayCounters()
         self._connections: dict[TargetAddress, _Connection] = {}
 
-    def send(self, note: Notification) -> None:
+    def send(self, note: NotifyWanted) -> None:
         """Queue ``note`` for delivery (never blocks, never raises for a bad target)."""
         try:
             address = resolve_target(note.target, note.source_host)
         except ValueError:
             log.error("cannot parse notification target %r", note.target)
-            self.stats.dropped += 1
+            self.stats.notifications_dropped += 1
             return
         connection = self._connections.get(address)
         if connection is None:

@@ -1,24 +1,25 @@
-"""Shared helpers for the pure protocol/engine tests: a fake media layer, an engine
-factory, a control-layer stand-in and synthetic RTP packets."""
+"""Shared helpers for the pure protocol/engine tests: a fake host probe, an engine
+factory that wires the real command processor to a fake clock, and synthetic packets."""
 
 from __future__ import annotations
 
 import random
 import struct
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
+from pyrtpproxy.control.processor import CommandProcessor
 from pyrtpproxy.engine.addresses import AddressPlan, LocalAddress
-from pyrtpproxy.engine.handler import Engine, EngineConfig, RequestContext
+from pyrtpproxy.engine.engine import LOCAL_REQUEST, Engine, EngineConfig, RequestContext
+from pyrtpproxy.engine.events import Event, LegClosed, LegOpened, NotifyWanted
 from pyrtpproxy.engine.ports import PortAllocator, port_range
-from pyrtpproxy.engine.session import Leg
-from pyrtpproxy.protocol.errors import ErrorCode, ProtocolError
-from pyrtpproxy.protocol.parse import parse, split_cookie
-
-MAX_COMMAND = 8191  # what the control layer reads of one command
+from pyrtpproxy.engine.session import Stream
 
 
-class FakeMedia:
-    """MediaOps without sockets: remembers which legs are open; ``busy`` ports refuse."""
+class FakeHost:
+    """The engine's host probe without sockets: ``busy`` ports refuse to bind; legs
+    opened and closed are followed through the engine's events (see :func:`run`)."""
 
     def __init__(
         self,
@@ -29,23 +30,15 @@ class FakeMedia:
         self.busy = set(busy)
         self.local_hosts = set(local_hosts)
         self.routes = routes or {}
-        self.open: dict[int, int] = {}  # id(leg) -> port
-        self.opened: list[int] = []
+        self.bound: list[int] = []  # every port the probe bound
+        self.open: dict[int, int] = {}  # id(leg) -> port, from LegOpened/LegClosed
         self.closed = 0
 
-    def open_leg(self, leg: Leg, local: LocalAddress, port: int) -> bool:
+    def try_bind(self, local: LocalAddress, port: int) -> bool:
         if port in self.busy or port + 1 in self.busy:
             return False
-        self.open[id(leg)] = port
-        self.opened.append(port)
+        self.bound.append(port)
         return True
-
-    def close_leg(self, leg: Leg) -> None:
-        if self.open.pop(id(leg), None) is not None:
-            self.closed += 1
-
-    def refresh_counters(self) -> None:
-        return None
 
     def source_address_for(self, remote: str, ipv6: bool) -> str | None:
         return self.routes.get(remote)
@@ -53,6 +46,42 @@ class FakeMedia:
     def is_local_address(self, host: str, ipv6: bool) -> bool:
         return host in self.local_hosts
 
+    def apply(self, events: Iterable[Event]) -> None:
+        """What the media layer would do with the legs."""
+        for event in events:
+            if isinstance(event, LegOpened):
+                self.open[id(event.leg)] = event.port
+            elif isinstance(event, LegClosed) and self.open.pop(id(event.leg), None):
+                self.closed += 1
+
+
+@dataclass
+class FakeClock:
+    """A clock the test sets."""
+
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Harness:
+    """The real command processor in front of an engine, on a fake clock."""
+
+    processor: CommandProcessor
+    clock: FakeClock
+    host: FakeHost
+    events: list[Event] = field(default_factory=list)
+
+    def take(self) -> list[Event]:
+        """Events since the last call."""
+        events = list(self.events)
+        self.events.clear()
+        return events
+
+
+_HARNESSES: weakref.WeakKeyDictionary[Engine, Harness] = weakref.WeakKeyDictionary()
 
 V4_LOCAL = AddressPlan(ipv4=(LocalAddress("127.0.0.1"),))
 WILDCARD = AddressPlan()
@@ -71,7 +100,7 @@ def make_engine(
     port_max: int = 65000,
     sequential: bool = False,
     seed: int = 1,
-    media: FakeMedia | None = None,
+    host: FakeHost | None = None,
 ) -> Engine:
     """An engine as the CLI would build it for the given options."""
     config = EngineConfig(
@@ -86,24 +115,61 @@ def make_engine(
     ports = PortAllocator(
         port_range(port_min, port_max), random_order=not sequential, rng=random.Random(seed)
     )
-    return Engine(config, ports, media or FakeMedia())
+    fake = host or FakeHost()
+    engine = Engine(config, ports, fake)
+    clock = FakeClock()
+    seen: list[Event] = []
+
+    def on_events(events: tuple[Event, ...]) -> None:
+        fake.apply(events)
+        seen.extend(events)
+
+    processor = CommandProcessor(engine, clock, on_events=on_events)
+    _HARNESSES[engine] = Harness(processor, clock, fake, seen)
+    return engine
 
 
-def run(engine: Engine, data: bytes, now: float = 0.0, ctx: RequestContext | None = None) -> bytes:
-    """What a stream/unix control socket does with one command: the reply body (no ``\\n``)."""
-    try:
-        command = parse(data[:MAX_COMMAND], bridge_mode=engine.config.addresses.bridge_mode)
-        return engine.execute(command, now, ctx)
-    except ProtocolError as exc:
-        return exc.code.wire
+def harness(engine: Engine) -> Harness:
+    """The processor, clock, host and event log of an engine from :func:`make_engine`."""
+    return _HARNESSES[engine]
 
 
-def run_udp(engine: Engine, data: bytes, now: float = 0.0) -> bytes:
-    """What a UDP control socket does with one datagram (no reply cache)."""
-    cookie, command = split_cookie(data[:MAX_COMMAND])
-    if cookie is None:
-        return ErrorCode.SYNTAX.wire
-    return cookie + b" " + run(engine, command, now)
+def run(
+    engine: Engine, data: bytes, now: float | None = None, ctx: RequestContext = LOCAL_REQUEST
+) -> bytes:
+    """What a stream/unix control socket answers to one command at ``now`` (by default
+    the time of the previous command): the reply without its ``\\n``."""
+    h = _HARNESSES[engine]
+    if now is not None:
+        h.clock.now = now
+    line = h.processor.handle(data, ctx)
+    assert line.endswith(b"\n")
+    return line[:-1]
+
+
+def run_udp(engine: Engine, data: bytes, now: float | None = None) -> bytes:
+    """What a UDP control socket answers to one datagram (reply cache included)."""
+    h = _HARNESSES[engine]
+    if now is not None:
+        h.clock.now = now
+    line = h.processor.handle_datagram(data, LOCAL_REQUEST)
+    assert line.endswith(b"\n")
+    return line[:-1]
+
+
+def expire(engine: Engine, now: float) -> list[NotifyWanted]:
+    """Run the engine's timer at ``now``; the notifications it asks for."""
+    events = engine.handle_timer(now)
+    h = _HARNESSES.get(engine)
+    if h is not None:
+        h.host.apply(events)
+        h.events.extend(events)
+    return [e for e in events if isinstance(e, NotifyWanted)]
+
+
+def fast_packet(stream: Stream, now: float, size: int = 172) -> None:
+    """A packet relayed without the slow path (the media fast path or the kernel)."""
+    stream.note_forwarded(1, size, None, now)
 
 
 def rtp(seq: int, ssrc: int = 0x11223344, ts: int | None = None, pt: int = 0) -> bytes:
@@ -115,6 +181,3 @@ def rtp(seq: int, ssrc: int = 0x11223344, ts: int | None = None, pt: int = 0) ->
 def rtcp() -> bytes:
     """A minimal RTCP receiver report (not parseable as RTP by seq/ssrc rules)."""
     return struct.pack("!BBHI", 0x80, 201, 1, 0x11223344)
-
-
-Runner = Callable[[Engine, bytes], bytes]

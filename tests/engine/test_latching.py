@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pyrtpproxy.engine.addresses import Endpoint
-from pyrtpproxy.engine.handler import Engine
+from pyrtpproxy.engine.engine import Engine
 from pyrtpproxy.engine.session import Session, Side
 
 from .support import make_engine, rtcp, rtp, run

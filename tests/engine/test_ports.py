@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pyrtpproxy.engine.ports import PortAllocator, PortsExhausted, port_range
 
-from .support import FakeMedia, make_engine, run
+from .support import FakeHost, make_engine, run
 
 
 @pytest.mark.parametrize(
@@ -159,8 +159,8 @@ def test_e71_for_a_new_port_and_for_a_sub_lookup() -> None:
 
 
 def test_ports_in_use_by_others_are_skipped_by_the_engine() -> None:
-    media = FakeMedia(busy={40000, 40003})  # 40000 and 40002's RTCP are taken
-    engine = make_engine(port_min=40000, port_max=40007, media=media, sequential=True)
+    host = FakeHost(busy={40000, 40003})  # 40000 and 40002's RTCP are taken
+    engine = make_engine(port_min=40000, port_max=40007, host=host, sequential=True)
     assert run(engine, b"U c 127.0.0.1 5000 ft") == b"40004 127.0.0.1"
     assert run(engine, b"L c 127.0.0.1 5002 ft tt") == b"40006 127.0.0.1"
     assert run(engine, b"U d 127.0.0.1 5000 ft") == b"E72"

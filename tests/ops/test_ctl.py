@@ -9,7 +9,6 @@ import sys
 import pytest
 
 from pyrtpproxy.config import ControlSpec
-from pyrtpproxy.control import introspect
 from pyrtpproxy.ctl import ControlClient, _options_first
 
 from .conftest import Party, RelayProcess, wait_for
@@ -84,29 +83,6 @@ def test_sessions_pages_through_many(relay: RelayProcess) -> None:
 def test_ctl_reports_unreachable_relay(tmp_path: object) -> None:
     result = ctl("-s", "unix:/nonexistent/r.sock", "V")
     assert result.returncode == 3 and "pyrtpproxy ctl:" in result.stderr
-
-
-@pytest.mark.parametrize(
-    ("data", "expected"),
-    [
-        (b"Zsessions", (0, introspect.DEFAULT_LIMIT)),
-        (b"Zsessions 10", (10, introspect.DEFAULT_LIMIT)),
-        (b"  Zsessions 10 5\n", (10, 5)),
-        (b"Zsessions 0 999999", (0, introspect.MAX_LIMIT)),
-        (b"Z", None),
-        (b"Zs", None),
-        (b"zsessions", None),
-        (b"ZSESSIONS", None),
-        (b"Zsessionsx", None),
-        (b"Zsessions x", None),
-        (b"Zsessions 1 2 3", None),
-        (b"Zsessions && D c t", None),
-        (b"V", None),
-        (b"U c 1.2.3.4 5 t", None),
-    ],
-)
-def test_extension_grammar_is_exact(data: bytes, expected: tuple[int, int] | None) -> None:
-    assert introspect.match(data) == expected
 
 
 def test_normal_clients_see_no_change(relay: RelayProcess) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from engine.support import make_engine, run, run_udp
+from engine.support import expire, make_engine, run, run_udp
 from pyrtpproxy.engine.addresses import AddressPlan, LocalAddress
 from pyrtpproxy.protocol.commands import (
     AddressSpec,
@@ -408,11 +408,12 @@ def test_every_reply_has_a_spec_form(plan: int, commands: list[bytes]) -> None:
         reply = run(engine, data, now=float(i))
         assert REPLY.fullmatch(reply), (data, reply)
         assert len(reply) < 1024
-        udp = run_udp(engine, b"ck " + data, now=float(i))
-        assert udp.startswith(b"ck "), udp
-        assert REPLY.fullmatch(udp[3:]), (data, udp)
+        cookie = b"ck%d" % i
+        udp = run_udp(engine, cookie + b" " + data, now=float(i))
+        assert udp.startswith(cookie + b" "), udp
+        assert REPLY.fullmatch(udp[len(cookie) + 1 :]), (data, udp)
         if i % 5 == 4:
-            engine.sweep(float(i))
+            expire(engine, float(i))
 
 
 @settings(max_examples=100, deadline=None)

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from engine.support import WILDCARD, FakeMedia, make_engine, rtp, run, run_udp
+from engine.support import WILDCARD, FakeHost, expire, harness, make_engine, rtp, run, run_udp
 from pyrtpproxy.engine.addresses import AddressPlan, Endpoint, LocalAddress
-from pyrtpproxy.engine.handler import Engine
+from pyrtpproxy.engine.engine import Engine
 from pyrtpproxy.engine.session import Side
 
 # -l 127.0.0.1/127.0.0.2 -A 192.0.2.1/192.0.2.2
@@ -484,7 +484,8 @@ def _relay1(engine: Engine) -> None:
     assert callee.receive(rtp(1, ssrc=8), ("127.0.0.1", 40002), 1.1) == ("127.0.0.1", 40000)
     assert caller.receive(rtp(3, ssrc=7), ("127.0.0.1", 40000), 1.501305) is not None
     assert callee.receive(rtp(2, ssrc=8), ("127.0.0.1", 40002), 1.2) is not None
-    engine.sweep(2.0)  # one second later: ttl 59
+    expire(engine, 3.0)
+    harness(engine).clock.now = 3.0  # over a second after the last packet: ttl 59
 
 
 def test_q_sample() -> None:
@@ -549,11 +550,11 @@ def test_fifteen_subcommands_are_accepted() -> None:
 
 
 def test_l_and_r_with_unusable_addresses_never_reach_the_media_layer() -> None:
-    media = FakeMedia(
+    host = FakeHost(
         local_hosts={"1:2:3:4:5", "example.com"},
         routes={"1:2:3:4:5": "127.0.0.1", "example.com": "127.0.0.1"},
     )
-    engine = make_engine(media=media)
+    engine = make_engine(host=host)
     assert run(engine, b"Ul[1:2:3:4:5] c 127.0.0.1 5000 t") == b"E31"
     assert run(engine, b"Ur[1:2:3:4:5] c 127.0.0.1 5000 t") == b"E32"
     assert run(engine, b"Ul[example.com] c 127.0.0.1 5000 t") == b"E31"
@@ -566,8 +567,8 @@ def test_l_and_r_with_unusable_addresses_never_reach_the_media_layer() -> None:
 
 
 def test_l_and_r_pick_usable_addresses() -> None:
-    media = FakeMedia(local_hosts={"127.0.0.9"}, routes={"10.0.0.1": "127.0.0.2"})
-    engine = make_engine(addresses=BRIDGE, media=media)
+    host = FakeHost(local_hosts={"127.0.0.9"}, routes={"10.0.0.1": "127.0.0.2"})
+    engine = make_engine(addresses=BRIDGE, host=host)
     # r: the local address towards 10.0.0.1 is the configured external one
     assert re.fullmatch(rb"\d+ 192\.0\.2\.2", run(engine, b"Ur10.0.0.1z20 c1 127.0.0.1 5 t"))
     assert run(engine, b"Ur10.0.0.2 c2 127.0.0.1 5 t") == b"E32"  # no route

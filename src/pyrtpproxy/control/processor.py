@@ -1,4 +1,10 @@
-"""The one path every control transport uses: bytes in, reply bytes out, counted."""
+"""The one path every control transport uses: bytes in, reply bytes out, counted.
+
+Framing (a line, a datagram with its cookie) is the transport's business; everything
+after it happens here, the same for every transport: parse, execute, hand the events to
+the shell, count, encode. Time comes from the injected ``clock``, so the reply cache and
+the bad-command log are tested without sleeping.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +13,55 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from ..engine.handler import Engine, RequestContext
-from ..protocol.commands import Update
+from ..engine.engine import Engine, RequestContext
+from ..engine.events import Event
+from ..protocol import replies
+from ..protocol.commands import READS_COUNTERS
 from ..protocol.errors import ErrorCode, ProtocolError
 from ..protocol.parse import parse, split_cookie
-from . import introspect
 
 log = logging.getLogger("pyrtpproxy.control")
 
 MAX_COMMAND = 8191
 COOKIE_TTL = 35.0  # seconds a UDP reply stays cached for retransmissions
+BAD_COMMAND_BURST = 20  # bad commands logged per window, then counted
+BAD_COMMAND_WINDOW = 10.0
 
-CommandObserver = Callable[[str, str, float], None]
+CommandObserver = Callable[[str, bool, float], None]
+EventSink = Callable[[tuple[Event, ...]], None]
 
 
-def _observe_nothing(kind: str, result: str, seconds: float) -> None:
+def _observe_nothing(kind: str, succeeded: bool, seconds: float) -> None:
+    return None
+
+
+def _ignore_events(events: tuple[Event, ...]) -> None:
+    return None
+
+
+def _nothing() -> None:
     return None
 
 
 class RateLimitedLog:
     """Logs bad commands, at most ``burst`` lines per ``period`` seconds, then a summary."""
 
-    def __init__(self, burst: int = 20, period: float = 10.0) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        burst: int = BAD_COMMAND_BURST,
+        period: float = BAD_COMMAND_WINDOW,
+    ) -> None:
+        self._clock = clock
         self._burst = burst
         self._period = period
-        self._window_start = 0.0
+        self._window_start = float("-inf")
         self._count = 0
         self._suppressed = 0
 
     def warning(self, message: str, *args: object) -> None:
         """Log unless this window's budget is spent."""
-        now = time.monotonic()
+        now = self._clock()
         if now - self._window_start >= self._period:
             if self._suppressed:
                 log.warning("%d more bad commands not logged", self._suppressed)
@@ -50,68 +74,77 @@ class RateLimitedLog:
 
 
 class CommandProcessor:
-    """Parses and executes commands, counts them, and keeps the UDP reply cache."""
+    """Parses and executes commands, counts them, and keeps the UDP reply cache.
+
+    ``on_events`` receives the events of every command (ports to open and close,
+    sessions that ended...); ``refresh`` runs before commands whose answer includes
+    live packet counts (it folds in kernel-forwarded packets).
+    """
 
     def __init__(
         self,
         engine: Engine,
         clock: Callable[[], float],
+        on_events: EventSink = _ignore_events,
         observe: CommandObserver = _observe_nothing,
+        refresh: Callable[[], None] = _nothing,
     ) -> None:
         self._engine = engine
+        self._counters = engine.counters
         self._clock = clock
+        self._on_events = on_events
         self._observe = observe
+        self._refresh = refresh
         self._bridge = engine.config.addresses.bridge_mode
         self._cache: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
-        self._bad_log = RateLimitedLog()
+        self._bad_log = RateLimitedLog(clock)
 
     def handle(self, data: bytes, ctx: RequestContext) -> bytes:
-        """Execute one command (no cookie); returns the reply line ending in ``\\n``."""
-        counters = self._engine.counters
-        counters.ncmds_rcvd += 1
-        started = time.perf_counter()
-        kind = "?"
-        try:
-            extension = introspect.match(data[:MAX_COMMAND])  # Zsessions, docs/ctl.md
-            if extension is not None:
-                kind, failed = "Introspect", False
-                body = introspect.sessions_reply(self._engine, *extension, self._clock())
-            else:
-                command = parse(data[:MAX_COMMAND], bridge_mode=self._bridge)
-                kind = type(command).__name__
-                body = self._engine.execute(command, self._clock(), ctx)
-                failed = isinstance(command, Update) and command.lookup_only and body == b"0"
-        except ProtocolError as exc:
-            body, failed = exc.code.wire, True
-            self._bad_log.warning("command %r failed: %s", data[:120], exc)
-        except Exception:  # a bug must cost one command, never the relay
-            log.exception("internal error on command %r", data[:120])
-            body, failed = ErrorCode.INTERNAL_ERROR.wire, True
-        if failed:
-            counters.ncmds_errs += 1
-        else:
-            counters.ncmds_succd += 1
-        counters.ncmds_repld += 1
-        self._observe(kind, "error" if failed else "ok", time.perf_counter() - started)
-        return body + b"\n"
+        """One command of a stream transport (no cookie); the reply line."""
+        return replies.frame(self._execute(data[:MAX_COMMAND], ctx))
 
     def handle_datagram(self, data: bytes, ctx: RequestContext) -> bytes:
-        """A UDP command: cookie, reply cache, then :meth:`handle`."""
+        """One UDP datagram: cookie, reply cache, then the command."""
         cookie, command = split_cookie(data[:MAX_COMMAND])
         if cookie is None:
-            self._engine.counters.ncmds_rcvd += 1
-            self._engine.counters.ncmds_errs += 1
-            return ErrorCode.SYNTAX.wire + b"\n"
+            self._counters.command_refused()
+            return replies.error_line(ErrorCode.SYNTAX)
         now = self._clock()
         self._expire(now)
         cached = self._cache.get(cookie)
         if cached is not None:
-            self._engine.counters.ncmds_rcvd_ndups += 1
-            self._engine.counters.ncmds_repld += 1
+            self._counters.retransmission_answered()
             return cached[1]
-        reply = cookie + b" " + self.handle(command, ctx)
+        reply = replies.frame(self._execute(command, ctx), cookie)
         self._cache[cookie] = (now, reply)
         return reply
+
+    def _execute(self, data: bytes, ctx: RequestContext) -> bytes:
+        """Parse and run one command; the reply body. Never raises."""
+        self._counters.command_received()
+        started = time.perf_counter()
+        kind = "?"
+        succeeded = False
+        try:
+            command = parse(data, bridge_mode=self._bridge)
+            kind = type(command).__name__
+            if isinstance(command, READS_COUNTERS):
+                self._refresh()
+            reply, events = self._engine.execute(command, self._clock(), ctx)
+            self._on_events(events)
+            succeeded = reply.succeeded
+            body = replies.encode(reply)
+        except ProtocolError as exc:
+            self._on_events(self._engine.take_events())  # ports a failed U gave back
+            self._bad_log.warning("command %r failed: %s", data[:120], exc)
+            body = exc.code.wire
+        except Exception:  # a bug must cost one command, never the relay
+            log.exception("internal error on command %r", data[:120])
+            self._on_events(self._engine.take_events())
+            body = ErrorCode.INTERNAL_ERROR.wire
+        self._counters.command_replied(succeeded)
+        self._observe(kind, succeeded, time.perf_counter() - started)
+        return body
 
     def _expire(self, now: float) -> None:
         while self._cache:

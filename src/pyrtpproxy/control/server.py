@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import cast
 
 from ..config import ControlKind, ControlSpec
-from ..engine.handler import RequestContext
+from ..engine.engine import RequestContext
 from .processor import MAX_COMMAND, CommandProcessor
 
 log = logging.getLogger("pyrtpproxy.control")

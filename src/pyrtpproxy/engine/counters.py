@@ -1,15 +1,33 @@
-"""Global counters reported by ``G`` and ``I`` (relay-behaviour.md §8)."""
+"""Every count the relay keeps, in one place (relay-behaviour.md §8, docs/metrics.md).
+
+:class:`Counters` is the sole owner. The engine counts what it emits (through
+:meth:`Counters.count`) and folds a session's per-stream counters in when the session
+ends (:meth:`Counters.retire`); the control layer counts commands, the media layer send
+errors, the kernel path its failures, the notifier its deliveries, each through the
+methods and fields here. ``G``, ``I``, metrics, logs and ``ctl`` read a
+:class:`Snapshot`: totals of ended sessions plus what live sessions hold now.
+
+Per-stream packet counters (``Stream.fast_count`` and friends) stay on the streams
+because the media fast path increments them per packet; they are summed here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING
+
+from .events import EndReason, Event, Latched, SessionCompleted, SessionCreated, SessionEnded
+
+if TYPE_CHECKING:
+    from .session import Session, Stream
+
+PPS_INTERVAL = 1.0  # seconds: pps_in is the receive rate over at least this long
 
 
 @dataclass(slots=True)
 class GlobalCounters:
-    """Counters that only grow. Packet counters of live sessions are added at read time
-    (see :meth:`pyrtpproxy.engine.handler.Engine.counter_values`) so the media path never
-    touches this object."""
+    """rtpproxy's ``G`` counters of ended sessions and commands (names are the wire's)."""
 
     nsess_created: int = 0
     nsess_destroyed: int = 0
@@ -41,14 +59,218 @@ class GlobalCounters:
     rtpa_perrs: int = 0
     pps_in: float = 0.0
 
+    def value(self, name: str) -> int | float | None:
+        """A counter by its ``G`` name; None for a name that is not one."""
+        return getattr(self, name) if name in COUNTER_NAMES else None
 
-COUNTER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(GlobalCounters))
-PACKET_COUNTERS = ("npkts_rcvd", "npkts_relayed", "npkts_discard")
-RTPA_COUNTERS = ("rtpa_nsent", "rtpa_nrcvd", "rtpa_ndups", "rtpa_nlost", "rtpa_perrs")
+
+COUNTER_NAMES: frozenset[str] = frozenset(f.name for f in fields(GlobalCounters))
+DROP_REASONS = ("no_destination", "wrong_source", "incomplete_session")
+PROTOCOLS = ("rtp", "rtcp")
 
 
-def format_value(value: int | float) -> bytes:
-    """Integers as plain decimals, floats with six decimals (rtpproxy's ``%f``)."""
-    if isinstance(value, float):
-        return b"%f" % value
-    return b"%d" % value
+@dataclass(slots=True)
+class RelayCounters:
+    """Counts beyond rtpproxy's ``G`` set (exported as metrics only)."""
+
+    sessions_deleted: int = 0
+    sessions_failed: int = 0
+    bytes_relayed: int = 0  # of ended sessions
+    latched: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PROTOCOLS, 0))
+    relatched: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PROTOCOLS, 0))
+    drops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    send_errors: int = 0  # media sends the kernel refused
+    kernel_failures: int = 0  # nftables batches refused
+    notifications_sent: int = 0
+    notifications_failed: int = 0  # delivery attempts that failed (each is retried)
+    notifications_dropped: int = 0  # given up: queue full
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """All counters at one moment; ``g`` has rtpproxy's ``G`` values, live sessions in."""
+
+    g: GlobalCounters
+    relay: RelayCounters
+    bytes_relayed: int
+    drops: dict[str, int]
+    sessions_active: int
+    sessions_incomplete: int
+    streams_latched: int
+
+
+def stream_drops(stream: Stream) -> dict[str, int]:
+    """A stream's unrelayed packets by reason (:data:`DROP_REASONS`)."""
+    return {
+        "no_destination": stream.dropped,
+        "wrong_source": stream.ignored,
+        "incomplete_session": stream.incomplete,
+    }
+
+
+def packet_counts(session: Session) -> tuple[int, int, int]:
+    """``npkts_rcvd``, ``npkts_relayed`` and ``npkts_discard`` of one session."""
+    rcvd = relayed = discard = 0
+    for stream in session.streams():
+        rcvd += stream.packets_in + stream.ignored
+        relayed += stream.packets_relayed
+        discard += stream.ignored + stream.incomplete
+    return rcvd, relayed, discard
+
+
+def rtpa_counts(session: Session) -> tuple[int, int, int, int, int]:
+    """The ``rtpa_*`` sums of a session's RTP streams: sent, received, duplicates, lost,
+    parse errors."""
+    sent = rcvd = dups = lost = perrs = 0
+    for leg in session.legs:
+        analysis = leg.rtp.analysis
+        if analysis is None:
+            continue
+        sent += analysis.expected
+        rcvd += analysis.received
+        dups += analysis.dups
+        lost += analysis.lost
+        perrs += analysis.parse_errors
+    return sent, rcvd, dups, lost, perrs
+
+
+class Counters:
+    """The relay's counters: ``g`` (rtpproxy's) and ``relay`` (ours)."""
+
+    __slots__ = ("_pps_sample", "g", "relay")
+
+    def __init__(self) -> None:
+        self.g = GlobalCounters()
+        self.relay = RelayCounters()
+        self._pps_sample: tuple[float, int] | None = None
+
+    # --- engine events -----------------------------------------------------------------
+
+    def count(self, event: Event) -> None:
+        """Count one engine event (the engine's outbox calls this for every event)."""
+        match event:
+            case SessionCreated():
+                self.g.nsess_created += 1
+            case SessionCompleted():
+                self.g.nsess_complete += 1
+            case Latched(stream=stream, relatched=relatched):
+                protocol = "rtcp" if stream.is_rtcp else "rtp"
+                (self.relay.relatched if relatched else self.relay.latched)[protocol] += 1
+            case SessionEnded(reason=EndReason.FAILED):
+                self.relay.sessions_failed += 1
+            case SessionEnded(reason=reason):
+                self.g.nsess_destroyed += 1
+                if reason is EndReason.TIMEOUT:
+                    self.g.nsess_timeout += 1
+                else:
+                    self.relay.sessions_deleted += 1
+
+    def retire(self, session: Session, now: float) -> None:
+        """Fold the counters of a session that just left the table into the totals."""
+        for stream in session.streams():
+            for reason, value in stream_drops(stream).items():
+                self.relay.drops[reason] += value
+        if not session.created:
+            return  # a failed creation never existed for rtpproxy's counters
+        g = self.g
+        g.total_duration += max(0.0, now - session.created_at)
+        if session.complete:  # rtpproxy judges media only of sessions that had both legs
+            rtp_ways = sum(1 for leg in session.legs if leg.rtp.packets_in)
+            rtcp_ways = sum(1 for leg in session.legs if leg.rtcp.packets_in)
+            g.nsess_nortp += rtp_ways == 0
+            g.nsess_owrtp += rtp_ways == 1
+            g.nsess_nortcp += rtcp_ways == 0
+            g.nsess_owrtcp += rtcp_ways == 1
+        rcvd, relayed, discard = packet_counts(session)
+        g.npkts_rcvd += rcvd
+        g.npkts_relayed += relayed
+        g.npkts_discard += discard
+        self.relay.bytes_relayed += sum(s.bytes_relayed for s in session.streams())
+        sent, received, dups, lost, perrs = rtpa_counts(session)
+        g.rtpa_nsent += sent
+        g.rtpa_nrcvd += received
+        g.rtpa_ndups += dups
+        g.rtpa_nlost += lost
+        g.rtpa_perrs += perrs
+
+    def forwarded(
+        self, stream: Stream, packets: int, size: int, seq: int | None, now: float
+    ) -> None:
+        """Packets the kernel relayed for ``stream`` (see ``Stream.note_forwarded``); if
+        its session has already ended, they go straight into the totals."""
+        stream.note_forwarded(packets, size, seq, now)
+        if stream.leg.session.ended and stream.leg.session.created:
+            self.g.npkts_rcvd += packets
+            self.g.npkts_relayed += packets
+            self.relay.bytes_relayed += size
+
+    # --- control commands --------------------------------------------------------------
+
+    def command_received(self) -> None:
+        """A command arrived (UDP retransmissions answered from the cache excluded)."""
+        self.g.ncmds_rcvd += 1
+
+    def command_replied(self, succeeded: bool) -> None:
+        """A command was executed and answered."""
+        if succeeded:
+            self.g.ncmds_succd += 1
+        else:
+            self.g.ncmds_errs += 1
+        self.g.ncmds_repld += 1
+
+    def command_refused(self) -> None:
+        """A datagram without a cookie: counted as received and failed, answered E5."""
+        self.g.ncmds_rcvd += 1
+        self.g.ncmds_errs += 1
+
+    def retransmission_answered(self) -> None:
+        """A UDP retransmission was answered from the reply cache."""
+        self.g.ncmds_rcvd_ndups += 1
+        self.g.ncmds_repld += 1
+
+    # --- reading -----------------------------------------------------------------------
+
+    def snapshot(self, sessions: Iterable[Session], now: float) -> Snapshot:
+        """Totals plus the live sessions' counters, with ``pps_in`` brought up to date."""
+        live_rcvd = live_relayed = live_discard = 0
+        live_bytes = active = incomplete = latched = 0
+        drops = dict(self.relay.drops)
+        for session in sessions:
+            active += 1
+            incomplete += not session.complete
+            rcvd, relayed, discard = packet_counts(session)
+            live_rcvd += rcvd
+            live_relayed += relayed
+            live_discard += discard
+            for stream in session.streams():
+                live_bytes += stream.bytes_relayed
+                latched += stream.latched
+                for reason, value in stream_drops(stream).items():
+                    drops[reason] += value
+        received = self.g.npkts_rcvd + live_rcvd
+        # rtpa_* are summed when streams end, as in rtpproxy (Q shows live streams)
+        return Snapshot(
+            g=replace(
+                self.g,
+                npkts_rcvd=received,
+                npkts_relayed=self.g.npkts_relayed + live_relayed,
+                npkts_discard=self.g.npkts_discard + live_discard,
+                pps_in=self._pps(received, now),
+            ),
+            relay=self.relay,
+            bytes_relayed=self.relay.bytes_relayed + live_bytes,
+            drops=drops,
+            sessions_active=active,
+            sessions_incomplete=incomplete,
+            streams_latched=latched,
+        )
+
+    def _pps(self, received: int, now: float) -> float:
+        """Packets per second received, over the last :data:`PPS_INTERVAL` or more."""
+        sample = self._pps_sample
+        if sample is None:
+            self._pps_sample = (now, received)
+        elif now - sample[0] >= PPS_INTERVAL:
+            self.g.pps_in = max(0, received - sample[1]) / (now - sample[0])
+            self._pps_sample = (now, received)
+        return self.g.pps_in

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from .addresses import LocalAddress
 
 
 def port_range(minimum: int, maximum: int) -> range:
@@ -12,6 +15,25 @@ def port_range(minimum: int, maximum: int) -> range:
     low = minimum + (minimum & 1)
     high = maximum - 1 if maximum & 1 else maximum - 2
     return range(low, high + 1, 2)
+
+
+class HostProbe(Protocol):
+    """The questions the engine asks the host while a command runs, synchronously,
+    because the reply depends on the answer. Nothing else is called from the engine.
+
+    ``try_bind`` is the port probe: a U/L reply must carry a port that is already bound,
+    so the media layer binds the pair here and keeps it for the leg until it drains the
+    :class:`~pyrtpproxy.engine.events.LegOpened` (or ``LegClosed``) event.
+    """
+
+    def try_bind(self, local: LocalAddress, port: int) -> bool:
+        """Bind RTP on ``port`` and RTCP on ``port + 1``; False if either is taken."""
+
+    def source_address_for(self, remote: str, ipv6: bool) -> str | None:
+        """The local address the OS would use to reach ``remote`` (``r`` modifier)."""
+
+    def is_local_address(self, host: str, ipv6: bool) -> bool:
+        """Whether media sockets can bind to ``host`` (``l`` modifier)."""
 
 
 class PortsExhausted(Exception):

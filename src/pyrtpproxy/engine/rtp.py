@@ -160,6 +160,11 @@ class RtpAnalysis:
         return True
 
     @property
+    def max_seq(self) -> int:
+        """The highest sequence number received (modulo 2**16)."""
+        return self._max_seq
+
+    @property
     def expected(self) -> int:
         """Packets the sender sent, judged by sequence numbers (``rtpa_nsent``)."""
         if self.ssrc is None:

@@ -1,7 +1,9 @@
 """Sessions, legs and streams, with the symmetric-RTP latching rules (relay-behaviour.md §3).
 
-Pure: no sockets, no clock. The media layer feeds packets to :meth:`Stream.receive` on
-its slow path and uses ``fast_src``/``fast_dest`` as a shortcut once a stream is settled.
+Pure: no sockets, no clock. Every latching rule lives here. The media layer feeds
+packets to :meth:`Stream.receive` on its slow path; what changed comes back as events in
+the session's outbox (:mod:`pyrtpproxy.engine.events`), and :meth:`Stream.settled`
+tells the media layer when it may relay a source's packets without asking again.
 """
 
 from __future__ import annotations
@@ -10,29 +12,26 @@ from enum import IntEnum
 from typing import Protocol
 
 from .addresses import Endpoint, LocalAddress
+from .events import Latched, Outbox, StreamChanged
 from .rtp import RtpAnalysis, rtp_header
 
 RELATCH_WINDOW = 10.0  # seconds after U/L during which any RTP source may re-latch
 RELATCH_MAX_SEQ_DISTANCE = 536
+SAMPLE_INTERVAL = 1.0  # the latched SSRC/sequence are refreshed at most this often
+NEVER = float("-inf")
 
 
 class StreamTransport(Protocol):
-    """The media layer's socket(s) of a stream, told when the remote address changes."""
+    """The media layer's socket(s) of a stream; the opposite stream sends through it."""
 
     def send(self, data: bytes) -> object:
         """Send ``data`` to the stream's remote address (from the stream's own port)."""
 
-    def remote_changed(self, remote: Endpoint | None) -> None:
-        """Point any per-peer machinery (a connected socket, say) at ``remote``."""
-
 
 class _Detached:
-    """The transport of a stream without sockets: sends nothing, follows nothing."""
+    """The transport of a stream without sockets: sends nothing."""
 
     def send(self, data: bytes) -> None:
-        return None
-
-    def remote_changed(self, remote: Endpoint | None) -> None:
         return None
 
 
@@ -54,13 +53,12 @@ class Stream:
     """
 
     __slots__ = (
+        "_sample_mark",
         "accepted",
         "analysis",
         "dropped",
         "fast_bytes",
         "fast_count",
-        "fast_dest",
-        "fast_src",
         "from_media",
         "ignored",
         "incomplete",
@@ -75,6 +73,7 @@ class Stream:
         "relayed_bytes",
         "remote",
         "sampled_at",
+        "seen_at",
         "signalled_at",
         "transport",
     )
@@ -88,10 +87,13 @@ class Stream:
         self.from_media = False
         self.last_ssrc: int | None = None
         self.last_seq = 0
-        self.signalled_at = float("-inf")
-        self.sampled_at = float("-inf")
+        self.signalled_at = NEVER
+        self.sampled_at = NEVER
+        self._sample_mark = -1  # analysis.received when last_seq was sampled
+        self.seen_at = NEVER  # arrival of the last accepted packet (the idle timer's input)
         self.relatch_count = 0
-        # counters; packets relayed by the media fast path are only in fast_count
+        # counters; packets relayed by the media fast path (or the kernel) are only in
+        # fast_count/fast_bytes, which the media layer increments
         self.fast_count = 0
         self.fast_bytes = 0
         self.relayed_bytes = 0
@@ -101,8 +103,6 @@ class Stream:
         self.ignored = 0
         self.incomplete = 0
         self.analysis: RtpAnalysis | None = None if is_rtcp else RtpAnalysis()
-        self.fast_src: object = None
-        self.fast_dest: object = None
         self.transport: StreamTransport = DETACHED  # the media layer's socket(s), once opened
 
     # --- counters as the protocol reports them ------------------------------------------
@@ -128,7 +128,8 @@ class Stream:
         self, packet: bytes, src: tuple[str, int] | tuple[str, int, int, int], now: float
     ) -> Endpoint | None:
         """Slow path for one packet from ``src``: apply latching, count it, and return
-        where to send it (out of ``peer``'s socket), or None to drop it."""
+        where to send it (out of ``peer``'s socket), or None to drop it. Address changes
+        and latches are emitted to the session's outbox."""
         session = self.leg.session
         if not session.complete:
             self.incomplete += 1
@@ -138,6 +139,7 @@ class Stream:
             self.ignored += 1
             return None
         self.accepted += 1
+        self.seen_at = now
         if self.analysis is not None:
             self.analysis.feed(packet, now)
         dest = self.peer.remote
@@ -146,30 +148,35 @@ class Stream:
             return None
         self.relayed += 1
         self.relayed_bytes += len(packet)
-        if (
-            self.latched
-            and (self.remote == endpoint or self.leg.asymmetric)
-            and session.fast_path_allowed
-        ):
-            self.fast_src = src
-            self.fast_dest = dest
         return dest
+
+    def settled(self, src: tuple[str, int] | tuple[str, int, int, int]) -> bool:
+        """Whether every further packet from ``src`` would be accepted and relayed without
+        changing any state, so the media layer may skip :meth:`receive` for them."""
+        remote = self.remote
+        return (
+            self.latched
+            and remote is not None
+            and self.peer.remote is not None
+            and (self.leg.asymmetric or (remote.host == src[0] and remote.port == src[1]))
+            and self.leg.session.fast_path_allowed
+        )
 
     def _source_ok(self, packet: bytes, src: Endpoint, now: float) -> bool:
         remote = self.remote
         if remote is None:
-            self._learn(src, packet, now)
+            self._learn(src, packet, now, relatched=False)
             return True
         if self.leg.asymmetric:
             return src.host == remote.host
         if src == remote:
             if not self.latched:
                 self._latch(packet, now)
-            elif now - self.sampled_at >= 1.0:
-                self._remember_rtp(packet, now)
+                if self.latched:
+                    self.leg.session.outbox.emit(Latched(self))
             return True
         if not self.latched:
-            self._learn(src, packet, now)
+            self._learn(src, packet, now, relatched=False)
             return True
         if self.is_rtcp:
             return False
@@ -177,6 +184,7 @@ class Stream:
         if header is None:
             return False
         _pt, seq, _ts, ssrc = header
+        self._refresh_sample(now)
         within_window = now - self.signalled_at <= RELATCH_WINDOW
         same_stream = (
             ssrc == self.last_ssrc
@@ -186,14 +194,15 @@ class Stream:
         if not (within_window or same_stream):
             return False
         self.relatch_count += 1
-        self._learn(src, packet, now)
+        self._learn(src, packet, now, relatched=True)
         return True
 
-    def _learn(self, src: Endpoint, packet: bytes, now: float) -> None:
+    def _learn(self, src: Endpoint, packet: bytes, now: float, relatched: bool) -> None:
         """Take ``src`` as this stream's remote address, learned from media."""
         self.set_remote(src)
         self.from_media = True
         self._latch(packet, now)
+        self.leg.session.outbox.emit(Latched(self, relatched))
         if not self.is_rtcp:
             rtcp = self.leg.rtcp
             if rtcp.remote is None or rtcp.remote.host != src.host:
@@ -208,22 +217,52 @@ class Stream:
         if header is not None and header[3] == 0:
             return  # an SSRC of 0 is not a stream to latch to
         self.latched = True
-        self._remember_rtp(packet, now)
-
-    def _remember_rtp(self, packet: bytes, now: float) -> None:
         self.sampled_at = now
-        header = rtp_header(packet)
         if header is not None:
             self.last_seq, self.last_ssrc = header[1], header[3]
+            self._sample_mark = self.analysis.received if self.analysis is not None else -1
+
+    def _refresh_sample(self, now: float) -> None:
+        """Bring the latched SSRC/sequence up to date from the packets accepted since the
+        last sample, at most once per :data:`SAMPLE_INTERVAL` (rule 5)."""
+        analysis = self.analysis
+        if (
+            analysis is not None
+            and analysis.ssrc is not None
+            and analysis.received != self._sample_mark
+            and now - self.sampled_at >= SAMPLE_INTERVAL
+        ):
+            self.take_sample(now)
+
+    def take_sample(self, now: float) -> None:
+        """Record the newest accepted sequence number and SSRC as the latched ones."""
+        analysis = self.analysis
+        if analysis is None or analysis.ssrc is None:
+            return
+        self.last_seq, self.last_ssrc = analysis.max_seq, analysis.ssrc
+        self.sampled_at = now
+        self._sample_mark = analysis.received
+
+    def note_forwarded(self, packets: int, size: int, seq: int | None, now: float) -> None:
+        """Account ``packets`` (``size`` payload bytes) relayed without the slow path, at
+        ``now``: by the kernel, or as the media fast path does inline. ``seq`` (kernel
+        forwarding) estimates the newest sequence number, which re-latching compares
+        against, because the relay no longer sees the packets."""
+        self.fast_count += packets
+        self.fast_bytes += size
+        self.seen_at = now
+        if seq is not None:
+            self.last_seq = seq
+            self.sampled_at = now
+            if self.analysis is not None:
+                self._sample_mark = self.analysis.received
 
     # --- signalling ------------------------------------------------------------------------
 
     def set_remote(self, remote: Endpoint | None) -> None:
-        """Change the remote address and drop the fast-path shortcuts that depended on it."""
+        """Change the remote address; sockets and shortcuts aimed at the old one are stale."""
         self.remote = remote
-        self.fast_src = None
-        self.peer.fast_src = None
-        self.transport.remote_changed(remote)
+        self.leg.session.outbox.emit(StreamChanged(self))
 
     def signal(self, remote: Endpoint, now: float, asymmetric: bool) -> None:
         """A U/L gave ``remote`` as this stream's party address (relay-behaviour.md §3 rule 4)."""
@@ -242,9 +281,9 @@ class Leg:
     """One side of a session: an RTP and an RTCP stream on ports P and P+1."""
 
     __slots__ = (
-        "_activity_mark",
         "asymmetric",
         "codecs",
+        "expires_at",
         "local",
         "on_hold",
         "port",
@@ -252,7 +291,6 @@ class Leg:
         "rtp",
         "session",
         "side",
-        "ttl",
         "weak",
     )
 
@@ -265,27 +303,26 @@ class Leg:
         self.weak = False
         self.on_hold = False
         self.codecs: bytes | None = None
-        self.ttl = 0
-        self._activity_mark = 0
+        self.expires_at = NEVER  # from the last U/L; media activity extends it (timers.py)
         self.rtp = Stream(self, is_rtcp=False)
         self.rtcp = Stream(self, is_rtcp=True)
 
     @property
-    def activity(self) -> int:
-        """A number that grows whenever a packet from this leg's party is accepted."""
-        return self.rtp.packets_in + self.rtcp.packets_in
-
-    def had_activity(self) -> bool:
-        """True if packets were accepted since the last call (used by the sweeper)."""
-        now = self.activity
-        changed = now != self._activity_mark
-        self._activity_mark = now
-        return changed
+    def active_at(self) -> float:
+        """When this leg's party last sent a packet that was accepted."""
+        return max(self.rtp.seen_at, self.rtcp.seen_at)
 
     @property
     def streams(self) -> tuple[Stream, Stream]:
         """RTP and RTCP."""
         return self.rtp, self.rtcp
+
+    def set_asymmetric(self, asymmetric: bool) -> None:
+        """Switch the leg between symmetric and asymmetric latching rules."""
+        if asymmetric != self.asymmetric:
+            self.asymmetric = asymmetric
+            for stream in self.streams:
+                self.session.outbox.emit(StreamChanged(stream))
 
     def signal(self, remote: Endpoint, now: float) -> None:
         """Store the SDP address for RTP and the RTP port + 1 for RTCP."""
@@ -299,22 +336,30 @@ class Session:
     __slots__ = (
         "call_id",
         "complete",
+        "created",
         "created_at",
+        "ended",
         "legs",
         "media_taps",
         "notify_source",
         "notify_tag",
         "notify_target",
+        "outbox",
         "strong",
         "tag",
+        "timer_at",
     )
 
-    def __init__(self, call_id: bytes, tag: bytes, now: float) -> None:
+    def __init__(self, call_id: bytes, tag: bytes, now: float, outbox: Outbox) -> None:
         self.call_id = call_id
         self.tag = tag
         self.created_at = now
+        self.outbox = outbox
+        self.created = False  # in the table (a creating U that fails never gets there)
+        self.ended = False
         self.complete = False
         self.strong = False
+        self.timer_at = float("inf")  # the deadline this session is filed under (timers.py)
         self.notify_target: bytes | None = None
         self.notify_tag: bytes | None = None
         self.notify_source: str | None = None
@@ -329,15 +374,10 @@ class Session:
         """The media layer may skip the slow path only when nothing taps the media."""
         return self.media_taps == 0
 
-    @property
-    def ttl(self) -> int:
-        """Seconds before the idle timeout: the minimum over the legs."""
-        return min(leg.ttl for leg in self.legs)
-
-    def reset_ttl(self, seconds: int) -> None:
-        """Give both legs a full timer."""
+    def reset_timer(self, now: float, seconds: int) -> None:
+        """Give both legs a full timer of ``seconds`` from ``now`` (a U or L touched it)."""
         for leg in self.legs:
-            leg.ttl = seconds
+            leg.expires_at = now + seconds + 1  # rtpproxy's sweeper lets a session live T+1 s
 
     @property
     def persistent(self) -> bool:
@@ -347,8 +387,3 @@ class Session:
     def streams(self) -> tuple[Stream, ...]:
         """All four streams."""
         return tuple(s for leg in self.legs for s in leg.streams)
-
-    def invalidate_fast_path(self) -> None:
-        """Make the next packet of every stream go through :meth:`Stream.receive`."""
-        for stream in self.streams():
-            stream.fast_src = None

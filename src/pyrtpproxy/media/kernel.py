@@ -19,7 +19,7 @@ destination port (the relay's ports are unique, so this names one stream):
 
 Forwarded packets are not tracked by conntrack (``notrack``), so stateful NAT rules of the
 host leave them alone. Counters are folded into the streams' own counters by
-:meth:`KernelForwarder.sync`, which the engine calls once per sweep and before Q/G/I.
+:meth:`KernelForwarder.sync`, which the app calls once a second and before Q/G/I.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..engine.addresses import Endpoint
+from ..engine.counters import Counters
 from ..engine.session import Stream
 
 log = logging.getLogger("pyrtpproxy.kernel")
@@ -192,8 +193,12 @@ class KernelForwarder:
         table: str,
         tos: int,
         schedule: Callable[[Callable[[], None]], object],
+        counters: Counters,
+        clock: Callable[[], float],
     ) -> None:
         self.nft = nft
+        self.counters = counters
+        self._clock = clock
         self.table = check_table_name(table)
         self.tos = tos
         self._schedule = schedule
@@ -202,7 +207,6 @@ class KernelForwarder:
         self._to_delete: list[Offload] = []
         self._refused: set[Stream] = set()
         self._flush_pending = False
-        self.failures = 0
         self.routes_between_hosts = False  # net.ipv4.ip_forward, read by start()
 
     # --- table -------------------------------------------------------------------------
@@ -276,7 +280,7 @@ class KernelForwarder:
             try:
                 self.nft.run("\n".join(o.elements("delete", self.table) for o in removed))
             except NftError as exc:
-                self.failures += 1
+                self.counters.relay.kernel_failures += 1
                 log.error("nftables refused to remove forwarded streams: %s", exc)
                 self._delete_one_by_one(removed)
         if self._to_add:
@@ -285,7 +289,7 @@ class KernelForwarder:
             try:
                 self.nft.run("\n".join(o.elements("add", self.table) for o in batch))
             except NftError as exc:
-                self.failures += 1
+                self.counters.relay.kernel_failures += 1
                 self._refused.update(o.stream for o in batch)
                 log.error(
                     "nftables refused %d stream(s); they stay in user space: %s", len(batch), exc
@@ -340,8 +344,8 @@ class KernelForwarder:
             return
         self._fold(listing, by_key)
 
-    @staticmethod
-    def _fold(listing: bytes, by_key: dict[str, Offload]) -> None:
+    def _fold(self, listing: bytes, by_key: dict[str, Offload]) -> None:
+        now = self._clock()
         for host, sport, dport, packets_text, bytes_text in _COUNTED.findall(listing):
             offload = by_key.get(f"{host.decode()} . {int(sport)} . {int(dport)}")
             if offload is None:
@@ -351,10 +355,9 @@ class KernelForwarder:
             if new_packets <= 0:
                 continue
             stream = offload.stream
-            stream.fast_count += new_packets
-            stream.fast_bytes += size - offload.bytes - IPV4_UDP_HEADERS * new_packets
+            payload = size - offload.bytes - IPV4_UDP_HEADERS * new_packets
             offload.packets, offload.bytes = packets, size
-            if not stream.is_rtcp:
-                # the relay no longer sees sequence numbers; re-latching by SSRC compares
-                # against this estimate (one number per forwarded packet)
-                stream.last_seq = (offload.base_seq + packets) & 0xFFFF
+            # the relay no longer sees sequence numbers; re-latching by SSRC compares
+            # against this estimate (one number per forwarded packet)
+            seq = None if stream.is_rtcp else (offload.base_seq + packets) & 0xFFFF
+            self.counters.forwarded(stream, new_packets, payload, seq, now)

@@ -4,9 +4,13 @@ Each stream (a leg's RTP or RTCP port) has an unconnected socket that hears ever
 and, once its remote address is known, a second socket on the same port (``SO_REUSEPORT``)
 *connected* to that remote. The kernel hands the connected socket exactly the remote's
 packets, so the settled case needs no address handling at all: ``recv``, count, ``send``
-out of the opposite stream's connected socket. Strangers, first packets, re-latching and
-the once-a-second sample land on the unconnected socket or take the slow path through
-:meth:`pyrtpproxy.engine.session.Stream.receive`.
+out of the opposite stream's connected socket. Strangers, first packets and re-latching
+land on the unconnected socket or take the slow path, where the engine judges them
+(:meth:`pyrtpproxy.engine.engine.Engine.receive`).
+
+The engine never calls in here except through the host probe (:meth:`MediaRelay.try_bind`
+and two address questions); everything else arrives as events, applied by
+:meth:`MediaRelay.apply`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..engine.addresses import Endpoint, LocalAddress
+from ..engine.counters import Counters
+from ..engine.engine import Forwarding
+from ..engine.events import Event, LegClosed, LegOpened, StreamChanged
 from ..engine.session import DETACHED, Leg, Stream
 from .kernel import KernelForwarder
 
@@ -31,7 +38,8 @@ DISPATCH_BATCH = 256  # ready sockets served per event-loop wakeup
 LOCAL_HOST_CACHE = 4096  # remembered answers to "is this address one of ours?"
 _BIND_BUSY = (errno.EADDRINUSE, errno.EACCES)
 
-LatchListener = Callable[[Stream, str], None]
+SlowPath = Callable[[Stream, bytes, tuple[str, int], float], Forwarding]
+EventSink = Callable[[tuple[Event, ...]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +69,26 @@ def _media_socket(local: LocalAddress, port: int, tos: int) -> socket.socket:
     return sock
 
 
+def _no_slow_path(stream: Stream, data: bytes, src: tuple[str, int], now: float) -> Forwarding:
+    return Forwarding(None, False, ())
+
+
+def _ignore_events(events: tuple[Event, ...]) -> None:
+    return None
+
+
 class StreamSocket:
-    """The sockets of one stream; the engine sees it as ``Stream.transport``."""
+    """The sockets of one stream; the engine sees it as ``Stream.transport``.
+
+    ``fast_src`` is the shortcut: packets from that source skip the slow path. It is set
+    only when the engine says the stream is settled for that source, and cleared only by
+    :meth:`unsettle`.
+    """
 
     __slots__ = (
         "connected",
         "connected_to",
+        "fast_src",
         "forward",
         "local",
         "port",
@@ -86,6 +108,7 @@ class StreamSocket:
         self.port = port
         self.connected: socket.socket | None = None
         self.connected_to: Endpoint | None = None
+        self.fast_src: object = None
         # send(data) delivers to stream.remote; the opposite stream's fast path calls it
         self.send: Callable[[bytes], object] = self._send_nowhere
         self.forward = relay.forwarder(stream)
@@ -93,11 +116,14 @@ class StreamSocket:
     def _send_nowhere(self, data: bytes) -> None:
         return None
 
-    def remote_changed(self, remote: Endpoint | None) -> None:
+    def unsettle(self) -> None:
+        """Send the next packet of this stream through the slow path."""
+        self.fast_src = None
+
+    def aim(self, remote: Endpoint | None) -> None:
         """Keep the connected socket aimed at the stream's remote address."""
         if remote == self.connected_to and self.connected is not None:
             return
-        self.relay.take_back(self.stream)
         if remote is None or remote.port == 0:
             self._drop_connected()
             self.send = self._send_nowhere
@@ -123,27 +149,37 @@ class StreamSocket:
 
     def close(self) -> None:
         """Stop reading and close both sockets."""
+        self.unsettle()
         self._drop_connected()
         self.relay.unwatch(self.sock)
         self.send = self._send_nowhere
 
 
 class MediaRelay:
-    """Implements the engine's ``MediaOps`` on an asyncio (uvloop) event loop."""
+    """Serves media sockets on an asyncio (uvloop) event loop.
+
+    ``slow_path`` judges a packet the fast path cannot (the engine's ``receive``);
+    ``on_events`` takes the events it returns (the app's dispatcher, which hands the
+    media ones back to :meth:`apply`).
+    """
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         config: MediaConfig,
-        on_latch: LatchListener | None = None,
+        counters: Counters | None = None,
         kernel: KernelForwarder | None = None,
+        slow_path: SlowPath = _no_slow_path,
+        on_events: EventSink = _ignore_events,
     ) -> None:
         self.loop = loop
         self.config = config
-        self._on_latch = on_latch
+        self.counters = counters or Counters()
         self.kernel = kernel
+        self._judge = slow_path
+        self._on_events = on_events
         self._local_hosts: dict[str, bool] = {}
-        self.send_errors = 0
+        self._bound: dict[tuple[LocalAddress, int], tuple[socket.socket, socket.socket]] = {}
         self.now = loop.time()
         # One epoll set for every media socket, read by a single event-loop callback:
         # libuv stops a poll handle whose fd reports POLLERR (an ICMP error on a connected
@@ -151,6 +187,12 @@ class MediaRelay:
         self._epoll = select.epoll()
         self._readers: dict[int, Callable[[], None]] = {}
         loop.add_reader(self._epoll.fileno(), self._dispatch)
+
+    def connect_engine(self, slow_path: SlowPath, on_events: EventSink) -> None:
+        """Wire the slow path and the event sink (the engine is built after the relay,
+        because the relay is its host probe)."""
+        self._judge = slow_path
+        self._on_events = on_events
 
     def _dispatch(self) -> None:
         # One clock read per wakeup: the arrival time of every packet served in it.
@@ -163,15 +205,19 @@ class MediaRelay:
 
     def close(self) -> None:
         """Stop dispatching media (sockets are closed with their legs)."""
+        for pair in self._bound.values():
+            for sock in pair:
+                sock.close()
+        self._bound.clear()
         self.loop.remove_reader(self._epoll.fileno())
         self._epoll.close()
         if self.kernel is not None:
             self.kernel.stop()
 
-    # --- MediaOps --------------------------------------------------------------------
+    # --- the host probe (engine.ports.HostProbe) -----------------------------------------
 
-    def open_leg(self, leg: Leg, local: LocalAddress, port: int) -> bool:
-        """Bind RTP on ``port`` and RTCP on ``port + 1`` and start reading them."""
+    def try_bind(self, local: LocalAddress, port: int) -> bool:
+        """Bind RTP on ``port`` and RTCP on ``port + 1``; kept until ``LegOpened``."""
         sockets: list[socket.socket] = []
         try:
             for number in (port, port + 1):
@@ -182,30 +228,8 @@ class MediaRelay:
             if exc.errno in _BIND_BUSY:
                 return False
             raise
-        self.close_leg(leg)
-        for sock, stream, number in zip(sockets, leg.streams, (port, port + 1), strict=True):
-            transport = StreamSocket(self, stream, sock, local, number)
-            stream.transport = transport
-            self.watch(sock, self._unconnected_reader(transport))
+        self._bound[(local, port)] = (sockets[0], sockets[1])
         return True
-
-    def close_leg(self, leg: Leg) -> None:
-        """Stop reading and close the leg's sockets."""
-        for stream in leg.streams:
-            self.take_back(stream)
-        if self.kernel is not None:
-            self.kernel.flush()  # now: the leg's counters must be final when this returns
-        for stream in leg.streams:
-            if isinstance(stream.transport, StreamSocket):
-                stream.transport.close()
-            stream.transport = DETACHED
-            stream.fast_src = None
-            stream.peer.fast_src = None  # its fast path sends through this stream's socket
-
-    def refresh_counters(self) -> None:
-        """Fold the counts of kernel-forwarded packets into the streams."""
-        if self.kernel is not None:
-            self.kernel.sync()
 
     def source_address_for(self, remote: str, ipv6: bool) -> str | None:
         """Ask the routing table which local address reaches ``remote``."""
@@ -227,6 +251,65 @@ class MediaRelay:
             except OSError:
                 return False
             return True
+
+    # --- engine events -------------------------------------------------------------------
+
+    def apply(self, event: Event) -> None:
+        """Carry out a media event of the engine's."""
+        match event:
+            case StreamChanged(stream=stream):
+                self._stream_changed(stream)
+            case LegOpened(leg=leg, local=local, port=port):
+                self._open_leg(leg, local, port)
+            case LegClosed(leg=leg, local=local, port=port):
+                self._close_leg(leg, local, port)
+            case _:
+                pass
+
+    def _stream_changed(self, stream: Stream) -> None:
+        """The one place shortcuts are dropped: the stream's own, and the peer's, which
+        sends through this stream's socket and whose kernel offload names its address."""
+        self.take_back(stream)
+        for affected in (stream, stream.peer):
+            transport = affected.transport
+            if isinstance(transport, StreamSocket):
+                transport.unsettle()
+        transport = stream.transport
+        if isinstance(transport, StreamSocket):
+            transport.aim(stream.remote)
+
+    def _open_leg(self, leg: Leg, local: LocalAddress, port: int) -> None:
+        pair = self._bound.pop((local, port), None)
+        if pair is None:
+            return  # the leg closed again before it was served
+        for sock, stream, number in zip(pair, leg.streams, (port, port + 1), strict=True):
+            transport = StreamSocket(self, sock=sock, stream=stream, local=local, port=number)
+            stream.transport = transport
+            self.watch(sock, self._unconnected_reader(transport))
+            self._stream_changed(stream)
+
+    def _close_leg(self, leg: Leg, local: LocalAddress, port: int) -> None:
+        pair = self._bound.pop((local, port), None)
+        if pair is not None:  # bound but never served (a creating U that failed)
+            for sock in pair:
+                sock.close()
+        for stream in leg.streams:
+            self.take_back(stream)
+        if self.kernel is not None:
+            self.kernel.flush()  # now: the port may be handed to another session next
+        for stream in leg.streams:
+            transport = stream.transport
+            if isinstance(transport, StreamSocket) and transport.port in (port, port + 1):
+                transport.close()
+                stream.transport = DETACHED
+                peer = stream.peer.transport
+                if isinstance(peer, StreamSocket):
+                    peer.unsettle()
+
+    def refresh_counters(self) -> None:
+        """Fold the counts of kernel-forwarded packets into the streams."""
+        if self.kernel is not None:
+            self.kernel.sync()
 
     # --- in-kernel forwarding -----------------------------------------------------------
 
@@ -269,6 +352,7 @@ class MediaRelay:
         ):
             return
         host, port = outbound.connected.getsockname()[:2]
+        stream.take_sample(self.now)  # the kernel's sequence estimate starts from here
         kernel.offload(stream, source, inbound.port, dest, Endpoint(host, port))
 
     def _is_local_host(self, host: str) -> bool:
@@ -310,22 +394,24 @@ class MediaRelay:
         """The settled per-packet path of ``stream``: count, analyse, send on."""
         analysis = stream.analysis
         relay = self
+        counters = self.counters.relay
 
         def forward(data: bytes) -> None:
+            now = relay.now
             stream.fast_count += 1
             stream.fast_bytes += len(data)
+            stream.seen_at = now
             if analysis is not None:
-                analysis.feed(data, relay.now)
+                analysis.feed(data, now)
             try:
                 stream.peer.transport.send(data)
             except OSError:
-                relay.send_errors += 1
+                counters.send_errors += 1
 
         return forward
 
     def connected_reader(self, transport: StreamSocket) -> Callable[[], None]:
         """Reader of the connected socket: every packet comes from ``connected_to``."""
-        stream = transport.stream
         connected = transport.connected
         assert connected is not None
         recv = connected.recv
@@ -338,16 +424,15 @@ class MediaRelay:
             except OSError:
                 return  # EAGAIN, or an ICMP error for the peer: nothing to relay
             source = transport.connected_to
-            if stream.fast_src == source and source is not None:
+            if transport.fast_src == source and source is not None:
                 forward(data)
                 return
             if source is not None:
-                slow(stream, data, source)
+                slow(transport, data, source)
 
         return on_readable
 
     def _unconnected_reader(self, transport: StreamSocket) -> Callable[[], None]:
-        stream = transport.stream
         recvfrom = transport.sock.recvfrom
         forward = transport.forward
         slow = self._slow_path
@@ -357,37 +442,30 @@ class MediaRelay:
                 data, src = recvfrom(MAX_DATAGRAM)
             except OSError:
                 return
-            if src == stream.fast_src:  # an asymmetric leg's party sending from another port
+            if src == transport.fast_src:  # an asymmetric leg's party sending from another port
                 forward(data)
                 return
-            slow(stream, data, src)
+            slow(transport, data, src)
 
         return on_readable
 
-    def _slow_path(self, stream: Stream, data: bytes, src: tuple[str, int]) -> None:
+    def _slow_path(self, transport: StreamSocket, data: bytes, src: tuple[str, int]) -> None:
+        stream = transport.stream
         if self.kernel is not None and src != stream.remote:
             self.kernel.refresh(stream, self.now)  # re-latching compares sequence numbers
-        before = (stream.remote, stream.latched, stream.relatch_count)
-        dest = stream.receive(data, src, self.now)
-        if (
-            self._on_latch is not None
-            and (stream.remote, stream.latched, stream.relatch_count) != before
-        ):
-            self._on_latch(stream, "re-latched" if stream.relatch_count != before[2] else "latched")
-        if self.config.send_small_twice:
-            stream.fast_src = None  # every packet needs the duplicate check below
+        dest, settled, events = self._judge(stream, data, src, self.now)
+        if events:
+            self._on_events(events)
         if dest is None:
             return
-        if (
-            self.kernel is not None
-            and stream.fast_src is not None
-            and not self.kernel.holds(stream)
-        ):
-            self._offer_to_kernel(stream)
+        if settled and not self.config.send_small_twice:  # -2 checks every packet's size
+            transport.fast_src = src
+            if self.kernel is not None and not self.kernel.holds(stream):
+                self._offer_to_kernel(stream)
         out = stream.peer.transport
         try:
             out.send(data)
             if self.config.send_small_twice and len(data) < SMALL_PACKET:
                 out.send(data)
         except OSError:
-            self.send_errors += 1
+            self.counters.relay.send_errors += 1

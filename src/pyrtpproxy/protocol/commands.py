@@ -169,6 +169,15 @@ class GetCounters:
 
 
 @dataclass(frozen=True, slots=True)
+class Introspect:
+    """``Zsessions [offset [limit]]``: a page of the live sessions (our extension;
+    rtpproxy answers ``E0`` to every ``Z`` command, so no client sends it)."""
+
+    offset: int = 0
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
 class SubDelete:
     """``&& D[w]``: delete the session the main command used."""
 
@@ -200,4 +209,7 @@ Command = (
     | Info
     | DeleteAll
     | GetCounters
+    | Introspect
 )
+
+READS_COUNTERS = (Query, GetCounters, Info, Introspect)  # answers include live packet counts

@@ -20,6 +20,7 @@ from .commands import (
     GetCounters,
     Info,
     Interface,
+    Introspect,
     Play,
     Query,
     Record,
@@ -38,6 +39,9 @@ from .errors import ErrorCode, ProtocolError
 MAX_TOKENS = 24  # a segment of this many tokens or more is a syntax error
 MAX_SUBCOMMANDS = 15
 SUBCOMMAND_SEPARATOR = b"&&"
+LIST_SESSIONS_WORD = b"Zsessions"
+LIST_SESSIONS_DEFAULT_LIMIT = 100
+LIST_SESSIONS_MAX_LIMIT = 1000
 MAX_COUNTER_NAMES = 40  # G accepts at most one name per counter (E1 beyond)
 
 _SEPARATORS = re.compile(rb"[ \t\r\n]+")
@@ -62,6 +66,10 @@ def split_cookie(data: bytes) -> tuple[bytes | None, bytes]:
 def parse(data: bytes, *, bridge_mode: bool = False) -> Command:
     """Parse one command (without cookie). Raises :class:`ProtocolError`."""
     tokens = tokenize(data)
+    if tokens and tokens[0] == LIST_SESSIONS_WORD:
+        listing = _parse_introspect(tokens)
+        if listing is not None:
+            return listing
     if not tokens or any(b"\0" in t for t in tokens):
         raise ProtocolError(ErrorCode.SYNTAX, "empty command or NUL byte")
     segments = _split_segments(tokens)
@@ -72,6 +80,17 @@ def parse(data: bytes, *, bridge_mode: bool = False) -> Command:
     if parser is None:
         raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, f"unknown command {word[:1]!r}")
     return parser(word[1:], main, subs, bridge_mode)
+
+
+def _parse_introspect(tokens: list[bytes]) -> Introspect | None:
+    """``Zsessions [OFFSET [LIMIT]]`` exactly (docs/ctl.md); anything else starting
+    with ``Z`` is not ours and gets rtpproxy's ``E0``."""
+    numbers = tokens[1:]
+    if len(numbers) > 2 or not all(n.isdigit() and len(n) <= 9 for n in numbers):
+        return None
+    offset = int(numbers[0]) if numbers else 0
+    limit = int(numbers[1]) if len(numbers) > 1 else LIST_SESSIONS_DEFAULT_LIMIT
+    return Introspect(offset, max(1, min(limit, LIST_SESSIONS_MAX_LIMIT)))
 
 
 def _split_segments(tokens: list[bytes]) -> list[list[bytes]]:

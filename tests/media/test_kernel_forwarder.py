@@ -10,6 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pyrtpproxy.engine.addresses import Endpoint
+from pyrtpproxy.engine.counters import Counters
+from pyrtpproxy.engine.events import Outbox
 from pyrtpproxy.engine.session import Session, Stream
 from pyrtpproxy.media.kernel import KernelForwarder, NftError
 
@@ -44,12 +46,19 @@ class FakeNft:
 def forwarder() -> tuple[KernelForwarder, FakeNft, list[Callable[[], None]]]:
     nft = FakeNft()
     scheduled: list[Callable[[], None]] = []
-    kernel = KernelForwarder(nft, "t", 0xB8, scheduled.append)  # type: ignore[arg-type]
+    kernel = KernelForwarder(
+        nft,  # type: ignore[arg-type]
+        "t",
+        0xB8,
+        scheduled.append,
+        Counters(),
+        lambda: 7.0,
+    )
     return kernel, nft, scheduled
 
 
 def stream() -> Stream:
-    return Session(b"call", b"tag", 0.0).legs[0].rtp
+    return Session(b"call", b"tag", 0.0, Outbox(lambda event: None)).legs[0].rtp
 
 
 def test_offloads_of_one_wakeup_go_in_one_transaction() -> None:
@@ -118,7 +127,7 @@ def test_a_refused_stream_stays_in_user_space_until_its_addresses_change() -> No
     s = stream()
     kernel.offload(s, CALLER, 30000, CALLEE, OUT)
     scheduled[0]()
-    assert kernel.failures == 1 and kernel.forwarded_streams == 0
+    assert kernel.counters.relay.kernel_failures == 1 and kernel.forwarded_streams == 0
     kernel.offload(s, CALLER, 30000, CALLEE, OUT)  # no retry per packet
     assert len(scheduled) == 1
     kernel.withdraw(s)  # a new address: it may be tried again
@@ -148,4 +157,23 @@ def test_a_refused_removal_is_retried_element_by_element() -> None:
     kernel.withdraw(s)
     scheduled[-1]()
     singles = [b for b in nft.batches if b.startswith("delete element") and "\n" not in b]
-    assert len(singles) == 5 and kernel.failures == 1
+    assert len(singles) == 5 and kernel.counters.relay.kernel_failures == 1
+
+
+def test_forwarded_packets_count_as_activity_and_late_ones_reach_the_totals() -> None:
+    kernel, nft, scheduled = forwarder()
+    s = stream()
+    s.leg.session.created = True
+    kernel.offload(s, CALLER, 30000, CALLEE, OUT)
+    scheduled[0]()
+    nft.counts["192.0.2.10 . 40000 . 30000"] = (4, 4 * 200)
+    kernel.sync()
+    assert s.seen_at == 7.0  # the clock of the read: the idle timer sees kernel traffic
+    totals = kernel.counters.g
+    assert (totals.npkts_rcvd, totals.npkts_relayed) == (0, 0)  # live: counted on the stream
+    s.leg.session.ended = True  # the engine has already added up the session
+    nft.counts["192.0.2.10 . 40000 . 30000"] = (6, 6 * 200)
+    kernel.withdraw(s)
+    scheduled[-1]()
+    assert (totals.npkts_rcvd, totals.npkts_relayed) == (2, 2)
+    assert kernel.counters.relay.bytes_relayed == 2 * 172

@@ -1,0 +1,472 @@
+"""Command execution against the session table: U/L/D/X, sub-commands, timers.
+
+Pure: time comes in as ``now``, results go out as values. :meth:`Engine.execute` returns
+a :class:`~pyrtpproxy.protocol.replies.Reply` and the events the command caused;
+:meth:`Engine.receive` judges a packet on the media slow path; :meth:`Engine.get_timer`
+and :meth:`Engine.handle_timer` run the idle and setup timeouts. The only calls out are
+the host probes (:class:`~pyrtpproxy.engine.ports.HostProbe`), because a U/L reply must
+carry a port that is already bound.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from ..protocol import capabilities, replies
+from ..protocol.commands import (
+    AddressSpec,
+    Command,
+    Copy,
+    Delete,
+    DeleteAll,
+    GetCounters,
+    Info,
+    Interface,
+    Introspect,
+    Play,
+    Query,
+    Record,
+    StopPlay,
+    StopRecord,
+    SubCommand,
+    SubDelete,
+    SubLookup,
+    Update,
+    UpdateModifiers,
+    Version,
+    VersionFeature,
+)
+from ..protocol.errors import ErrorCode, ProtocolError
+from ..protocol.replies import OK, Reply
+from . import queries
+from .addresses import AddressPlan, Endpoint, LocalAddress, MediaAddress, resolve_media_address
+from .counters import Counters, Snapshot
+from .events import (
+    EndReason,
+    Event,
+    LegClosed,
+    LegOpened,
+    NotifyTargetUnknown,
+    NotifyWanted,
+    Outbox,
+    SessionCompleted,
+    SessionCreated,
+    SessionEnded,
+)
+from .ports import HostProbe, PortAllocator, PortsExhausted
+from .session import Leg, Session, Side, Stream
+from .table import SessionTable
+from .timers import Deadlines
+
+CC_SELF = b"%%CC_SELF%%"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """The part of the configuration the engine uses."""
+
+    ttl: int = 60
+    setup_ttl: int = 60
+    independent_timers: bool = False
+    force_asymmetric: bool = False
+    bridge_symmetric: bool = False
+    addresses: AddressPlan = field(default_factory=AddressPlan)
+    notify_targets: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Where a command came from: ``source_host`` fills in ``%%CC_SELF%%``."""
+
+    source_host: str = "127.0.0.1"
+
+
+LOCAL_REQUEST = RequestContext()
+
+
+class Outcome(NamedTuple):
+    """What a command produced: the reply and the events it caused."""
+
+    reply: Reply
+    events: tuple[Event, ...]
+
+
+class Forwarding(NamedTuple):
+    """What the slow path decided for one packet."""
+
+    dest: Endpoint | None  # where to send it out of the peer stream's socket; None: drop
+    settled: bool  # further packets from this source need not come back here
+    events: tuple[Event, ...]
+
+
+class Engine:
+    """Executes parsed commands, judges slow-path packets and expires idle sessions."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        ports: PortAllocator,
+        probe: HostProbe,
+        counters: Counters | None = None,
+    ) -> None:
+        self.config = config
+        self.ports = ports
+        self.probe = probe
+        self.table = SessionTable()
+        self.counters = counters or Counters()
+        self.timers = Deadlines(config.ttl, config.independent_timers)
+        self.outbox = Outbox(self.counters.count)
+        self.draining = False  # SIGHUP: refuse new sessions
+
+    # --- entry points ------------------------------------------------------------------
+
+    def execute(self, command: Command, now: float, ctx: RequestContext = LOCAL_REQUEST) -> Outcome:
+        """Run one command. A failure raises :class:`ProtocolError` and leaves nothing
+        half-done; its events (ports given back, say) are in :meth:`take_events`."""
+        reply = self._dispatch(command, now, ctx)
+        return Outcome(reply, self.outbox.take())
+
+    def take_events(self) -> tuple[Event, ...]:
+        """Events not yet handed out (after a command raised)."""
+        return self.outbox.take()
+
+    def receive(
+        self,
+        stream: Stream,
+        packet: bytes,
+        src: tuple[str, int] | tuple[str, int, int, int],
+        now: float,
+    ) -> Forwarding:
+        """The media slow path: latching, counting, and where the packet goes."""
+        dest = stream.receive(packet, src, now)
+        settled = dest is not None and stream.settled(src)
+        return Forwarding(dest, settled, self.outbox.take())
+
+    def get_timer(self) -> float | None:
+        """The next moment :meth:`handle_timer` has work (None: no session)."""
+        return self.timers.next_deadline()
+
+    def handle_timer(self, now: float) -> tuple[Event, ...]:
+        """Expire the sessions whose idle or setup timer has run out by ``now``."""
+        for session in self.timers.due(now):
+            if session.notify_target is not None and session.notify_tag is not None:
+                self.outbox.emit(
+                    NotifyWanted(
+                        target=session.notify_target,
+                        tag=session.notify_tag,
+                        source_host=session.notify_source or "127.0.0.1",
+                        call_id=session.call_id,
+                    )
+                )
+            self._destroy(session, now, EndReason.TIMEOUT)
+        return self.outbox.take()
+
+    def delete_all(self, now: float) -> tuple[Event, ...]:
+        """Destroy every session without notifications (``X``, and shutdown)."""
+        self._delete_all(now)
+        return self.outbox.take()
+
+    def snapshot(self, now: float) -> Snapshot:
+        """Every counter, live sessions included."""
+        return self.counters.snapshot(self.table, now)
+
+    # --- dispatch ----------------------------------------------------------------------
+
+    def _dispatch(self, command: Command, now: float, ctx: RequestContext) -> Reply:
+        match command:
+            case Update():
+                return self._update(command, now, ctx)
+            case Delete():
+                return self._delete(command, now)
+            case Query():
+                found = self._find(command.call_id, command.from_tag, command.to_tag)
+                body = queries.query(self, command, found, now)
+                return Reply(body, self._run_subcommands(command.subcommands, *found, now))
+            case GetCounters():
+                return Reply(queries.get_counters(self, command, now))
+            case Info():
+                return Reply(queries.info(self, command, now))
+            case Introspect():
+                return Reply(queries.introspect(self, command, now))
+            case Version():
+                return Reply(replies.Version(capabilities.BASE_VERSION))
+            case VersionFeature():
+                notify = bool(self.config.notify_targets)
+                return Reply(replies.Flag(capabilities.supports(command.date, notify)))
+            case DeleteAll():
+                self._delete_all(now)
+                return Reply(OK)
+            case Record() | StopRecord():
+                # Like rtpproxy without -r: nothing can be recorded, so nothing matches.
+                raise ProtocolError(ErrorCode.NO_SESSION, "recording is not available")
+            case Copy():
+                self._find(command.call_id, command.from_tag, command.to_tag)
+                raise ProtocolError(ErrorCode.COPY_FAILED, "copy not available")
+            case Play() | StopPlay():
+                return self._play(command)
+        raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, "unhandled command")
+
+    def _find(self, call_id: bytes, from_tag: bytes, to_tag: bytes | None) -> tuple[Session, Side]:
+        found = self.table.find(call_id, from_tag, to_tag)
+        if found is None:
+            raise ProtocolError(ErrorCode.NO_SESSION, "no such session")
+        return found
+
+    # --- U / L -------------------------------------------------------------------------
+
+    def _update(self, cmd: Update, now: float, ctx: RequestContext) -> Reply:
+        mods = cmd.modifiers
+        if cmd.notify_socket is not None and not self.config.notify_targets:
+            raise ProtocolError(ErrorCode.NOTIFY_DISABLED, "notify requested but no -n configured")
+        if mods.ipv6:
+            self.config.addresses.pick(True, Interface.INTERNAL)  # E36 if no IPv6 address
+        media = resolve_media_address(cmd.addr, cmd.port, mods.ipv6)
+        found = self.table.find(cmd.call_id, cmd.from_tag, cmd.to_tag)
+        if found is None:
+            if cmd.lookup_only:
+                return Reply(replies.NOT_FOUND)
+            session, side = self._create(cmd, now), Side.B
+        else:
+            session, side = found
+        created = not session.created
+        if cmd.lookup_only:
+            reply_leg, addr_leg = session.legs[side], session.legs[1 - side]
+        else:
+            reply_leg, addr_leg = session.legs[1 - side], session.legs[side]
+        try:
+            self._apply_update(session, reply_leg, addr_leg, mods, media, now, created)
+        except ProtocolError:
+            if created:
+                self._destroy(session, now, EndReason.FAILED)
+            raise
+        if created:
+            self.table.add(session)
+            session.created = True
+            self.outbox.emit(SessionCreated(session))
+        self.timers.file(session)
+        if not cmd.lookup_only:
+            self._set_notify(session, cmd, ctx)
+        reply = _port_reply(reply_leg)
+        return Reply(reply, self._run_subcommands(cmd.subcommands, session, side, now))
+
+    def _create(self, cmd: Update, now: float) -> Session:
+        if self.draining:
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "shutting down, no new sessions")
+        session = Session(cmd.call_id, cmd.from_tag, now, self.outbox)
+        mods = cmd.modifiers
+        interfaces = mods.interfaces + (Interface.INTERNAL,) * (2 - len(mods.interfaces))
+        a, b = session.legs
+        # the first i/e is the offerer's side (leg B), the second the answerer's (leg A)
+        b.local = self.config.addresses.pick(mods.ipv6, interfaces[0])
+        a.local = self.config.addresses.pick(mods.ipv6, interfaces[1])
+        return session
+
+    def _apply_update(
+        self,
+        session: Session,
+        reply_leg: Leg,
+        addr_leg: Leg,
+        mods: UpdateModifiers,
+        media: MediaAddress,
+        now: float,
+        created: bool,
+    ) -> None:
+        if reply_leg.port == 0 or mods.new_port:
+            if mods.local_address is not None or mods.remote_address is not None:
+                reply_leg.local = self._explicit_local(mods)
+            self._allocate(reply_leg, new_session=created)
+        if not session.complete and all(leg.port for leg in session.legs):
+            session.complete = True
+            self.outbox.emit(SessionCompleted(session))
+        if mods.asymmetric is not None:
+            addr_leg.set_asymmetric(mods.asymmetric)
+        elif created or not addr_leg.asymmetric:
+            addr_leg.set_asymmetric(self._default_asymmetric)
+        if media.hold:
+            addr_leg.on_hold = True
+        elif media.endpoint is not None:
+            addr_leg.on_hold = False
+            addr_leg.signal(Endpoint(*media.endpoint), now)
+        if mods.codecs is not None:
+            addr_leg.codecs = mods.codecs
+        if mods.weak:
+            reply_leg.weak = True
+        else:
+            session.strong = True
+        session.reset_timer(now, self.config.ttl if session.complete else self.config.setup_ttl)
+
+    @property
+    def _default_asymmetric(self) -> bool:
+        bridged = self.config.addresses.bridge_mode and not self.config.bridge_symmetric
+        return self.config.force_asymmetric or bridged
+
+    def _explicit_local(self, mods: UpdateModifiers) -> LocalAddress:
+        if mods.local_address is not None:
+            return self._local_from_spec(mods.local_address)
+        assert mods.remote_address is not None
+        remote = mods.remote_address.text
+        ipv6 = ":" in remote
+        host = self.probe.source_address_for(remote, ipv6) if _numeric(remote) else None
+        if host is None:
+            raise ProtocolError(ErrorCode.NO_ROUTE_TO_REMOTE, f"no local address towards {remote}")
+        return self._configured(host) or LocalAddress(host, ipv6=ipv6)
+
+    def _local_from_spec(self, spec: AddressSpec) -> LocalAddress:
+        if spec.is_label:
+            for local in self.config.addresses.all():
+                if local.label == spec.text:
+                    return local
+            raise ProtocolError(ErrorCode.NOT_A_LOCAL_ADDRESS, f"unknown address label {spec.text}")
+        configured = self._configured(spec.text)
+        if configured is not None:
+            return configured
+        family_v6 = ":" in spec.text
+        if _numeric(spec.text) and self.probe.is_local_address(spec.text, family_v6):
+            return LocalAddress(spec.text, ipv6=family_v6)
+        raise ProtocolError(ErrorCode.NOT_A_LOCAL_ADDRESS, f"{spec.text} is not a local address")
+
+    def _configured(self, host: str) -> LocalAddress | None:
+        for local in self.config.addresses.all():
+            if host in (local.host, local.advertised):
+                return local
+        return None
+
+    def _allocate(self, leg: Leg, new_session: bool) -> None:
+        assert leg.local is not None
+        local = leg.local
+        old = leg.port
+        if old:
+            self._release(leg)
+        try:
+            # ``n`` asks for a new port: never hand the old one straight back
+            leg.port = self.ports.allocate(
+                lambda port: port != old and self.probe.try_bind(local, port)
+            )
+        except PortsExhausted:
+            code = ErrorCode.NO_PORT_FOR_SESSION if new_session else ErrorCode.NO_PORT_FOR_LEG
+            raise ProtocolError(code, "no free media port") from None
+        self.outbox.emit(LegOpened(leg, local, leg.port))
+
+    def _release(self, leg: Leg) -> None:
+        """Give the leg's port back; the media layer closes its sockets."""
+        assert leg.local is not None
+        self.ports.release(leg.port)
+        self.outbox.emit(LegClosed(leg, leg.local, leg.port))
+        leg.port = 0
+
+    def _set_notify(self, session: Session, cmd: Update, ctx: RequestContext) -> None:
+        session.notify_target = session.notify_tag = None
+        if cmd.notify_socket is None or cmd.notify_tag is None:
+            return
+        target = self._match_notify_target(cmd.notify_socket)
+        if target is None:
+            self.outbox.emit(NotifyTargetUnknown(session, cmd.notify_socket))
+            return
+        session.notify_target = target
+        session.notify_tag = cmd.notify_tag
+        session.notify_source = ctx.source_host
+
+    def _match_notify_target(self, name: bytes) -> bytes | None:
+        """The configured ``-n`` target that ``name`` designates (``unix:``/``tcp:``
+        prefixes may be left out on either side)."""
+        wanted = _strip_scheme(name)
+        for target in self.config.notify_targets:
+            if target == name or _strip_scheme(target) == wanted:
+                return target
+        return None
+
+    # --- sub-commands ------------------------------------------------------------------
+
+    def _run_subcommands(
+        self, subs: tuple[SubCommand, ...], session: Session, side: Side, now: float
+    ) -> tuple[replies.SubResult, ...]:
+        results: list[replies.SubResult] = []
+        for sub in subs:
+            if session.ended:
+                results.append(replies.SubFailure(replies.SUBCOMMAND_SESSION_GONE))
+                break
+            try:
+                match sub:
+                    case SubDelete():
+                        self._delete_one(session, side, sub.weak, now)
+                        results.append(OK)
+                    case SubLookup():
+                        media = resolve_media_address(sub.addr, sub.port, sub.modifiers.ipv6)
+                        # the other party's answer: reply leg is tag1's (B side of a U forward)
+                        reply_leg, addr_leg = session.legs[side], session.legs[1 - side]
+                        self._apply_update(
+                            session, reply_leg, addr_leg, sub.modifiers, media, now, False
+                        )
+                        self.timers.file(session)
+                        results.append(_port_reply(reply_leg))
+            except ProtocolError as exc:
+                results.append(replies.SubFailure(exc.code.value))
+                break
+        return tuple(results)
+
+    # --- D / X -------------------------------------------------------------------------
+
+    def _delete(self, cmd: Delete, now: float) -> Reply:
+        matches = self.table.find_all(cmd.call_id, cmd.from_tag, cmd.to_tag)
+        if not matches:
+            raise ProtocolError(ErrorCode.NO_SESSION, "no such session")
+        for session, side in matches:
+            self._delete_one(session, side, cmd.weak, now)
+        return Reply(OK)
+
+    def _delete_one(self, session: Session, side: Side, weak: bool, now: float) -> None:
+        if weak:
+            session.legs[side].weak = False
+        else:
+            session.strong = False
+        if not session.persistent:
+            self._destroy(session, now, EndReason.DELETED)
+
+    def _delete_all(self, now: float) -> None:
+        for session in list(self.table):
+            self._destroy(session, now, EndReason.DELETED)
+
+    def _destroy(self, session: Session, now: float, reason: EndReason) -> None:
+        if session.ended:
+            return
+        session.ended = True
+        self.table.remove(session)
+        self.timers.forget(session)
+        for leg in session.legs:
+            if leg.port:
+                self._release(leg)
+        self.counters.retire(session, now)
+        self.outbox.emit(SessionEnded(session, reason))
+
+    # --- P / S -------------------------------------------------------------------------
+
+    def _play(self, cmd: Play | StopPlay) -> Reply:
+        session, side = self._find(cmd.call_id, cmd.from_tag, cmd.to_tag)
+        if isinstance(cmd, StopPlay) or cmd.count == 0:
+            return Reply(OK)  # S, and P with a repeat count of 0, stop playing
+        if cmd.codecs == b"session" and session.legs[side].codecs is None:
+            raise ProtocolError(ErrorCode.INVALID_MODIFIER, "no codec list stored for this leg")
+        raise ProtocolError(ErrorCode.PLAY_FAILED, "prompt cannot be played")
+
+
+def _port_reply(leg: Leg) -> replies.PortReply:
+    assert leg.local is not None
+    return replies.PortReply(leg.port, leg.local.reply_address, leg.local.ipv6)
+
+
+def _numeric(host: str) -> bool:
+    """A numeric IPv4/IPv6 address (``l``/``r`` never trigger name lookups)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _strip_scheme(name: bytes) -> bytes:
+    for scheme in (b"unix:", b"tcp:"):
+        if name.startswith(scheme):
+            return name[len(scheme) :]
+    return name

@@ -1,0 +1,143 @@
+"""What the engine tells the shell: frozen event values, never callbacks.
+
+The engine appends events to its :class:`Outbox` while it executes a command, expires a
+timer or judges a packet on the slow path; the caller takes them with
+:meth:`Outbox.take` and acts on them (the media layer opens, aims and closes sockets,
+the app logs, notifies and counts). Every rule about *what happened* lives in the
+engine; every side effect lives in the shell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .addresses import LocalAddress
+    from .session import Leg, Session, Stream
+
+
+class EndReason(Enum):
+    """Why a session left the table."""
+
+    DELETED = "deleted"  # D, X, a ``&& D`` sub-command, or shutdown
+    TIMEOUT = "timeout"  # the idle or setup timer ran out
+    FAILED = "failed"  # the creating U failed after ports were bound; never counted as created
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCreated:
+    """A U created a session (it is in the table now)."""
+
+    session: Session
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCompleted:
+    """Both legs of the session have a port: media is relayed from now on."""
+
+    session: Session
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    """The session is gone; its legs' ports were released."""
+
+    session: Session
+    reason: EndReason
+
+
+@dataclass(frozen=True, slots=True)
+class LegOpened:
+    """The port probe bound ``port`` and ``port + 1`` on ``local`` for ``leg``; the media
+    layer now serves those sockets for the leg's streams."""
+
+    leg: Leg
+    local: LocalAddress
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class LegClosed:
+    """``leg`` gave up ``port`` (session ended, ``n`` modifier, or a failed creation)."""
+
+    leg: Leg
+    local: LocalAddress
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChanged:
+    """``stream``'s party address or its latching rules changed (signalling, latching,
+    the ``a`` modifier): sockets aimed at the old address, shortcuts that skipped its
+    slow path and its kernel offload are stale."""
+
+    stream: Stream
+
+
+@dataclass(frozen=True, slots=True)
+class Latched:
+    """``stream`` latched to its party's source address (``relatched``: moved to a new
+    one after it had latched)."""
+
+    stream: Stream
+    relatched: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyWanted:
+    """A session with a notification request timed out: send ``tag + b"\\n"``."""
+
+    target: bytes
+    tag: bytes
+    source_host: str
+    call_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyTargetUnknown:
+    """A U named a notification socket that no ``-n`` target matches (U still succeeds)."""
+
+    session: Session
+    name: bytes
+
+
+Event = (
+    SessionCreated
+    | SessionCompleted
+    | SessionEnded
+    | LegOpened
+    | LegClosed
+    | StreamChanged
+    | Latched
+    | NotifyWanted
+    | NotifyTargetUnknown
+)
+
+NO_EVENTS: tuple[Event, ...] = ()
+
+
+class Outbox:
+    """The engine's queue of events; ``on_emit`` sees each one as it is emitted (the
+    counters use it, so every event is counted in one place)."""
+
+    __slots__ = ("_events", "_on_emit")
+
+    def __init__(self, on_emit: Callable[[Event], None]) -> None:
+        self._events: list[Event] = []
+        self._on_emit = on_emit
+
+    def emit(self, event: Event) -> None:
+        """Queue ``event``."""
+        self._on_emit(event)
+        self._events.append(event)
+
+    def take(self) -> tuple[Event, ...]:
+        """Every event queued since the last call, oldest first."""
+        if not self._events:
+            return NO_EVENTS
+        events = tuple(self._events)
+        self._events.clear()
+        return events
