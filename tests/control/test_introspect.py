@@ -5,11 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
+
 from engine.support import make_engine, run
+from protocol.test_sessions_view import FIRST as FIRST_VIEW
+from protocol.test_sessions_view import SECOND as SECOND_VIEW
 from pyrtpproxy.control import introspect
 from pyrtpproxy.engine.addresses import Endpoint, LocalAddress
 from pyrtpproxy.engine.handler import Engine
 from pyrtpproxy.engine.session import Side
+from pyrtpproxy.protocol.sessions import SessionsPage, SessionView, decode_page
 
 NOW = 12.3456
 
@@ -90,3 +95,32 @@ def test_byte_cap_pages_are_pinned() -> None:
         page = json.loads(reply)
         assert (len(reply), page["next"], len(page["sessions"])) == (size, next_offset, count)
         assert hashlib.sha256(reply).hexdigest() == digest
+
+
+def test_engine_sessions_become_the_views() -> None:
+    engine = two_sessions()
+    first, second = list(engine.table)
+    assert introspect.describe(first, engine, NOW) == FIRST_VIEW
+    assert introspect.describe(second, engine, NOW) == SECOND_VIEW
+    assert decode_page(introspect.sessions_reply(engine, 0, 100, NOW)) == SessionsPage(
+        version=1, total=2, offset=0, next_offset=None, ttl=60, setup_ttl=30,
+        sessions=(FIRST_VIEW, SECOND_VIEW),
+    )  # fmt: skip
+
+
+def test_only_the_page_is_described(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = make_engine(ttl=60, sequential=True)
+    for i in range(30):
+        assert run(engine, f"U many-{i} 192.0.2.1 5000 t".encode(), 1.0)[:1].isdigit()
+    described: list[str] = []
+    real = introspect.describe
+
+    def counting(session: object, engine_: Engine, now: float) -> SessionView:
+        view = real(session, engine_, now)  # type: ignore[arg-type]
+        described.append(view.call_id)
+        return view
+
+    monkeypatch.setattr(introspect, "describe", counting)
+    page = decode_page(introspect.sessions_reply(engine, 10, 5, 2.0))
+    assert [s.call_id for s in page.sessions] == described == [f"many-{i}" for i in range(10, 15)]
+    assert page.next_offset == 15

@@ -7,27 +7,45 @@ case-sensitive grammar ``Zsessions [OFFSET [LIMIT]]`` (decimal numbers, no ``&&`
 intercepted; anything else (``Z``, ``z``, ``Zx``, ``Zsessions foo``) goes through the
 normal parser and gets ``E0`` exactly as from rtpproxy.
 
-The reply is one line: a JSON object (no raw newlines inside) followed by ``\\n``. It
-starts with ``{``, which no rtpproxy reply does, so a caller can tell it from ``E0``.
-It is capped at :data:`MAX_REPLY_BYTES` so it always fits in one UDP datagram; the
-``next`` field gives the offset of the following page (``null`` on the last one).
+This module only turns engine sessions into :mod:`pyrtpproxy.protocol.sessions` views;
+that module owns the reply's format: one line of JSON starting with ``{`` (which no
+rtpproxy reply does, so a caller can tell it from ``E0``), capped at
+:data:`~pyrtpproxy.protocol.sessions.MAX_REPLY_BYTES`, paged by ``next``.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from itertools import islice
 
 from ..engine.addresses import Endpoint
 from ..engine.handler import Engine
 from ..engine.session import Leg, Session, Side
 from ..protocol.parse import tokenize
+from ..protocol.sessions import (
+    COMMAND_WORD,
+    DEFAULT_LIMIT,
+    FORMAT_VERSION,
+    MAX_LIMIT,
+    MAX_REPLY_BYTES,
+    LegSide,
+    LegView,
+    SessionView,
+    encode_reply,
+)
 
-COMMAND_WORD = b"Zsessions"
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
-MAX_REPLY_BYTES = 32 * 1024
-FORMAT_VERSION = 1
+__all__ = [
+    "COMMAND_WORD",
+    "DEFAULT_LIMIT",
+    "FORMAT_VERSION",
+    "MAX_LIMIT",
+    "MAX_REPLY_BYTES",
+    "describe",
+    "leg_view",
+    "match",
+    "sessions_reply",
+]
+
+_SIDES: dict[Side, LegSide] = {Side.A: "A", Side.B: "B"}
 
 
 def match(data: bytes) -> tuple[int, int] | None:
@@ -52,29 +70,30 @@ def _endpoint(remote: Endpoint | None) -> str | None:
     return f"{host}:{remote.port}"
 
 
-def _leg(leg: Leg) -> dict[str, Any]:
+def leg_view(leg: Leg) -> LegView:
+    """One leg as the listing shows it; drops and ignores count RTP and RTCP together."""
     local = leg.local
     host = (local.reply_address or local.host or "*") if local is not None else None
     rtp, rtcp = leg.rtp, leg.rtcp
-    return {
-        "side": leg.side.name,
-        "local": host,
-        "port": leg.port,
-        "remote": _endpoint(rtp.remote),
-        "latched": rtp.latched,
-        "asymmetric": leg.asymmetric,
-        "rtp_in": rtp.packets_in,
-        "rtp_relayed": rtp.packets_relayed,
-        "rtcp_in": rtcp.packets_in,
-        "rtcp_remote": _endpoint(rtcp.remote),
-        "dropped": rtp.dropped + rtcp.dropped,
-        "ignored": rtp.ignored + rtcp.ignored,
-        "ttl": max(0, leg.ttl),
-    }
+    return LegView(
+        side=_SIDES[leg.side],
+        local=host,
+        port=leg.port,
+        remote=_endpoint(rtp.remote),
+        latched=rtp.latched,
+        asymmetric=leg.asymmetric,
+        rtp_in=rtp.packets_in,
+        rtp_relayed=rtp.packets_relayed,
+        rtcp_in=rtcp.packets_in,
+        rtcp_remote=_endpoint(rtcp.remote),
+        dropped=rtp.dropped + rtcp.dropped,
+        ignored=rtp.ignored + rtcp.ignored,
+        ttl=max(0, leg.ttl),
+    )
 
 
-def describe(session: Session, engine: Engine, now: float) -> dict[str, Any]:
-    """One session as a JSON-ready dict.
+def describe(session: Session, engine: Engine, now: float) -> SessionView:
+    """One session as the listing shows it.
 
     Leg B receives the creating tag's party's media (the ``from`` party of the creating
     U), leg A the other party's (protocol.md §4). ``idle`` is derived from the timer:
@@ -82,41 +101,29 @@ def describe(session: Session, engine: Engine, now: float) -> dict[str, Any]:
     """
     full = engine.config.ttl if session.complete else engine.config.setup_ttl
     ttl = max(0, session.ttl)
-    return {
-        "call_id": session.call_id.decode("latin-1"),
-        "tag": session.tag.decode("latin-1"),
-        "complete": session.complete,
-        "age": round(max(0.0, now - session.created_at), 3),
-        "ttl": ttl,
-        "idle": max(0, full - ttl),
-        "notify": session.notify_tag is not None,
-        "from": _leg(session.legs[Side.B]),
-        "to": _leg(session.legs[Side.A]),
-    }
+    return SessionView(
+        call_id=session.call_id.decode("latin-1"),
+        tag=session.tag.decode("latin-1"),
+        complete=session.complete,
+        age=round(max(0.0, now - session.created_at), 3),
+        ttl=ttl,
+        idle=max(0, full - ttl),
+        notify=session.notify_tag is not None,
+        from_leg=leg_view(session.legs[Side.B]),
+        to_leg=leg_view(session.legs[Side.A]),
+    )
 
 
 def sessions_reply(engine: Engine, offset: int, limit: int, now: float) -> bytes:
     """The reply body (no trailing newline) for ``Zsessions offset limit``."""
     sessions = list(engine.table)
-    items: list[bytes] = []
-    size = 0
-    index = offset
-    end = min(len(sessions), offset + limit)
-    while index < end:
-        item = json.dumps(describe(sessions[index], engine, now), separators=(",", ":"))
-        encoded = item.encode("ascii")  # json.dumps escapes everything non-ASCII
-        if items and size + len(encoded) > MAX_REPLY_BYTES - 256:
-            break
-        items.append(encoded)
-        size += len(encoded) + 1
-        index += 1
-    header = {
-        "v": FORMAT_VERSION,
-        "total": len(sessions),
-        "offset": offset,
-        "next": index if index < len(sessions) else None,
-        "ttl": engine.config.ttl,
-        "setup_ttl": engine.config.setup_ttl,
-    }
-    head = json.dumps(header, separators=(",", ":")).encode("ascii")
-    return head[:-1] + b',"sessions":[' + b",".join(items) + b"]}"
+    # A generator, so only the sessions that make it into the page are described.
+    views = (describe(s, engine, now) for s in islice(sessions, offset, None))
+    return encode_reply(
+        views,
+        total=len(sessions),
+        offset=offset,
+        limit=limit,
+        ttl=engine.config.ttl,
+        setup_ttl=engine.config.setup_ttl,
+    )
