@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from protocol.test_sessions_view import EXPECTED, FIRST, SECOND
 from pyrtpproxy.config import default_runtime_dir
 from pyrtpproxy.ctl.command import default_spec, main, options_first
+from pyrtpproxy.ctl.sessions import SessionList, render_sessions, sessions_json
 
 from .conftest import FakeRelayFactory
 
@@ -72,3 +74,26 @@ def test_an_unreachable_kind_is_no_answer(capsys: pytest.CaptureFixture[str]) ->
 
 def test_default_spec_is_the_relays_default_socket() -> None:
     assert default_spec() == f"unix:{default_runtime_dir()}/rtpproxy.sock"
+
+
+def test_sessions_words(fake_relay: FakeRelayFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    relay = fake_relay("udp", lambda command: EXPECTED)
+    spec = str(relay.spec)
+    listing = SessionList((FIRST, SECOND), 2, 60)
+    assert run(["sessions", "-s", spec], capsys) == (
+        0,
+        "\n".join(render_sessions(listing)) + "\n",
+        "",
+    )
+    assert run(["sessions", "--json", "-s", spec], capsys) == (0, sessions_json(listing) + "\n", "")
+    code, out, _ = run(["-s", spec, "top", "--iterations", "1"], capsys)
+    assert code == 0 and out.count("pyrtpproxy top - ") == 1
+
+
+def test_sessions_against_rtpproxy(
+    fake_relay: FakeRelayFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    relay = fake_relay("unix", lambda command: b"E0")
+    code, out, err = run(["-s", str(relay.spec), "sessions"], capsys)
+    assert (code, out) == (3, "")
+    assert err == "pyrtpproxy ctl: the relay does not support session listing (E0)\n"

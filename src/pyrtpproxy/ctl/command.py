@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
 from ..config import ConfigError, ControlSpec, default_runtime_dir
 from .client import DEFAULT_TIMEOUT, ControlClient, CtlError
-from .sessions import fetch_sessions, render_sessions
+from .sessions import fetch_sessions, render_sessions, sessions_json
 from .top import MIN_INTERVAL, run_top
 
 
@@ -98,7 +97,7 @@ def ctl_command(
             if words == ("sessions",):
                 listing = fetch_sessions(client, limit)
                 if as_json:
-                    click.echo(json.dumps(listing.sessions, indent=1))
+                    click.echo(sessions_json(listing))
                 else:
                     click.echo("\n".join(render_sessions(listing)))
                 return

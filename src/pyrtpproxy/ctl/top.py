@@ -37,15 +37,25 @@ class TopView:
         self._previous_globals: dict[str, float] = {}
         self._previous: dict[tuple[str, str], tuple[int, int]] = {}
 
-    def frame(self, listing: SessionList, globals_: dict[str, float], height: int) -> list[str]:
-        """Lines of one screen; sessions sorted by packet rate, busiest first."""
-        now = time.monotonic()
+    def frame(
+        self,
+        listing: SessionList,
+        globals_: dict[str, float],
+        height: int,
+        now: float | None = None,
+    ) -> list[str]:
+        """Lines of one screen; sessions sorted by packet rate, busiest first.
+
+        ``now`` (a monotonic clock reading, read here when not given) times the rates.
+        """
+        if now is None:
+            now = time.monotonic()
         dt = (now - self._previous_at) if self._previous_at is not None else 0.0
         rates: dict[tuple[str, str], tuple[float, float]] = {}
         current: dict[tuple[str, str], tuple[int, int]] = {}
         for item in listing.sessions:
-            key = (item["call_id"], item["tag"])
-            counts = (int(item["from"]["rtp_in"]), int(item["to"]["rtp_in"]))
+            key = (item.call_id, item.tag)
+            counts = (item.from_leg.rtp_in, item.to_leg.rtp_in)
             current[key] = counts
             before = self._previous.get(key)
             if dt > 0 and before is not None:
@@ -70,10 +80,10 @@ class TopView:
             "",
             SESSION_HEADER,
         ]
-        ordered = sorted(listing.sessions, key=lambda i: -sum(rates[(i["call_id"], i["tag"])]))
+        ordered = sorted(listing.sessions, key=lambda i: -sum(rates[(i.call_id, i.tag)]))
         room = max(1, height - len(lines) - 1)
         for item in ordered[:room]:
-            lines.append(format_session(item, rates[(item["call_id"], item["tag"])]))
+            lines.append(format_session(item, rates[(item.call_id, item.tag)]))
         if len(ordered) > room:
             lines.append(f"... {len(ordered) - room} more")
         self._previous_at = now
