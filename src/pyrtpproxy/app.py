@@ -21,8 +21,8 @@ from .engine.ports import PortAllocator
 from .engine.session import Session, Stream
 from .media.kernel import KernelForwarder, Nftables, NftError
 from .media.relay import MediaConfig, MediaRelay
-from .metrics import EventCounts, RelayMetrics
 from .notify import Notifier
+from .observe.metrics import EventCounts, RelayMetrics
 
 log = logging.getLogger("pyrtpproxy")
 

@@ -46,12 +46,12 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from . import __version__
+from .. import __version__
 
 if TYPE_CHECKING:
-    from .engine.handler import Engine
-    from .engine.session import Session, Stream
-    from .notify import Notifier
+    from ..engine.handler import Engine
+    from ..engine.session import Session, Stream
+    from ..notify import Notifier
 
 NAMESPACE = "pyrtpproxy"
 
