@@ -35,8 +35,8 @@ from .engine.ports import PortAllocator
 from .engine.session import Session
 from .media.kernel import KernelForwarder, Nftables, NftError
 from .media.relay import MediaConfig, MediaRelay
-from .metrics import RelayMetrics
 from .notify import Notifier
+from .observe.metrics import RelayMetrics
 
 log = logging.getLogger("pyrtpproxy")
 

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from pyrtpproxy.config import ControlSpec
-from pyrtpproxy.ctl import ControlClient, _options_first
+from pyrtpproxy.ctl import ControlClient
+from pyrtpproxy.ctl.command import options_first
 
 from .conftest import Party, RelayProcess, wait_for
 
@@ -94,8 +95,8 @@ def test_normal_clients_see_no_change(relay: RelayProcess) -> None:
 
 
 def test_options_may_follow_sessions_word() -> None:
-    assert _options_first(["sessions", "--json"]) == ["--json", "sessions"]
-    assert _options_first(["-s", "udp:1.2.3.4", "top", "--iterations", "1"]) == [
+    assert options_first(["sessions", "--json"]) == ["--json", "sessions"]
+    assert options_first(["-s", "udp:1.2.3.4", "top", "--iterations", "1"]) == [
         "-s", "udp:1.2.3.4", "--iterations", "1", "top",
     ]  # fmt: skip
-    assert _options_first(["-s", "x", "Q", "sessions", "t"]) == ["-s", "x", "Q", "sessions", "t"]
+    assert options_first(["-s", "x", "Q", "sessions", "t"]) == ["-s", "x", "Q", "sessions", "t"]

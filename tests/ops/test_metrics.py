@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pyrtpproxy.config import ControlSpec
 from pyrtpproxy.ctl import ControlClient
 from pyrtpproxy.engine.counters import COUNTER_NAMES
-from pyrtpproxy.metrics import G_COUNTER_METRICS
+from pyrtpproxy.observe.metrics import G_COUNTER_METRICS
 
 from .conftest import Party, RelayProcess, free_port, wait_for
 

@@ -7,20 +7,17 @@ import pytest
 
 from pyrtpproxy.protocol.commands import Introspect
 from pyrtpproxy.protocol.errors import ErrorCode, ProtocolError
-from pyrtpproxy.protocol.parse import (
-    LIST_SESSIONS_DEFAULT_LIMIT,
-    LIST_SESSIONS_MAX_LIMIT,
-    parse,
-)
+from pyrtpproxy.protocol.parse import parse
+from pyrtpproxy.protocol.sessions import DEFAULT_LIMIT, MAX_LIMIT
 
 
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        (b"Zsessions", (0, LIST_SESSIONS_DEFAULT_LIMIT)),
-        (b"Zsessions 10", (10, LIST_SESSIONS_DEFAULT_LIMIT)),
+        (b"Zsessions", (0, DEFAULT_LIMIT)),
+        (b"Zsessions 10", (10, DEFAULT_LIMIT)),
         (b"  Zsessions 10 5\n", (10, 5)),
-        (b"Zsessions 0 999999", (0, LIST_SESSIONS_MAX_LIMIT)),
+        (b"Zsessions 0 999999", (0, MAX_LIMIT)),
         (b"Z", None),
         (b"Zs", None),
         (b"zsessions", None),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Any
+from itertools import islice
+from typing import TYPE_CHECKING
 
 from ..protocol import replies
 from ..protocol.commands import GetCounters, Info, Introspect, Query
 from ..protocol.errors import ErrorCode, ProtocolError
+from ..protocol.sessions import LegSide, LegView, SessionView, encode_reply
 from .addresses import Endpoint
 from .session import Leg, Session, Side
 
@@ -15,8 +16,6 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 DEFAULT_QUERY = (b"ttl", b"npkts_ina", b"npkts_ino", b"nrelayed", b"ndropped")
-LISTING_FORMAT = 1
-MAX_LISTING_BYTES = 32 * 1024  # one page always fits in one UDP datagram
 
 
 def session_values(
@@ -95,67 +94,65 @@ def _endpoint(remote: Endpoint | None) -> str | None:
     return f"{host}:{remote.port}"
 
 
-def _leg(engine: Engine, leg: Leg, now: float) -> dict[str, Any]:
+_SIDES: dict[Side, LegSide] = {Side.A: "A", Side.B: "B"}
+
+
+def leg_view(engine: Engine, leg: Leg, now: float) -> LegView:
+    """One leg as the listing shows it; drops and ignores count RTP and RTCP together."""
     local = leg.local
     host = (local.reply_address or local.host or "*") if local is not None else None
     rtp, rtcp = leg.rtp, leg.rtcp
-    return {
-        "side": leg.side.name,
-        "local": host,
-        "port": leg.port,
-        "remote": _endpoint(rtp.remote),
-        "latched": rtp.latched,
-        "asymmetric": leg.asymmetric,
-        "rtp_in": rtp.packets_in,
-        "rtp_relayed": rtp.packets_relayed,
-        "rtcp_in": rtcp.packets_in,
-        "rtcp_remote": _endpoint(rtcp.remote),
-        "dropped": rtp.dropped + rtcp.dropped,
-        "ignored": rtp.ignored + rtcp.ignored,
-        "ttl": engine.timers.leg_remaining(leg, now),
-    }
+    return LegView(
+        side=_SIDES[leg.side],
+        local=host,
+        port=leg.port,
+        remote=_endpoint(rtp.remote),
+        latched=rtp.latched,
+        asymmetric=leg.asymmetric,
+        rtp_in=rtp.packets_in,
+        rtp_relayed=rtp.packets_relayed,
+        rtcp_in=rtcp.packets_in,
+        rtcp_remote=_endpoint(rtcp.remote),
+        dropped=rtp.dropped + rtcp.dropped,
+        ignored=rtp.ignored + rtcp.ignored,
+        ttl=engine.timers.leg_remaining(leg, now),
+    )
 
 
-def describe(engine: Engine, session: Session, now: float) -> dict[str, Any]:
-    """One session for the listing. Leg B receives the creating tag's party's media (the
-    ``from`` party), leg A the other party's (protocol.md §4)."""
+def session_view(engine: Engine, session: Session, now: float) -> SessionView:
+    """One session as the listing shows it.
+
+    Leg B receives the creating tag's party's media (the ``from`` party of the creating
+    U), leg A the other party's (protocol.md §4). ``idle`` is the full TTL minus what is
+    left, in whole seconds.
+    """
     full = engine.config.ttl if session.complete else engine.config.setup_ttl
     ttl = engine.timers.remaining(session, now)
-    return {
-        "call_id": session.call_id.decode("latin-1"),
-        "tag": session.tag.decode("latin-1"),
-        "complete": session.complete,
-        "age": round(max(0.0, now - session.created_at), 3),
-        "ttl": ttl,
-        "idle": max(0, full - ttl),
-        "notify": session.notify_tag is not None,
-        "from": _leg(engine, session.legs[Side.B], now),
-        "to": _leg(engine, session.legs[Side.A], now),
-    }
+    return SessionView(
+        call_id=session.call_id.decode("latin-1"),
+        tag=session.tag.decode("latin-1"),
+        complete=session.complete,
+        age=round(max(0.0, now - session.created_at), 3),
+        ttl=ttl,
+        idle=max(0, full - ttl),
+        notify=session.notify_tag is not None,
+        from_leg=leg_view(engine, session.legs[Side.B], now),
+        to_leg=leg_view(engine, session.legs[Side.A], now),
+    )
 
 
 def introspect(engine: Engine, cmd: Introspect, now: float) -> replies.Raw:
     """``Zsessions offset limit``: one page of the session listing (docs/ctl.md)."""
     sessions = list(engine.table)
-    items: list[bytes] = []
-    size = 0
-    index = cmd.offset
-    end = min(len(sessions), cmd.offset + cmd.limit)
-    while index < end:
-        item = json.dumps(describe(engine, sessions[index], now), separators=(",", ":"))
-        encoded = item.encode("ascii")  # json.dumps escapes everything non-ASCII
-        if items and size + len(encoded) > MAX_LISTING_BYTES - 256:
-            break
-        items.append(encoded)
-        size += len(encoded) + 1
-        index += 1
-    header = {
-        "v": LISTING_FORMAT,
-        "total": len(sessions),
-        "offset": cmd.offset,
-        "next": index if index < len(sessions) else None,
-        "ttl": engine.config.ttl,
-        "setup_ttl": engine.config.setup_ttl,
-    }
-    head = json.dumps(header, separators=(",", ":")).encode("ascii")
-    return replies.Raw(head[:-1] + b',"sessions":[' + b",".join(items) + b"]}")
+    # A generator, so only the sessions that make it into the page are described.
+    views = (session_view(engine, s, now) for s in islice(sessions, cmd.offset, None))
+    return replies.Raw(
+        encode_reply(
+            views,
+            total=len(sessions),
+            offset=cmd.offset,
+            limit=cmd.limit,
+            ttl=engine.config.ttl,
+            setup_ttl=engine.config.setup_ttl,
+        )
+    )

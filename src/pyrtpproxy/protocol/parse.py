@@ -11,6 +11,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 
+from . import sessions
 from .commands import (
     AddressSpec,
     Command,
@@ -39,9 +40,6 @@ from .errors import ErrorCode, ProtocolError
 MAX_TOKENS = 24  # a segment of this many tokens or more is a syntax error
 MAX_SUBCOMMANDS = 15
 SUBCOMMAND_SEPARATOR = b"&&"
-LIST_SESSIONS_WORD = b"Zsessions"
-LIST_SESSIONS_DEFAULT_LIMIT = 100
-LIST_SESSIONS_MAX_LIMIT = 1000
 MAX_COUNTER_NAMES = 40  # G accepts at most one name per counter (E1 beyond)
 
 _SEPARATORS = re.compile(rb"[ \t\r\n]+")
@@ -66,7 +64,7 @@ def split_cookie(data: bytes) -> tuple[bytes | None, bytes]:
 def parse(data: bytes, *, bridge_mode: bool = False) -> Command:
     """Parse one command (without cookie). Raises :class:`ProtocolError`."""
     tokens = tokenize(data)
-    if tokens and tokens[0] == LIST_SESSIONS_WORD:
+    if tokens and tokens[0] == sessions.COMMAND_WORD:
         listing = _parse_introspect(tokens)
         if listing is not None:
             return listing
@@ -89,8 +87,8 @@ def _parse_introspect(tokens: list[bytes]) -> Introspect | None:
     if len(numbers) > 2 or not all(n.isdigit() and len(n) <= 9 for n in numbers):
         return None
     offset = int(numbers[0]) if numbers else 0
-    limit = int(numbers[1]) if len(numbers) > 1 else LIST_SESSIONS_DEFAULT_LIMIT
-    return Introspect(offset, max(1, min(limit, LIST_SESSIONS_MAX_LIMIT)))
+    limit = int(numbers[1]) if len(numbers) > 1 else sessions.DEFAULT_LIMIT
+    return Introspect(offset, max(1, min(limit, sessions.MAX_LIMIT)))
 
 
 def _split_segments(tokens: list[bytes]) -> list[list[bytes]]:

@@ -46,12 +46,12 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from . import __version__
-from .engine.counters import DROP_REASONS, PROTOCOLS
+from .. import __version__
+from ..engine.counters import DROP_REASONS, PROTOCOLS
 
 if TYPE_CHECKING:
-    from .engine.engine import Engine
-    from .notify import Notifier
+    from ..engine.engine import Engine
+    from ..notify import Notifier
 
 NAMESPACE = "pyrtpproxy"
 

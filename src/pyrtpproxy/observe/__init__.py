@@ -1,0 +1,1 @@
+"""Observability: what operators scrape and read about a running relay."""
