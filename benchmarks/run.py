@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -227,13 +227,21 @@ def relay_process(
     cpu: int | None,
     logfile: Path,
     ready_timeout: float,
+    *,
+    control: str | None = None,
+    probe: Callable[[], str | None] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
+    """Start one relay with the benchmark's flags; yield it once it answers ``V``; stop it.
+
+    ``control`` replaces the ``-s`` argument (default ``udp:127.0.0.1:<ctl_port>``) and
+    ``probe`` the readiness check (one ``V`` sent over that socket; returns the reply).
+    """
     # Not "-p /dev/null": the reference rtpproxy unlink()s its pid file at exit whatever
     # it is (main.c ehandler), so running it as root with -p /dev/null deletes /dev/null.
     pidfile = OUT_DIR / "run" / f"{spec.name}.pid"
     pidfile.parent.mkdir(parents=True, exist_ok=True)
     flags = [
-        "-f", "-F", "-s", f"udp:127.0.0.1:{ctl_port}", "-l", "127.0.0.1",
+        "-f", "-F", "-s", control or f"udp:127.0.0.1:{ctl_port}", "-l", "127.0.0.1",
         "-m", str(port_lo), "-M", str(port_hi), "-T", "60", "-p", str(pidfile),
         "-d", "ERR", "-L", str(nofile_limit()),
     ]  # fmt: skip
@@ -254,7 +262,8 @@ def relay_process(
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"{spec.name} exited with {proc.returncode} (see {logfile})")
-            if control_query(ctl_port, "V") == "20040107":
+            answer = probe() if probe is not None else control_query(ctl_port, "V")
+            if answer == "20040107":
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{spec.name} did not answer V within {ready_timeout}s")

@@ -1,0 +1,666 @@
+#!/usr/bin/env python3
+"""Control-plane benchmark of rtpproxy-compatible relays (see benchmarks/README.md).
+
+Each client creates and deletes sessions with U+L+D triples, waiting for every reply
+before it sends the next command (as Kamailio does), over the unix control socket and
+over UDP with cookies, with 1 and with 8 concurrent clients.
+
+Example:
+    python benchmarks/control.py --relay base=/work/bench-base/.venv/bin/pyrtpproxy \\
+        --relay new=.venv/bin/pyrtpproxy --triples 10000 --seconds 10 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import multiprocessing
+import os
+import queue
+import resource
+import shlex
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+from typing import Any, Protocol
+
+from run import (
+    OUT_DIR,
+    Interrupted,
+    RelaySpec,
+    _on_signal,
+    control_query,
+    descendants,
+    ephemeral_range,
+    kill_all_started,
+    log,
+    machine_facts,
+    parse_relays,
+    relay_process,
+    relay_version,
+)
+
+TRANSPORTS = ("unix", "udp")
+COMMANDS = ("U", "L", "D")
+CLIENT_BOUND = 0.9  # clients using this share of the cores they run on measured themselves
+PROC_STAT_BUSY = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal, in /proc/stat "cpu"
+
+
+# --------------------------------------------------------------------------- clients
+
+
+class Client(Protocol):
+    def ask(self, command: str) -> str | None:
+        """Send one command and wait for its reply; None when none came in time."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class UnixClient:
+    """``unix:`` as Kamailio speaks it: one connection per command, no newline, one read."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self._path = path
+        self._timeout = timeout
+
+    def ask(self, command: str) -> str | None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(self._timeout)
+            try:
+                s.connect(self._path)
+                s.sendall(command.encode())
+                data = s.recv(65536)
+            except OSError:
+                return None
+        return data.decode(errors="replace").strip() if data else None
+
+    def close(self) -> None:
+        pass
+
+
+class UdpClient:
+    """``udp:`` with a fresh cookie per command; a reply with another cookie is skipped.
+
+    No retransmission: on loopback with one command outstanding per client nothing is
+    lost, and a reply that does not come within the timeout counts as an error.
+    """
+
+    def __init__(self, port: int, timeout: float, tag: str) -> None:
+        self._timeout = timeout
+        self._tag = tag
+        self._seq = 0
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.connect(("127.0.0.1", port))
+        self._sock.settimeout(timeout)
+
+    def ask(self, command: str) -> str | None:
+        self._seq += 1
+        cookie = f"{self._tag}_{self._seq}"
+        deadline = time.monotonic() + self._timeout
+        try:
+            self._sock.send(f"{cookie} {command}".encode())
+            while True:
+                text = self._sock.recv(65536).decode(errors="replace")
+                if text.startswith(cookie + " "):
+                    return text[len(cookie) + 1 :].strip()
+                remaining = deadline - time.monotonic()  # a late reply to an earlier command
+                if remaining <= 0:
+                    return None
+                self._sock.settimeout(remaining)
+        except OSError:  # timeout, or ICMP port unreachable (nothing listening)
+            return None
+        finally:
+            self._sock.settimeout(self._timeout)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a relay's control socket is and how long a client waits for a reply."""
+
+    transport: str  # "unix" or "udp"
+    path: str
+    port: int
+    timeout: float
+
+    @property
+    def spec(self) -> str:
+        """The relay's ``-s`` argument."""
+        return f"unix:{self.path}" if self.transport == "unix" else f"udp:127.0.0.1:{self.port}"
+
+    def client(self, tag: str) -> Client:
+        if self.transport == "unix":
+            return UnixClient(self.path, self.timeout)
+        return UdpClient(self.port, self.timeout, tag)
+
+    def probe(self) -> str | None:
+        """One ``V`` with a short timeout, for run.py's readiness check."""
+        if self.transport == "udp":
+            return control_query(self.port, "V")
+        return UnixClient(self.path, 0.3).ask("V")
+
+
+@dataclass(frozen=True)
+class ClientJob:
+    index: int
+    prefix: str  # call-id prefix, unique per run
+    triples: int
+    seconds: float
+    warmup: int
+    cpu: int | None
+
+
+def triple_commands(job: ClientJob, callid: str) -> tuple[str, str, str]:
+    port = 40000 + 4 * job.index
+    return (
+        f"U {callid} 127.0.0.1 {port} ft{job.index}",
+        f"L {callid} 127.0.0.1 {port + 2} ft{job.index} tt{job.index}",
+        f"D {callid} ft{job.index} tt{job.index}",
+    )
+
+
+def no_port(reply: str) -> bool:
+    """A U/L reply that allocated nothing: its port is 0 or not a number."""
+    first = reply.split(maxsplit=1)[0] if reply.split() else ""
+    return not first.isdigit() or int(first) == 0
+
+
+def client_main(target: Target, job: ClientJob, barrier: Barrier, results: Queue[Any]) -> None:
+    """One client process: warm up, wait for the others, run its triples, report."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    if job.cpu is not None:
+        os.sched_setaffinity(0, {job.cpu})
+    client = target.client(f"cb{os.getpid()}")
+    warmup_errors = 0
+    for i in range(job.warmup):
+        replies = [client.ask(c) for c in triple_commands(job, f"{job.prefix}-w{i}")]
+        warmup_errors += sum(r is None or r.startswith("E") for r in replies)
+        if None in replies:
+            break  # the relay does not answer; do not wait out every timeout
+    barrier.wait()
+    lat: dict[str, list[float]] = {c: [] for c in COMMANDS}
+    errors = dict.fromkeys(COMMANDS, 0)
+    missing = 0
+    port_zero = 0
+    samples: list[str] = []
+    done = 0
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    t_start = time.monotonic()
+    deadline = t_start + job.seconds
+    for i in range(job.triples):
+        if time.monotonic() >= deadline:
+            break
+        for kind, command in zip(COMMANDS, triple_commands(job, f"{job.prefix}-{i}"), strict=True):
+            t0 = time.monotonic()
+            reply = client.ask(command)
+            t1 = time.monotonic()
+            if reply is None:
+                missing += 1
+                errors[kind] += 1
+                if len(samples) < 5:
+                    samples.append(f"{command} -> (no reply)")
+                continue  # a timeout is not a latency
+            lat[kind].append(t1 - t0)
+            if reply.startswith("E"):
+                errors[kind] += 1
+                if len(samples) < 5:
+                    samples.append(f"{command} -> {reply}")
+            elif kind != "D" and no_port(reply):  # e.g. "0", the answer to L on a miss
+                port_zero += 1
+                if len(samples) < 5:
+                    samples.append(f"{command} -> {reply}")
+        done += 1
+    t_end = time.monotonic()
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    client.close()
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    results.put(
+        {
+            "client": job.index,
+            "t_start": t_start,
+            "t_end": t_end,
+            "triples": done,
+            "errors": errors,
+            "missing": missing,
+            "port_zero": port_zero,
+            "warmup_errors": warmup_errors,
+            "error_samples": samples,
+            "cpu_s": cpu,
+            "lat": lat,
+        }
+    )
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def sched_seconds(pids: list[int]) -> float:
+    """CPU time (ns precision, from schedstat) of every thread of the given processes."""
+    total = 0
+    for pid in pids:
+        for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += int(stat.read_text().split()[0])
+    return total / 1e9
+
+
+def machine_busy_seconds() -> float:
+    """Busy time of all CPUs from /proc/stat (tick-sampled: only an indication)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        return sum(int(fields[i]) for i in PROC_STAT_BUSY) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def latency_figures(values: list[float]) -> dict[str, float | None]:
+    """p50/p90/p99/p99.9/max/mean of latencies given in seconds, in milliseconds."""
+    ordered = sorted(values)
+
+    def ms(v: float | None) -> float | None:
+        return None if v is None else round(1000 * v, 4)
+
+    return {
+        "n": len(ordered),
+        "p50_ms": ms(percentile(ordered, 0.50)),
+        "p90_ms": ms(percentile(ordered, 0.90)),
+        "p99_ms": ms(percentile(ordered, 0.99)),
+        "p999_ms": ms(percentile(ordered, 0.999)),
+        "max_ms": ms(ordered[-1] if ordered else None),
+        "mean_ms": ms(statistics.fmean(ordered) if ordered else None),
+    }
+
+
+def split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def run_config(
+    args: argparse.Namespace,
+    spec: RelaySpec,
+    transport: str,
+    clients: int,
+    rep: int,
+    port_lo: int,
+    port_hi: int,
+) -> dict[str, Any]:
+    rec: dict[str, Any] = {"relay": spec.name, "transport": transport, "clients": clients}
+    rec["rep"] = rep
+    sock_path = OUT_DIR / "run" / f"{spec.name}-ctl.sock"
+    if len(str(sock_path)) > 100:  # sun_path holds 108 bytes
+        sock_path = Path(tempfile.gettempdir()) / f"ctlbench-{os.getpid()}-{spec.name}.sock"
+    sock_path.parent.mkdir(parents=True, exist_ok=True)
+    sock_path.unlink(missing_ok=True)
+    target = Target(transport, str(sock_path), args.ctl_port, args.timeout)
+    logfile = OUT_DIR / "logs" / f"control-{spec.name}-{transport}-c{clients}-r{rep}.log"
+    relay_cpu = None if args.no_pin else args.relay_cpu
+    client_cpu = None if args.no_pin else args.client_cpu
+    ctx = multiprocessing.get_context("fork")
+    workers: list[multiprocessing.context.ForkProcess] = []
+    try:
+        with relay_process(
+            spec,
+            args.ctl_port,
+            port_lo,
+            port_hi,
+            relay_cpu,
+            logfile,
+            args.ready_timeout,
+            control=target.spec,
+            probe=target.probe,
+        ) as proc:
+            relay_pids = descendants(proc.pid)
+            barrier = ctx.Barrier(clients + 1)
+            results: Queue[Any] = ctx.Queue()
+            prefix = f"cb{os.getpid()}r{rep}{transport}{clients}"
+            for i, n in enumerate(split(args.triples, clients)):
+                job = ClientJob(i, prefix, n, args.seconds, args.warmup, client_cpu)
+                worker = ctx.Process(target=client_main, args=(target, job, barrier, results))
+                worker.start()
+                workers.append(worker)
+            barrier.wait(timeout=args.ready_timeout + 3 * args.timeout * args.warmup)
+            cpu0 = sched_seconds(relay_pids)
+            busy0 = machine_busy_seconds()
+            limit = time.monotonic() + args.seconds + 3 * args.timeout + 30
+            reports = []
+            for _ in workers:
+                reports.append(results.get(timeout=max(0.1, limit - time.monotonic())))
+            busy1 = machine_busy_seconds()
+            rec["relay_cpu_s"] = round(sched_seconds(relay_pids) - cpu0, 4)
+            rec["relay_alive"] = proc.poll() is None
+        tally(rec, reports, busy1 - busy0, args.no_pin)
+    except threading.BrokenBarrierError:
+        rec["error"] = "clients did not get ready (see the relay log: " + str(logfile) + ")"
+    except RuntimeError as exc:  # from relay_process
+        rec["error"] = str(exc)
+    except queue.Empty:
+        rec["error"] = "a client did not report in time (hung or died)"
+    finally:
+        for worker in workers:
+            worker.join(timeout=2)
+            if worker.is_alive():
+                worker.terminate()  # by its pid: one of ours
+                worker.join(timeout=2)
+        sock_path.unlink(missing_ok=True)
+    return rec
+
+
+def tally(rec: dict[str, Any], reports: list[dict[str, Any]], busy: float, no_pin: bool) -> None:
+    wall = max(r["t_end"] for r in reports) - min(r["t_start"] for r in reports)
+    triples = sum(r["triples"] for r in reports)
+    every: list[float] = []
+    per_command: dict[str, dict[str, float | None]] = {}
+    for kind in COMMANDS:
+        values = [v for r in reports for v in r["lat"][kind]]
+        per_command[kind] = latency_figures(values)
+        every.extend(values)
+    errors = {kind: sum(r["errors"][kind] for r in reports) for kind in COMMANDS}
+    client_cpu = sum(r["cpu_s"] for r in reports)
+    client_cores = (os.cpu_count() or 1) if no_pin else 1
+    rec.update(
+        wall_s=round(wall, 4),
+        triples=triples,
+        triples_per_s=round(triples / wall, 1) if wall > 0 else None,
+        latency=latency_figures(every),
+        latency_by_command=per_command,
+        errors=sum(errors.values()),
+        errors_by_command=errors,
+        missing=sum(r["missing"] for r in reports),
+        port_zero=sum(r["port_zero"] for r in reports),
+        warmup_errors=sum(r["warmup_errors"] for r in reports),
+        error_samples=[s for r in reports for s in r["error_samples"]][:10],
+        relay_cpu_pct=round(100 * rec["relay_cpu_s"] / wall, 1) if wall > 0 else None,
+        relay_us_per_triple=round(1e6 * rec["relay_cpu_s"] / triples, 1) if triples else None,
+        client_cpu_s=round(client_cpu, 4),
+        client_cpu_pct=round(100 * client_cpu / wall, 1) if wall > 0 else None,
+        client_bound=wall > 0 and client_cpu / wall >= CLIENT_BOUND * client_cores,
+        foreign_pct=round(100 * max(0.0, busy - client_cpu - rec["relay_cpu_s"]) / wall, 1)
+        if wall > 0
+        else None,
+    )
+
+
+# --------------------------------------------------------------------------- summaries
+
+FIGURES = ["triples_per_s", "p50_ms", "p99_ms", "max_ms", "relay_us_per_triple",
+           "relay_cpu_pct", "client_cpu_pct", "foreign_pct"]  # fmt: skip
+
+
+def figure(rec: dict[str, Any], key: str) -> float | None:
+    if "latency" not in rec:
+        return None
+    value = rec["latency"][key] if key.endswith("_ms") else rec.get(key)
+    return None if value is None else float(value)
+
+
+def summarise(results: list[dict[str, Any]], versions: dict[str, str]) -> list[dict[str, Any]]:
+    """One row per relay, transport and client count: medians over the repeats."""
+    keys: list[tuple[str, str, int]] = []
+    for r in results:
+        key = (r["relay"], r["transport"], int(r["clients"]))
+        if key not in keys:
+            keys.append(key)
+    rows = []
+    for relay, transport, clients in keys:
+        recs = [
+            r
+            for r in results
+            if (r["relay"], r["transport"], int(r["clients"])) == (relay, transport, clients)
+        ]
+        row: dict[str, Any] = {
+            "relay": relay,
+            "version": versions.get(relay, "?"),
+            "transport": transport,
+            "clients": clients,
+            "runs": len(recs),
+            "failed_runs": sum("error" in r for r in recs),
+            "triples": sum(int(r.get("triples", 0)) for r in recs),
+            "errors": sum(int(r.get("errors", 0)) for r in recs),
+            "port_zero": sum(int(r.get("port_zero", 0)) for r in recs),
+            "client_bound_runs": sum(bool(r.get("client_bound")) for r in recs),
+            "relay_died_runs": sum(not r.get("relay_alive", True) for r in recs),
+            "why": sorted({r["error"] for r in recs if "error" in r}),
+            "error_samples": [s for r in recs for s in r.get("error_samples", [])][:5],
+        }
+        for name in FIGURES:
+            vals = [v for v in (figure(r, name) for r in recs) if v is not None]
+            row[name] = statistics.median(vals) if vals else None
+        rows.append(row)
+    return rows
+
+
+def fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_tables(rows: list[dict[str, Any]], baseline: str) -> None:
+    cols = [("triples/s", "triples_per_s", ".0f"), ("p50 ms", "p50_ms", ".3f"),
+            ("p99 ms", "p99_ms", ".3f"), ("max ms", "max_ms", ".2f"),
+            ("us/triple", "relay_us_per_triple", ".0f"), ("relay%", "relay_cpu_pct", ".0f"),
+            ("client%", "client_cpu_pct", ".0f"), ("other%", "foreign_pct", ".0f")]  # fmt: skip
+    width = max([len(r["relay"]) for r in rows] + [5])
+    print("\n== control plane: U+L+D triples, each client waits for every reply (medians)")
+    print("   us/triple: relay CPU per triple; relay%/client%: of one core; errors: E or no reply")
+    head = f"{'relay':<{width}} {'socket':<6} {'clients':>7} {'triples':>8} {'errors':>6}"
+    print(head + "".join(f" {c[0]:>9}" for c in cols) + "  flags")
+    for r in rows:
+        line = f"{r['relay']:<{width}} {r['transport']:<6} {r['clients']:>7} {r['triples']:>8}"
+        line += f" {r['errors']:>6}" + "".join(f" {fmt(r[k], f):>9}" for _, k, f in cols)
+        flags = []
+        if r["failed_runs"]:
+            flags.append(f"FAIL {r['failed_runs']}/{r['runs']} ({' | '.join(r['why'])[:80]})")
+        if r["relay_died_runs"]:
+            flags.append(f"relay died {r['relay_died_runs']}/{r['runs']}")
+        if r["port_zero"]:
+            flags.append(f"{r['port_zero']} U/L answered port 0")
+        if r["client_bound_runs"]:
+            flags.append(f"client-bound {r['client_bound_runs']}/{r['runs']}")
+        if r["error_samples"]:
+            flags.append(f"e.g. {r['error_samples'][0]!r}")
+        print(line + "  " + " ".join(flags))
+    base = {(r["transport"], r["clients"]): r for r in rows if r["relay"] == baseline}
+    others = [r for r in rows if r["relay"] != baseline]
+    if not base or not others:
+        return
+    print(f"\n== ratios vs {baseline} (triples/s: >1 is faster; p99 and us/triple: >1 is worse)")
+    for r in others:
+        b = base.get((r["transport"], r["clients"]))
+        if b is None:
+            continue
+        parts = []
+        for label, key in (("triples/s", "triples_per_s"), ("p99", "p99_ms"),
+                           ("us/triple", "relay_us_per_triple")):  # fmt: skip
+            a, d = r[key], b[key]
+            parts.append(f"{label} {f'{a / d:.2f}x' if a is not None and d else '-'}")
+        print(f"{r['relay']:<{width}} {r['transport']:<6} {r['clients']:>7}  " + "  ".join(parts))
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--relay",
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND",
+        help="relay to measure (repeatable); COMMAND gets rtpproxy flags appended",
+    )
+    p.add_argument(
+        "--transport",
+        default=",".join(TRANSPORTS),
+        help="comma-separated control sockets to use: unix, udp (default both)",
+    )
+    p.add_argument(
+        "--clients", default="1,8", help="comma-separated concurrent client counts (1,8)"
+    )
+    p.add_argument(
+        "--triples",
+        type=int,
+        default=10000,
+        help="U+L+D triples per configuration, shared by its clients (default 10000)",
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=10.0,
+        help="a configuration stops after this many seconds even if triples are left (10)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=20,
+        help="triples each client runs before the measurement starts (default 20)",
+    )
+    p.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for a reply (1)")
+    p.add_argument("--repeat", type=int, default=1, help="repeat every configuration N times")
+    p.add_argument(
+        "--baseline", help="relay NAME used as the denominator of ratios (default: first --relay)"
+    )
+    p.add_argument("--ctl-port", type=int, default=9401, help="relay UDP control port (9401)")
+    p.add_argument("--port-min", type=int, default=10000, help="relay media port range start")
+    p.add_argument("--relay-cpu", type=int, default=0, help="CPU the relay is pinned to (0)")
+    p.add_argument("--client-cpu", type=int, default=1, help="CPU the clients are pinned to (1)")
+    p.add_argument("--no-pin", action="store_true", help="do not pin relay and clients")
+    p.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=20.0,
+        help="seconds a relay may take to answer V after start",
+    )
+    p.add_argument("--pause", type=float, default=0.5, help="seconds between configurations")
+    p.add_argument("--out", type=Path, help="raw JSON output (default benchmarks/out/...)")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="RESULTS",
+        help="only print the tables again from a raw results file",
+    )
+    args = p.parse_args(argv)
+    if not args.relay and not args.from_json:
+        p.error("--relay is required")
+    if not 1 <= args.repeat <= 50:
+        p.error("--repeat must be 1..50")
+    args.transports = [t.strip() for t in args.transport.split(",") if t.strip()]
+    if not args.transports or any(t not in TRANSPORTS for t in args.transports):
+        p.error(f"--transport takes a comma-separated subset of {','.join(TRANSPORTS)}")
+    try:
+        args.client_counts = [int(c) for c in args.clients.split(",") if c.strip()]
+    except ValueError:
+        p.error("--clients takes comma-separated integers")
+    if not args.client_counts or not all(1 <= c <= 256 for c in args.client_counts):
+        p.error("--clients takes integers 1..256")
+    if args.triples < 1 or args.seconds <= 0:
+        p.error("--triples and --seconds must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.from_json:
+        doc = json.loads(args.from_json.read_text())
+        names = list(doc["meta"]["relays"])
+        print_tables(doc["summary"], args.baseline or names[0])
+        return 0
+    relays = parse_relays(args.relay)
+    baseline = args.baseline or relays[0].name
+    if not args.no_pin and (os.cpu_count() or 1) < 2:
+        log("fewer than 2 CPUs: not pinning (--no-pin)")
+        args.no_pin = True
+    # sessions live for a moment only, but the reference keeps a deleted session's ports
+    # for ~1.5 s: offer every port below the ephemeral range (the clients' own sockets)
+    eph_lo, _eph_hi = ephemeral_range()
+    port_lo = args.port_min + (args.port_min % 2)
+    port_hi = eph_lo - 2
+    if port_hi - port_lo < 1000 or port_lo <= args.ctl_port <= port_hi:
+        raise SystemExit(f"bad port layout: media {port_lo}-{port_hi}, control {args.ctl_port}")
+
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_path: Path = args.out or OUT_DIR / f"control-{stamp}.json"
+    facts = machine_facts()
+    versions = {r.name: relay_version(r) for r in relays}
+    meta = {
+        "started": stamp, "machine": facts, "argv": sys.argv,
+        "relays": {r.name: shlex.join(r.command) for r in relays}, "versions": versions,
+        "transports": args.transports, "clients": args.client_counts,
+        "triples": args.triples, "seconds": args.seconds, "warmup": args.warmup,
+        "timeout": args.timeout, "port_range": [port_lo, port_hi],
+        "pinning": None if args.no_pin else {"relay": args.relay_cpu, "clients": args.client_cpu},
+    }  # fmt: skip
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    results: list[dict[str, Any]] = []
+    interrupted = False
+    try:
+        for rep in range(args.repeat):
+            # alternate the order so slow drift of the machine does not favour one relay
+            order = relays if rep % 2 == 0 else list(reversed(relays))
+            for spec in order:
+                for transport in args.transports:
+                    for clients in args.client_counts:
+                        rec = run_config(args, spec, transport, clients, rep, port_lo, port_hi)
+                        results.append(rec)
+                        lat = rec.get("latency") or {}
+                        log(
+                            f"rep {rep} {spec.name} {transport} clients={clients}: "
+                            f"{rec.get('triples', '-')} triples, "
+                            f"{rec.get('triples_per_s', '-')}/s, p50={lat.get('p50_ms', '-')}ms "
+                            f"p99={lat.get('p99_ms', '-')}ms errors={rec.get('errors', '-')}"
+                            + (f" [{rec['error']}]" if "error" in rec else "")
+                        )
+                        time.sleep(args.pause)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        interrupted = True
+        log(f"interrupted ({exc!r}); writing partial results")
+    finally:
+        kill_all_started()
+
+    summary = summarise(results, versions)
+    doc = {"meta": meta, "interrupted": interrupted, "results": results, "summary": summary}
+    out_path.write_text(json.dumps(doc, indent=1, default=str))
+    pin = "not pinned" if args.no_pin else f"relay on CPU {args.relay_cpu}, clients on CPU "
+    pin += "" if args.no_pin else str(args.client_cpu)
+    print(
+        f"machine: {facts['cpus']} x {facts['cpu_model']}, kernel {facts['kernel']}; {pin}; "
+        f"up to {args.triples} triples or {args.seconds:g}s per configuration, "
+        f"repeat {args.repeat}"
+    )
+    for spec in relays:
+        print(f"  {spec.name}: {shlex.join(spec.command)}  [{versions[spec.name]}]")
+    print_tables(summary, baseline)
+    print(f"\nraw results: {out_path}")
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        kill_all_started()
