@@ -11,6 +11,7 @@ import resource
 import signal
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from . import __version__
 from .config import Config, ControlKind
@@ -39,6 +40,8 @@ from .notify import Notifier
 from .observe.metrics import RelayMetrics
 
 log = logging.getLogger("pyrtpproxy")
+
+Handler = Callable[[Any], None]
 
 SOCKETS_PER_SESSION = 4
 KERNEL_SYNC_INTERVAL = 1.0  # seconds between reads of the kernel's counters
@@ -141,41 +144,59 @@ class Relay:
         self.metrics: RelayMetrics | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._handlers: dict[type, Handler] = {}
 
     # --- events --------------------------------------------------------------------------
 
     def dispatch(self, events: tuple[Event, ...]) -> None:
         """Carry out the engine's events: media changes, notifications, logs."""
-        assert self.media is not None and self.notifier is not None
+        handlers = self._handlers
         for event in events:
-            match event:
-                case StreamChanged() | LegOpened() | LegClosed():
-                    self.media.apply(event)
-                case Latched(stream=stream, relatched=relatched):
-                    leg = stream.leg
-                    log.info(
-                        "session %s: %s leg %s %s to %s",
-                        "re-latched" if relatched else "latched",
-                        _session_label(leg.session),
-                        leg.side.name,
-                        "RTCP" if stream.is_rtcp else "RTP",
-                        stream.remote,
-                    )
-                case SessionCreated(session=session):
-                    log.info("session created: %s", _session_label(session))
-                case SessionCompleted(session=session):
-                    log.info("session completed: %s", _session_label(session))
-                case SessionEnded(session=session, reason=reason):
-                    level = logging.WARNING if reason is EndReason.FAILED else logging.INFO
-                    log.log(level, "session %s: %s", reason.value, _session_label(session))
-                case NotifyWanted():
-                    self.notifier.send(event)
-                case NotifyTargetUnknown(session=session, name=name):
-                    log.info(
-                        "session notify-unknown: %s %s",
-                        _session_label(session),
-                        name.decode("latin-1"),
-                    )
+            handlers[type(event)](event)
+
+    def _event_handlers(self, media: MediaRelay, notifier: Notifier) -> dict[type, Handler]:
+        """Who carries out each kind of event (every kind has exactly one entry)."""
+        return {
+            StreamChanged: media.on_stream_changed,
+            LegOpened: media.on_leg_opened,
+            LegClosed: media.on_leg_closed,
+            Latched: self._log_latched,
+            SessionCreated: self._log_session,
+            SessionCompleted: self._log_session,
+            SessionEnded: self._log_session,
+            NotifyWanted: notifier.send,
+            NotifyTargetUnknown: self._log_unknown_target,
+        }
+
+    @staticmethod
+    def _log_latched(event: Latched) -> None:
+        stream = event.stream
+        leg = stream.leg
+        log.info(
+            "session %s: %s leg %s %s to %s",
+            "re-latched" if event.relatched else "latched",
+            _session_label(leg.session),
+            leg.side.name,
+            "RTCP" if stream.is_rtcp else "RTP",
+            stream.remote,
+        )
+
+    @staticmethod
+    def _log_session(event: SessionCreated | SessionCompleted | SessionEnded) -> None:
+        if isinstance(event, SessionEnded):
+            level = logging.WARNING if event.reason is EndReason.FAILED else logging.INFO
+            log.log(level, "session %s: %s", event.reason.value, _session_label(event.session))
+        else:
+            what = "created" if isinstance(event, SessionCreated) else "completed"
+            log.info("session %s: %s", what, _session_label(event.session))
+
+    @staticmethod
+    def _log_unknown_target(event: NotifyTargetUnknown) -> None:
+        log.info(
+            "session notify-unknown: %s %s",
+            _session_label(event.session),
+            event.name.decode("latin-1"),
+        )
 
     def _after_command(self, events: tuple[Event, ...]) -> None:
         """A command (or the timer) ran: act on it, then the timer and SIGHUP's drain."""
@@ -251,6 +272,7 @@ class Relay:
         )
         media.connect_engine(engine.receive, self.dispatch)
         self.notifier = Notifier(self.counters.relay)
+        self._handlers = self._event_handlers(media, self.notifier)
         observe = None
         if config.metrics_listen is not None:
             self.metrics = RelayMetrics(

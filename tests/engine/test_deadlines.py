@@ -22,7 +22,7 @@ step = st.tuples(
 
 
 def _expiry(session: Session, independent: bool) -> float:
-    legs = [max(leg.expires_at, leg.active_at + TTL + 1) for leg in session.legs]
+    legs = [max(leg.expires_at, leg.active_at + (TTL + 1)) for leg in session.legs]
     return min(legs) if independent else max(legs)
 
 
@@ -61,3 +61,18 @@ def test_sessions_expire_exactly_when_their_timer_runs_out(
         upcoming = deadlines.next_deadline()
         if alive:
             assert upcoming == min(_expiry(sessions[i], independent) for i in alive)
+
+
+def test_ended_sessions_do_not_pile_up_in_the_heap() -> None:
+    deadlines = Deadlines(TTL, independent=False)
+    outbox = Outbox(lambda event: None)
+    keep = Session(b"keep", b"t", 0.0, outbox)
+    keep.reset_timer(0.0, TTL)
+    deadlines.file(keep)
+    for i in range(10_000):  # a call rate far above 1/TTL: all end before any deadline
+        session = Session(b"c%d" % i, b"t", 0.0, outbox)
+        session.reset_timer(i / 1000, TTL)
+        deadlines.file(session)
+        deadlines.forget(session)
+    assert len(deadlines) <= 2 * 1024 + 2
+    assert deadlines.next_deadline() == TTL + 1  # the live one is still filed

@@ -13,9 +13,9 @@ because the media fast path increments them per packet; they are summed here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .events import EndReason, Event, Latched, SessionCompleted, SessionCreated, SessionEnded
 
@@ -148,44 +148,61 @@ class Counters:
 
     def count(self, event: Event) -> None:
         """Count one engine event (the engine's outbox calls this for every event)."""
-        match event:
-            case SessionCreated():
-                self.g.nsess_created += 1
-            case SessionCompleted():
-                self.g.nsess_complete += 1
-            case Latched(stream=stream, relatched=relatched):
-                protocol = "rtcp" if stream.is_rtcp else "rtp"
-                (self.relay.relatched if relatched else self.relay.latched)[protocol] += 1
-            case SessionEnded(reason=EndReason.FAILED):
-                self.relay.sessions_failed += 1
-            case SessionEnded(reason=reason):
-                self.g.nsess_destroyed += 1
-                if reason is EndReason.TIMEOUT:
-                    self.g.nsess_timeout += 1
-                else:
-                    self.relay.sessions_deleted += 1
+        counting = _COUNTING.get(type(event))
+        if counting is not None:
+            counting(self, event)
+
+    def _created(self, event: SessionCreated) -> None:
+        self.g.nsess_created += 1
+
+    def _completed(self, event: SessionCompleted) -> None:
+        self.g.nsess_complete += 1
+
+    def _latched(self, event: Latched) -> None:
+        protocol = "rtcp" if event.stream.is_rtcp else "rtp"
+        (self.relay.relatched if event.relatched else self.relay.latched)[protocol] += 1
+
+    def _ended(self, event: SessionEnded) -> None:
+        if event.reason is EndReason.FAILED:
+            self.relay.sessions_failed += 1
+            return
+        self.g.nsess_destroyed += 1
+        if event.reason is EndReason.TIMEOUT:
+            self.g.nsess_timeout += 1
+        else:
+            self.relay.sessions_deleted += 1
 
     def retire(self, session: Session, now: float) -> None:
         """Fold the counters of a session that just left the table into the totals."""
+        g, relay = self.g, self.relay
+        rcvd = relayed = size = 0
+        no_destination = wrong_source = incomplete = 0
         for stream in session.streams():
-            for reason, value in stream_drops(stream).items():
-                self.relay.drops[reason] += value
+            no_destination += stream.dropped
+            wrong_source += stream.ignored
+            incomplete += stream.incomplete
+            rcvd += stream.packets_in + stream.ignored
+            relayed += stream.packets_relayed
+            size += stream.bytes_relayed
+        drops = relay.drops
+        drops["no_destination"] += no_destination
+        drops["wrong_source"] += wrong_source
+        drops["incomplete_session"] += incomplete
         if not session.created:
             return  # a failed creation never existed for rtpproxy's counters
-        g = self.g
         g.total_duration += max(0.0, now - session.created_at)
         if session.complete:  # rtpproxy judges media only of sessions that had both legs
-            rtp_ways = sum(1 for leg in session.legs if leg.rtp.packets_in)
-            rtcp_ways = sum(1 for leg in session.legs if leg.rtcp.packets_in)
+            a, b = session.legs
+            rtp_ways = (a.rtp.packets_in > 0) + (b.rtp.packets_in > 0)
+            rtcp_ways = (a.rtcp.packets_in > 0) + (b.rtcp.packets_in > 0)
             g.nsess_nortp += rtp_ways == 0
             g.nsess_owrtp += rtp_ways == 1
             g.nsess_nortcp += rtcp_ways == 0
             g.nsess_owrtcp += rtcp_ways == 1
-        rcvd, relayed, discard = packet_counts(session)
         g.npkts_rcvd += rcvd
         g.npkts_relayed += relayed
-        g.npkts_discard += discard
-        self.relay.bytes_relayed += sum(s.bytes_relayed for s in session.streams())
+        g.npkts_discard += wrong_source + incomplete
+        relay.bytes_relayed += size
         sent, received, dups, lost, perrs = rtpa_counts(session)
         g.rtpa_nsent += sent
         g.rtpa_nrcvd += received
@@ -274,3 +291,11 @@ class Counters:
             self.g.pps_in = max(0, received - sample[1]) / (now - sample[0])
             self._pps_sample = (now, received)
         return self.g.pps_in
+
+
+_COUNTING: dict[type, Callable[[Counters, Any], None]] = {
+    SessionCreated: Counters._created,
+    SessionCompleted: Counters._completed,
+    Latched: Counters._latched,
+    SessionEnded: Counters._ended,
+}

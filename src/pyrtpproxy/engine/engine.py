@@ -382,6 +382,8 @@ class Engine:
     def _run_subcommands(
         self, subs: tuple[SubCommand, ...], session: Session, side: Side, now: float
     ) -> tuple[replies.SubResult, ...]:
+        if not subs:
+            return ()
         results: list[replies.SubResult] = []
         for sub in subs:
             if session.ended:

@@ -377,7 +377,7 @@ class Session:
     def reset_timer(self, now: float, seconds: int) -> None:
         """Give both legs a full timer of ``seconds`` from ``now`` (a U or L touched it)."""
         for leg in self.legs:
-            leg.expires_at = now + seconds + 1  # rtpproxy's sweeper lets a session live T+1 s
+            leg.expires_at = now + (seconds + 1)  # rtpproxy's sweeper lets a session live T+1 s
 
     @property
     def persistent(self) -> bool:

@@ -21,6 +21,7 @@ import math
 from .session import Leg, Session
 
 UNFILED = float("inf")
+COMPACT_AT = 1024  # stale entries tolerated before the heap is rebuilt
 
 
 class Deadlines:
@@ -28,17 +29,24 @@ class Deadlines:
 
     def __init__(self, ttl: int, independent: bool) -> None:
         self._ttl = ttl
+        self._idle_life = ttl + 1  # how long after its last packet an idle leg lives
         self._independent = independent
         self._heap: list[tuple[float, int, Session]] = []
         self._order = itertools.count()  # ties: first filed, first out
+        self._stale = 0  # heap entries of ended or re-filed sessions, not yet popped
 
     def _leg_expiry(self, leg: Leg) -> float:
-        return max(leg.expires_at, leg.active_at + self._ttl + 1)
+        rtp, rtcp = leg.rtp.seen_at, leg.rtcp.seen_at
+        by_media = (rtp if rtp > rtcp else rtcp) + self._idle_life
+        return by_media if by_media > leg.expires_at else leg.expires_at
 
     def expiry(self, session: Session) -> float:
         """When ``session`` times out unless something happens before."""
-        a, b = (self._leg_expiry(leg) for leg in session.legs)
-        return min(a, b) if self._independent else max(a, b)
+        a, b = session.legs
+        first, second = self._leg_expiry(a), self._leg_expiry(b)
+        if self._independent:
+            return first if first < second else second
+        return first if first > second else second
 
     def remaining(self, session: Session, now: float) -> int:
         """Whole seconds left, as ``Q`` reports ``ttl`` (the last second counts as 0)."""
@@ -56,12 +64,29 @@ class Deadlines:
         earlier than where it is filed now (later expiries are found lazily)."""
         expiry = self.expiry(session)
         if expiry < session.timer_at:
+            if session.timer_at != UNFILED:
+                self._stale += 1
             session.timer_at = expiry
             heapq.heappush(self._heap, (expiry, next(self._order), session))
 
     def forget(self, session: Session) -> None:
         """``session`` ended: its heap entries are stale from now on."""
-        session.timer_at = UNFILED
+        if session.timer_at != UNFILED:
+            session.timer_at = UNFILED
+            self._stale += 1
+            if self._stale > COMPACT_AT and 2 * self._stale > len(self._heap):
+                self._compact()
+
+    def _compact(self) -> None:
+        """Drop stale entries, so ended sessions are not kept alive until their old
+        deadline (at a high call rate they would outnumber the live ones)."""
+        self._heap = [entry for entry in self._heap if entry[0] == entry[2].timer_at]
+        heapq.heapify(self._heap)
+        self._stale = 0
+
+    def __len__(self) -> int:
+        """Entries in the heap, stale ones included (for tests and metrics)."""
+        return len(self._heap)
 
     def next_deadline(self) -> float | None:
         """The earliest expiry of any session, or None when there is none."""
@@ -70,6 +95,7 @@ class Deadlines:
             deadline, _, session = heap[0]
             if deadline != session.timer_at:
                 heapq.heappop(heap)  # stale: re-filed earlier, or ended
+                self._stale -= 1
                 continue
             expiry = self.expiry(session)
             if expiry <= deadline:
@@ -85,6 +111,7 @@ class Deadlines:
         while heap and heap[0][0] <= now:
             deadline, _, session = heapq.heappop(heap)
             if deadline != session.timer_at:
+                self._stale -= 1
                 continue
             expiry = self.expiry(session)
             if expiry <= now:

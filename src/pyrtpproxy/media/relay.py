@@ -255,16 +255,25 @@ class MediaRelay:
     # --- engine events -------------------------------------------------------------------
 
     def apply(self, event: Event) -> None:
-        """Carry out a media event of the engine's."""
-        match event:
-            case StreamChanged(stream=stream):
-                self._stream_changed(stream)
-            case LegOpened(leg=leg, local=local, port=port):
-                self._open_leg(leg, local, port)
-            case LegClosed(leg=leg, local=local, port=port):
-                self._close_leg(leg, local, port)
-            case _:
-                pass
+        """Carry out a media event of the engine's (others are not ours: ignored)."""
+        if isinstance(event, StreamChanged):
+            self.on_stream_changed(event)
+        elif isinstance(event, LegOpened):
+            self.on_leg_opened(event)
+        elif isinstance(event, LegClosed):
+            self.on_leg_closed(event)
+
+    def on_stream_changed(self, event: StreamChanged) -> None:
+        """A stream's address or rules changed."""
+        self._stream_changed(event.stream)
+
+    def on_leg_opened(self, event: LegOpened) -> None:
+        """Serve the sockets the probe bound for the leg."""
+        self._open_leg(event.leg, event.local, event.port)
+
+    def on_leg_closed(self, event: LegClosed) -> None:
+        """Close the leg's sockets (or the probe's, if it was never served)."""
+        self._close_leg(event.leg, event.local, event.port)
 
     def _stream_changed(self, stream: Stream) -> None:
         """The one place shortcuts are dropped: the stream's own, and the peer's, which

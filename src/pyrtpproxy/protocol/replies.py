@@ -6,7 +6,9 @@ and :func:`frame` adds what the transport needs (the UDP cookie, the newline).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ErrorCode
 
@@ -158,23 +160,20 @@ def _info(info: InfoReply) -> bytes:
 
 
 def _body(body: Body) -> bytes:
-    match body:
-        case Done():
-            return b"0"
-        case Failure(code=code):
-            return code.wire
-        case PortReply():
-            return _port(body)
-        case Flag(value=value):
-            return b"1" if value else b"0"
-        case Version(text=text):
-            return text
-        case Values():
-            return encode_values(body)
-        case InfoReply():
-            return _info(body)
-        case Raw(body=raw):
-            return raw
+    # by type: a U/L reply (PortReply) is the common case and should not wait in a match
+    return _ENCODERS[type(body)](body)
+
+
+_ENCODERS: dict[type, Callable[[Any], bytes]] = {
+    PortReply: _port,
+    Done: lambda body: b"0",
+    Failure: lambda body: body.code.wire,
+    Flag: lambda body: b"1" if body.value else b"0",
+    Version: lambda body: body.text,
+    Values: encode_values,
+    InfoReply: _info,
+    Raw: lambda body: body.body,
+}
 
 
 def _subresult(result: SubResult) -> bytes:
@@ -195,7 +194,7 @@ def encode(reply: Reply) -> bytes:
     """
     main = _body(reply.body)
     subs = reply.subresults
-    if all(isinstance(r, Done) for r in subs):
+    if not subs or all(isinstance(r, Done) for r in subs):
         return main
     return main + b"".join(b" && " + _subresult(r) for r in subs)
 
