@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from . import __version__
 from .config import Config, ControlKind
+from .control.notify import Notifier
 from .control.processor import CommandProcessor
 from .control.server import ControlServer
 from .engine.handler import Engine, EngineConfig
@@ -22,7 +23,6 @@ from .engine.session import Session, Stream
 from .media.kernel import KernelForwarder, Nftables, NftError
 from .media.relay import MediaConfig, MediaRelay
 from .metrics import EventCounts, RelayMetrics
-from .notify import Notifier
 
 log = logging.getLogger("pyrtpproxy")
 

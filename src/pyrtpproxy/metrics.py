@@ -49,9 +49,9 @@ from prometheus_client.registry import Collector
 from . import __version__
 
 if TYPE_CHECKING:
+    from .control.notify import Notifier
     from .engine.handler import Engine
     from .engine.session import Session, Stream
-    from .notify import Notifier
 
 NAMESPACE = "pyrtpproxy"
 

@@ -8,7 +8,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
-from .engine.handler import CC_SELF, Notification
+from ..engine.handler import CC_SELF, Notification
 
 log = logging.getLogger("pyrtpproxy.notify")
 
