@@ -5,7 +5,6 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import socket
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ from .config import (
     default_runtime_dir,
     parse_log_level,
 )
+from .net import probe_bind
 from .protocol.capabilities import BASE_VERSION, CAPABILITIES
 
 EPILOG = """\b
@@ -71,14 +71,10 @@ def _resolve_user(spec: str) -> tuple[int, int | None]:
 
 def _check_bindable(config: Config) -> None:
     for local in config.addresses.all():
-        family = socket.AF_INET6 if local.ipv6 else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind((local.bind_host, 0))
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot use listen address {local.host}: {exc.strerror}"
-                ) from None
+        try:
+            probe_bind(local.bind_host)
+        except OSError as exc:
+            raise ConfigError(f"cannot use listen address {local.host}: {exc.strerror}") from None
 
 
 def _parse_metrics_listen(text: str | None) -> tuple[str, int] | None:

@@ -18,6 +18,7 @@ from typing import cast
 
 from ..config import ControlKind, ControlSpec
 from ..engine.handler import RequestContext
+from ..net import family_of
 from .processor import MAX_COMMAND, CommandProcessor
 
 log = logging.getLogger("pyrtpproxy.control")
@@ -170,17 +171,19 @@ class ControlServer:
             server = await loop.create_unix_server(factory, sock=sock)
             self._closers.append(server.close)
         elif kind in (ControlKind.TCP, ControlKind.TCP6):
-            family = socket.AF_INET6 if kind.ipv6 else socket.AF_INET
             server = await loop.create_server(
-                self._line_protocol, spec.bind_host, spec.port, family=family, reuse_address=True
+                self._line_protocol,
+                spec.bind_host,
+                spec.port,
+                family=family_of(spec.bind_host),
+                reuse_address=True,
             )
             self._closers.append(server.close)
         elif kind.datagram:
-            family = socket.AF_INET6 if kind.ipv6 else socket.AF_INET
             transport, _ = await loop.create_datagram_endpoint(
                 lambda: DatagramProtocol(self._processor),
                 local_addr=(spec.bind_host, spec.port),
-                family=family,
+                family=family_of(spec.bind_host),
             )
             self._closers.append(transport.close)
         elif kind in (ControlKind.STDIO, ControlKind.STDIOC):
