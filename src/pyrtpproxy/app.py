@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 
 from . import __version__
-from .config import Config, ControlKind
+from .config import Config, ConfigError, ControlKind
 from .control.notify import Notifier
 from .control.processor import CommandProcessor
 from .control.server import ControlServer
@@ -23,11 +23,33 @@ from .engine.session import Session, Stream
 from .media.kernel import KernelForwarder, Nftables, NftError
 from .media.relay import MediaConfig, MediaRelay
 from .metrics import EventCounts, RelayMetrics
+from .net import probe_bind
 
 log = logging.getLogger("pyrtpproxy")
 
 SOCKETS_PER_SESSION = 4
 SWEEP_INTERVAL = 1.0
+
+
+def prepare(config: Config) -> None:
+    """The start-up's checks and changes outside the process, before daemonising so that a
+    failure still reaches the terminal: make the runtime directory, and check that every
+    media address can be bound. Raises :class:`ConfigError` naming the flag."""
+    if config.runtime_dir is not None:
+        try:
+            os.makedirs(config.runtime_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the runtime directory {config.runtime_dir}: {exc.strerror}"
+            ) from None
+    for local in config.addresses.all():
+        try:
+            probe_bind(local.bind_host)
+        except OSError as exc:
+            flag = "-6" if local.ipv6 else "-l"
+            raise ConfigError(
+                f"{flag} {local.bind_host}: cannot use this listen address: {exc.strerror}"
+            ) from None
 
 
 def setup_logging(config: Config, daemon: bool) -> None:
@@ -297,9 +319,13 @@ class Relay:
 
 
 def run(config: Config) -> int:
-    """Run the relay (after optional daemonising); returns the exit status."""
+    """Run the relay (after optional daemonising); returns the exit status.
+
+    Raises :class:`ConfigError` when :func:`prepare` finds the machine unfit for ``config``.
+    """
     import uvloop
 
+    prepare(config)
     daemon = not config.foreground
     if daemon:
         daemonize(config)

@@ -20,7 +20,6 @@ from .config import (
     default_runtime_dir,
     parse_log_level,
 )
-from .net import probe_bind
 from .protocol.capabilities import BASE_VERSION, CAPABILITIES
 
 EPILOG = """\b
@@ -69,14 +68,6 @@ def _resolve_user(spec: str) -> tuple[int, int | None]:
         raise ConfigError(f"unknown group {group!r}") from None
 
 
-def _check_bindable(config: Config) -> None:
-    for local in config.addresses.all():
-        try:
-            probe_bind(local.bind_host)
-        except OSError as exc:
-            raise ConfigError(f"cannot use listen address {local.host}: {exc.strerror}") from None
-
-
 def _parse_metrics_listen(text: str | None) -> tuple[str, int] | None:
     if not text:
         return None
@@ -87,12 +78,14 @@ def _parse_metrics_listen(text: str | None) -> tuple[str, int] | None:
 
 
 def build_config(opts: dict[str, Any]) -> Config:
-    """Validate options into a :class:`Config` (raises :class:`ConfigError`)."""
+    """Validate options into a :class:`Config` (raises :class:`ConfigError`).
+
+    Only reads: directories and bind checks are the start-up's (:func:`pyrtpproxy.app.prepare`).
+    """
     runtime = default_runtime_dir()
     sockets = opts["control"] or (f"unix:{runtime}/rtpproxy.sock",)
     control = tuple(ControlSpec.parse(s) for s in sockets)
-    if runtime != "/var/run" and (not opts["control"] or opts["pidfile"] is None):
-        os.makedirs(runtime, mode=0o700, exist_ok=True)
+    uses_runtime = not opts["control"] or opts["pidfile"] is None
     uid = gid = None
     if opts["user"]:
         uid, gid = _resolve_user(opts["user"])
@@ -138,9 +131,9 @@ def build_config(opts: dict[str, Any]) -> Config:
         metrics_listen=_parse_metrics_listen(opts["metrics_listen"]),
         kernel_forward=opts["kernel_forward"],
         nft_table=opts["nft_table"],
+        runtime_dir=runtime if uses_runtime and runtime != "/var/run" else None,
     )
     config.validate()
-    _check_bindable(config)
     return config
 
 
@@ -382,7 +375,7 @@ def relay_command(**opts: Any) -> None:
 
     try:
         sys.exit(run(config))
-    except OSError as exc:
+    except (ConfigError, OSError) as exc:
         click.echo(f"pyrtpproxy: {exc}", err=True)
         sys.exit(1)
 

@@ -231,6 +231,7 @@ class Config:
     metrics_listen: tuple[str, int] | None = None
     kernel_forward: bool = False
     nft_table: str = "pyrtpproxy"
+    runtime_dir: str | None = None  # made (0700) at start-up: a default path lives in it
 
     @property
     def ports(self) -> range:
