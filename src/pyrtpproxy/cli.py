@@ -20,6 +20,7 @@ from .config import (
     default_runtime_dir,
     parse_log_level,
 )
+from .engine.addresses import NotifyTarget
 from .protocol.capabilities import BASE_VERSION, CAPABILITIES
 
 EPILOG = """\b
@@ -68,6 +69,16 @@ def _resolve_user(spec: str) -> tuple[int, int | None]:
         raise ConfigError(f"unknown group {group!r}") from None
 
 
+def _parse_notify_targets(values: tuple[str, ...]) -> tuple[NotifyTarget, ...]:
+    targets: list[NotifyTarget] = []
+    for text in values:
+        try:
+            targets.append(NotifyTarget.parse(text))
+        except ValueError as exc:
+            raise ConfigError(f"-n {text}: {exc}") from None
+    return tuple(targets)
+
+
 def _parse_metrics_listen(text: str | None) -> tuple[str, int] | None:
     if not text:
         return None
@@ -110,7 +121,7 @@ def build_config(opts: dict[str, Any]) -> Config:
         setup_ttl=opts["setup_ttl"] if opts["setup_ttl"] is not None else ttl,
         independent_timers=opts["independent_timers"],
         tos=opts["tos"],
-        notify_targets=tuple(t.encode() for t in opts["notify"]),
+        notify_targets=_parse_notify_targets(tuple(opts["notify"])),
         foreground=opts["foreground"],
         pidfile=pidfile,
         user=opts["user"],

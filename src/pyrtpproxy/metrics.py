@@ -393,7 +393,7 @@ class RelayCollector(Collector):
                 ),
                 (
                     "notifications_dropped_total",
-                    "Notifications given up (queue full or bad target).",
+                    "Notifications given up (queue full).",
                     stats.dropped,
                 ),
             ):

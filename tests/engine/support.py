@@ -7,7 +7,7 @@ import random
 import struct
 from collections.abc import Callable, Iterable
 
-from pyrtpproxy.engine.addresses import AddressPlan, LocalAddress
+from pyrtpproxy.engine.addresses import AddressPlan, LocalAddress, NotifyTarget
 from pyrtpproxy.engine.handler import Engine, EngineConfig, RequestContext
 from pyrtpproxy.engine.ports import PortAllocator, port_range
 from pyrtpproxy.engine.session import Leg
@@ -66,7 +66,7 @@ def make_engine(
     independent_timers: bool = False,
     force_asymmetric: bool = False,
     bridge_symmetric: bool = False,
-    notify_targets: tuple[bytes, ...] = (),
+    notify_targets: tuple[str, ...] = (),
     port_min: int = 35000,
     port_max: int = 65000,
     sequential: bool = False,
@@ -81,7 +81,7 @@ def make_engine(
         force_asymmetric=force_asymmetric,
         bridge_symmetric=bridge_symmetric,
         addresses=addresses,
-        notify_targets=notify_targets,
+        notify_targets=tuple(NotifyTarget.parse(t) for t in notify_targets),
     )
     ports = PortAllocator(
         port_range(port_min, port_max), random_order=not sequential, rng=random.Random(seed)

@@ -421,6 +421,30 @@ def test_startup_error_names_the_flag(tmp_path: Path, args: list[str], message: 
     assert lines[0].startswith(f"pyrtpproxy: {message}"), lines
 
 
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        (["tcp:127.0.0.1:notaport"], "-n tcp:127.0.0.1:notaport: port must be a number 1-65535"),
+        (["tcp:localhost:9999"], "-n tcp:localhost:9999: host must be a numeric IPv4 address, "
+         "an [IPv6] address or %%CC_SELF%%"),
+        (["unix:"], "-n unix:: the socket path is empty"),
+        ([f"tcp:%%CC_SELF%%:{port}" for port in (9001, 9002, 9003)],
+         "at most 2 -n tcp:%%CC_SELF%%:PORT targets"),
+    ],
+    ids=["port", "host", "path", "wildcards"],
+)  # fmt: skip
+def test_bad_notify_target_stops_the_start(
+    tmp_path: Path, targets: list[str], message: str
+) -> None:
+    # These used to start cleanly and then drop every notification.
+    sock = tmp_path / "x.sock"
+    args = [arg for target in targets for arg in ("-n", target)]
+    result = _run_startup(tmp_path, "-f", "-F", "-p", "/dev/null", "-s", f"unix:{sock}", *args)
+    assert result.returncode == 1, result
+    assert result.stderr.decode().splitlines() == [f"pyrtpproxy: {message}"]
+    assert not sock.exists()
+
+
 # The real CLI as a plain user would run it: its default socket and pid file go to a
 # runtime directory under $XDG_RUNTIME_DIR (the tests run as root, so the uid is faked).
 AS_PLAIN_USER = [

@@ -403,7 +403,7 @@ any_command = st.one_of(
 @settings(max_examples=150, deadline=None)
 @given(st.sampled_from(range(len(PLANS))), st.lists(any_command, max_size=25))
 def test_every_reply_has_a_spec_form(plan: int, commands: list[bytes]) -> None:
-    engine = make_engine(addresses=PLANS[plan], notify_targets=(b"ns",))
+    engine = make_engine(addresses=PLANS[plan], notify_targets=("ns",))
     for i, data in enumerate(commands):
         reply = run(engine, data, now=float(i))
         assert REPLY.fullmatch(reply), (data, reply)

@@ -35,7 +35,14 @@ from ..protocol.commands import (
     VersionFeature,
 )
 from ..protocol.errors import ErrorCode, ProtocolError
-from .addresses import AddressPlan, Endpoint, LocalAddress, MediaAddress, resolve_media_address
+from .addresses import (
+    AddressPlan,
+    Endpoint,
+    LocalAddress,
+    MediaAddress,
+    NotifyTarget,
+    resolve_media_address,
+)
 from .counters import COUNTER_NAMES, PACKET_COUNTERS, RTPA_COUNTERS, GlobalCounters, format_value
 from .ports import PortAllocator, PortsExhausted
 from .session import Leg, Session, Side
@@ -43,7 +50,6 @@ from .table import SessionTable
 
 MAX_REPLY = 1024
 SUBCOMMAND_FAILED = b"-1"
-CC_SELF = b"%%CC_SELF%%"
 
 
 class MediaOps(Protocol):
@@ -76,7 +82,7 @@ class EngineConfig:
     force_asymmetric: bool = False
     bridge_symmetric: bool = False
     addresses: AddressPlan = field(default_factory=AddressPlan)
-    notify_targets: tuple[bytes, ...] = ()
+    notify_targets: tuple[NotifyTarget, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +96,7 @@ class RequestContext:
 class Notification:
     """A timeout notification to deliver: ``tag + b"\\n"`` to ``target``."""
 
-    target: bytes
+    target: NotifyTarget
     tag: bytes
     source_host: str
     call_id: bytes
@@ -350,12 +356,10 @@ class Engine:
         session.notify_tag = cmd.notify_tag
         session.notify_source = ctx.source_host
 
-    def _match_notify_target(self, name: bytes) -> bytes | None:
-        """The configured ``-n`` target that ``name`` designates (``unix:``/``tcp:``
-        prefixes may be left out on either side)."""
-        wanted = _strip_scheme(name)
+    def _match_notify_target(self, name: bytes) -> NotifyTarget | None:
+        """The configured ``-n`` target that ``name`` designates."""
         for target in self.config.notify_targets:
-            if target == name or _strip_scheme(target) == wanted:
+            if target.matches(name):
                 return target
         return None
 
@@ -574,13 +578,6 @@ def _numeric(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _strip_scheme(name: bytes) -> bytes:
-    for scheme in (b"unix:", b"tcp:"):
-        if name.startswith(scheme):
-            return name[len(scheme) :]
-    return name
 
 
 def _packet_counts(session: Session) -> tuple[int, int, int]:

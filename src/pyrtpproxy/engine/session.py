@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Protocol
 
-from .addresses import Endpoint, LocalAddress
+from .addresses import Endpoint, LocalAddress, NotifyTarget
 from .rtp import RtpAnalysis, rtp_header
 
 RELATCH_WINDOW = 10.0  # seconds after U/L during which any RTP source may re-latch
@@ -315,7 +315,7 @@ class Session:
         self.created_at = now
         self.complete = False
         self.strong = False
-        self.notify_target: bytes | None = None
+        self.notify_target: NotifyTarget | None = None
         self.notify_tag: bytes | None = None
         self.notify_source: str | None = None
         self.media_taps = 0  # recorders/copies/players that must see every packet
