@@ -7,7 +7,7 @@ import typing
 
 from pyrtpproxy.app import Relay
 from pyrtpproxy.config import Config, ControlSpec
-from pyrtpproxy.notify import Notifier
+from pyrtpproxy.control.notify import Notifier
 from pyrtpproxy.engine.events import Event
 from pyrtpproxy.media.relay import MediaConfig, MediaRelay
 

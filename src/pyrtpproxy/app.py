@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import __version__
-from .config import Config, ControlKind
+from .config import Config, ConfigError, ControlKind
+from .control.notify import Notifier
 from .control.processor import CommandProcessor
 from .control.server import ControlServer
 from .engine.counters import Counters
@@ -36,7 +37,7 @@ from .engine.ports import PortAllocator
 from .engine.session import Session
 from .media.kernel import KernelForwarder, Nftables, NftError
 from .media.relay import MediaConfig, MediaRelay
-from .notify import Notifier
+from .net import probe_bind
 from .observe.metrics import RelayMetrics
 
 log = logging.getLogger("pyrtpproxy")
@@ -45,6 +46,27 @@ Handler = Callable[[Any], None]
 
 SOCKETS_PER_SESSION = 4
 KERNEL_SYNC_INTERVAL = 1.0  # seconds between reads of the kernel's counters
+
+
+def prepare(config: Config) -> None:
+    """The start-up's checks and changes outside the process, before daemonising so that a
+    failure still reaches the terminal: make the runtime directory, and check that every
+    media address can be bound. Raises :class:`ConfigError` naming the flag."""
+    if config.runtime_dir is not None:
+        try:
+            os.makedirs(config.runtime_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the runtime directory {config.runtime_dir}: {exc.strerror}"
+            ) from None
+    for local in config.addresses.all():
+        try:
+            probe_bind(local.bind_host)
+        except OSError as exc:
+            flag = "-6" if local.ipv6 else "-l"
+            raise ConfigError(
+                f"{flag} {local.bind_host}: cannot use this listen address: {exc.strerror}"
+            ) from None
 
 
 def setup_logging(config: Config, daemon: bool) -> None:
@@ -390,9 +412,13 @@ class Relay:
 
 
 def run(config: Config) -> int:
-    """Run the relay (after optional daemonising); returns the exit status."""
+    """Run the relay (after optional daemonising); returns the exit status.
+
+    Raises :class:`ConfigError` when :func:`prepare` finds the machine unfit for ``config``.
+    """
     import uvloop
 
+    prepare(config)
     daemon = not config.foreground
     if daemon:
         daemonize(config)

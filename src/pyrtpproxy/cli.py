@@ -5,7 +5,6 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import socket
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ from .config import (
     default_runtime_dir,
     parse_log_level,
 )
+from .engine.addresses import NotifyTarget
 from .protocol.capabilities import BASE_VERSION, CAPABILITIES
 
 EPILOG = """\b
@@ -69,16 +69,14 @@ def _resolve_user(spec: str) -> tuple[int, int | None]:
         raise ConfigError(f"unknown group {group!r}") from None
 
 
-def _check_bindable(config: Config) -> None:
-    for local in config.addresses.all():
-        family = socket.AF_INET6 if local.ipv6 else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind((local.bind_host, 0))
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot use listen address {local.host}: {exc.strerror}"
-                ) from None
+def _parse_notify_targets(values: tuple[str, ...]) -> tuple[NotifyTarget, ...]:
+    targets: list[NotifyTarget] = []
+    for text in values:
+        try:
+            targets.append(NotifyTarget.parse(text))
+        except ValueError as exc:
+            raise ConfigError(f"-n {text}: {exc}") from None
+    return tuple(targets)
 
 
 def _parse_metrics_listen(text: str | None) -> tuple[str, int] | None:
@@ -91,12 +89,14 @@ def _parse_metrics_listen(text: str | None) -> tuple[str, int] | None:
 
 
 def build_config(opts: dict[str, Any]) -> Config:
-    """Validate options into a :class:`Config` (raises :class:`ConfigError`)."""
+    """Validate options into a :class:`Config` (raises :class:`ConfigError`).
+
+    Only reads: directories and bind checks are the start-up's (:func:`pyrtpproxy.app.prepare`).
+    """
     runtime = default_runtime_dir()
     sockets = opts["control"] or (f"unix:{runtime}/rtpproxy.sock",)
     control = tuple(ControlSpec.parse(s) for s in sockets)
-    if runtime != "/var/run" and (not opts["control"] or opts["pidfile"] is None):
-        os.makedirs(runtime, mode=0o700, exist_ok=True)
+    uses_runtime = not opts["control"] or opts["pidfile"] is None
     uid = gid = None
     if opts["user"]:
         uid, gid = _resolve_user(opts["user"])
@@ -121,7 +121,7 @@ def build_config(opts: dict[str, Any]) -> Config:
         setup_ttl=opts["setup_ttl"] if opts["setup_ttl"] is not None else ttl,
         independent_timers=opts["independent_timers"],
         tos=opts["tos"],
-        notify_targets=tuple(t.encode() for t in opts["notify"]),
+        notify_targets=_parse_notify_targets(tuple(opts["notify"])),
         foreground=opts["foreground"],
         pidfile=pidfile,
         user=opts["user"],
@@ -142,9 +142,9 @@ def build_config(opts: dict[str, Any]) -> Config:
         metrics_listen=_parse_metrics_listen(opts["metrics_listen"]),
         kernel_forward=opts["kernel_forward"],
         nft_table=opts["nft_table"],
+        runtime_dir=runtime if uses_runtime and runtime != "/var/run" else None,
     )
     config.validate()
-    _check_bindable(config)
     return config
 
 
@@ -386,7 +386,7 @@ def relay_command(**opts: Any) -> None:
 
     try:
         sys.exit(run(config))
-    except OSError as exc:
+    except (ConfigError, OSError) as exc:
         click.echo(f"pyrtpproxy: {exc}", err=True)
         sys.exit(1)
 

@@ -7,12 +7,13 @@ import os
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .engine.addresses import AddressPlan, LocalAddress
+from .engine.addresses import AddressPlan, LocalAddress, NotifyTarget
 from .engine.ports import port_range
 from .media.kernel import check_table_name
 
 DEFAULT_UDP_PORT = 22222
 MAX_NOTIFY_TARGETS = 64
+MAX_NOTIFY_WILDCARDS = 2  # tcp:%%CC_SELF%%:PORT targets, as in rtpproxy
 LOG_LEVELS = {"DBUG": 10, "INFO": 20, "WARN": 30, "ERR": 40, "CRIT": 50}
 
 
@@ -210,7 +211,7 @@ class Config:
     setup_ttl: int = 60
     independent_timers: bool = False
     tos: int = 0xB8
-    notify_targets: tuple[bytes, ...] = ()
+    notify_targets: tuple[NotifyTarget, ...] = ()
     foreground: bool = False
     pidfile: str | None = None
     user: str | None = None
@@ -231,6 +232,7 @@ class Config:
     metrics_listen: tuple[str, int] | None = None
     kernel_forward: bool = False
     nft_table: str = "pyrtpproxy"
+    runtime_dir: str | None = None  # made (0700) at start-up: a default path lives in it
 
     @property
     def ports(self) -> range:
@@ -260,6 +262,8 @@ class Config:
             raise ConfigError(f"TOS must be between 0 and 255, got {self.tos}")
         if len(self.notify_targets) > MAX_NOTIFY_TARGETS:
             raise ConfigError(f"at most {MAX_NOTIFY_TARGETS} -n targets")
+        if sum(t.wildcard for t in self.notify_targets) > MAX_NOTIFY_WILDCARDS:
+            raise ConfigError(f"at most {MAX_NOTIFY_WILDCARDS} -n tcp:%%CC_SELF%%:PORT targets")
         stdio = [s for s in self.control if s.kind in (ControlKind.STDIO, ControlKind.STDIOC)]
         if stdio and not self.foreground:
             raise ConfigError("stdio command mode requires -f switch")

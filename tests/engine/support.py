@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pyrtpproxy.control.processor import CommandProcessor
-from pyrtpproxy.engine.addresses import AddressPlan, LocalAddress
+from pyrtpproxy.engine.addresses import AddressPlan, LocalAddress, NotifyTarget
 from pyrtpproxy.engine.engine import LOCAL_REQUEST, Engine, EngineConfig, RequestContext
 from pyrtpproxy.engine.events import Event, LegClosed, LegOpened, NotifyWanted
 from pyrtpproxy.engine.ports import PortAllocator, port_range
@@ -95,7 +95,7 @@ def make_engine(
     independent_timers: bool = False,
     force_asymmetric: bool = False,
     bridge_symmetric: bool = False,
-    notify_targets: tuple[bytes, ...] = (),
+    notify_targets: tuple[str, ...] = (),
     port_min: int = 35000,
     port_max: int = 65000,
     sequential: bool = False,
@@ -110,7 +110,7 @@ def make_engine(
         force_asymmetric=force_asymmetric,
         bridge_symmetric=bridge_symmetric,
         addresses=addresses,
-        notify_targets=notify_targets,
+        notify_targets=tuple(NotifyTarget.parse(t) for t in notify_targets),
     )
     ports = PortAllocator(
         port_range(port_min, port_max), random_order=not sequential, rng=random.Random(seed)

@@ -6,13 +6,14 @@ Time is only what the test passes in: commands at ``now``, packets at their arri
 
 from __future__ import annotations
 
+from pyrtpproxy.engine.addresses import NotifyTarget
 from pyrtpproxy.engine.engine import Engine, RequestContext
 from pyrtpproxy.engine.events import NotifyWanted
 from pyrtpproxy.engine.session import Session, Side
 
 from .support import expire, fast_packet, make_engine, rtp, run
 
-NS = b"unix:/var/run/ns.sock"
+NS = "unix:/var/run/ns.sock"
 
 
 def _session(engine: Engine, call: bytes = b"c") -> Session:
@@ -193,7 +194,7 @@ def test_independent_timers() -> None:
 
 
 def test_timeout_notification() -> None:
-    engine = make_engine(ttl=2, setup_ttl=1, notify_targets=(NS, b"tcp:%%CC_SELF%%:9999"))
+    engine = make_engine(ttl=2, setup_ttl=1, notify_targets=(NS, "tcp:%%CC_SELF%%:9999"))
     run(engine, b"U c 10.0.0.5 4000 ft tt /var/run/ns.sock tag%20one")
     run(engine, b"L c 10.0.0.6 6000 ft tt")
     ctx = RequestContext(source_host="192.0.2.10")
@@ -202,9 +203,14 @@ def test_timeout_notification() -> None:
     for t in range(1, 5):
         notes += expire(engine, float(t))
     assert sorted(notes, key=lambda n: n.tag) == [
-        NotifyWanted(target=NS, tag=b"tag one", source_host="127.0.0.1", call_id=b"c"),
         NotifyWanted(
-            target=b"tcp:%%CC_SELF%%:9999", tag=b"tag_two", source_host="192.0.2.10", call_id=b"d"
+            target=NotifyTarget.parse(NS), tag=b"tag one", source_host="127.0.0.1", call_id=b"c"
+        ),
+        NotifyWanted(
+            target=NotifyTarget.parse("tcp:%%CC_SELF%%:9999"),
+            tag=b"tag_two",
+            source_host="192.0.2.10",
+            call_id=b"d",
         ),
     ]
     assert run(engine, b"G nsess_timeout nsess_destroyed nsess_created", 5.0) == b"2 2 2"
@@ -216,7 +222,9 @@ def test_incomplete_timeout_notifies_too() -> None:
     run(engine, b"U c 10.0.0.5 4000 ft unix:/var/run/ns.sock %41b")
     assert expire(engine, 1.0) == []
     assert expire(engine, 2.0) == [
-        NotifyWanted(target=NS, tag=b"Ab", source_host="127.0.0.1", call_id=b"c")
+        NotifyWanted(
+            target=NotifyTarget.parse(NS), tag=b"Ab", source_host="127.0.0.1", call_id=b"c"
+        )
     ]
 
 

@@ -405,6 +405,119 @@ def test_startup_errors(tmp_path: Path, args: list[str]) -> None:
     assert not (tmp_path / "pid").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-l", "192.0.2.77"], "-l 192.0.2.77: cannot use this listen address: "),
+        (["-6", "2001:db8::77"], "-6 2001:db8::77: cannot use this listen address: "),
+    ],
+    ids=["l", "6"],
+)
+def test_startup_error_names_the_flag(tmp_path: Path, args: list[str], message: str) -> None:
+    result = _run_startup(tmp_path, "-f", "-F", "-p", "/dev/null", "-s", "stdio:", *args)
+    assert result.returncode == 1, result
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"pyrtpproxy: {message}"), lines
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        (["tcp:127.0.0.1:notaport"], "-n tcp:127.0.0.1:notaport: port must be a number 1-65535"),
+        (["tcp:localhost:9999"], "-n tcp:localhost:9999: host must be a numeric IPv4 address, "
+         "an [IPv6] address or %%CC_SELF%%"),
+        (["unix:"], "-n unix:: the socket path is empty"),
+        ([f"tcp:%%CC_SELF%%:{port}" for port in (9001, 9002, 9003)],
+         "at most 2 -n tcp:%%CC_SELF%%:PORT targets"),
+    ],
+    ids=["port", "host", "path", "wildcards"],
+)  # fmt: skip
+def test_bad_notify_target_stops_the_start(
+    tmp_path: Path, targets: list[str], message: str
+) -> None:
+    # These used to start cleanly and then drop every notification.
+    sock = tmp_path / "x.sock"
+    args = [arg for target in targets for arg in ("-n", target)]
+    result = _run_startup(tmp_path, "-f", "-F", "-p", "/dev/null", "-s", f"unix:{sock}", *args)
+    assert result.returncode == 1, result
+    assert result.stderr.decode().splitlines() == [f"pyrtpproxy: {message}"]
+    assert not sock.exists()
+
+
+# The real CLI as a plain user would run it: its default socket and pid file go to a
+# runtime directory under $XDG_RUNTIME_DIR (the tests run as root, so the uid is faked).
+AS_PLAIN_USER = [
+    PYRTPPROXY[0], "-c",
+    "import os, sys; os.geteuid = lambda: 4242; "
+    "from pyrtpproxy.cli import main; main(sys.argv[1:])",
+]  # fmt: skip
+
+
+def test_bad_options_create_no_runtime_directory(tmp_path: Path) -> None:
+    xdg = tmp_path / "xdg"
+    xdg.mkdir()
+    result = subprocess.run(
+        [*AS_PLAIN_USER, "-f", "-m", "20000", "-M", "10000"],
+        capture_output=True,
+        timeout=15,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "XDG_RUNTIME_DIR": str(xdg)},
+    )
+    assert result.returncode == 1, result
+    assert result.stderr.decode().splitlines() == [
+        "pyrtpproxy: port range -m 20000 -M 10000 holds no RTP/RTCP pair"
+    ]
+    assert list(xdg.iterdir()) == []  # parsing the command line changed nothing
+
+
+def test_start_up_makes_the_runtime_directory(tmp_path: Path) -> None:
+    xdg = tmp_path / "xdg"
+    xdg.mkdir()
+    runtime = xdg / "pyrtpproxy"
+    base = random.randrange(20000, 30000, 2)
+    proc = subprocess.Popen(
+        [*AS_PLAIN_USER, "-f", "-l", "127.0.0.1", "-m", str(base), "-M", str(base + 99),
+         "-d", "ERR"],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        env={**os.environ, "XDG_RUNTIME_DIR": str(xdg)},
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: (runtime / "rtpproxy.sock").exists(), 10.0), proc.poll()
+        assert runtime.stat().st_mode & 0o777 == 0o700
+        assert (runtime / "rtpproxy.pid").read_text().strip() == str(proc.pid)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(runtime / "rtpproxy.sock"))
+            sock.sendall(b"V")
+            assert sock.recv(100) == VERSION.encode() + b"\n"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0
+    assert proc.stderr is not None
+    assert proc.stderr.read() == b""
+
+
+def test_runtime_directory_that_cannot_be_made(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    result = subprocess.run(
+        [*AS_PLAIN_USER, "-f", "-l", "127.0.0.1"],
+        capture_output=True,
+        timeout=15,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "XDG_RUNTIME_DIR": str(not_a_dir)},
+    )
+    assert result.returncode == 1, result
+    assert result.stderr.decode().splitlines() == [
+        f"pyrtpproxy: cannot create the runtime directory {not_a_dir}/pyrtpproxy: Not a directory"
+    ]
+
+
 def test_root_needs_F_for_udp(tmp_path: Path) -> None:
     udp = free_port(socket.SOCK_DGRAM)
     args = ["-f", "-s", f"udp:127.0.0.1:{udp}", "-p", "/dev/null", "-l", "127.0.0.1",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -17,7 +18,7 @@ from loopback import stop_process
 from pyrtpproxy.config import ControlSpec
 from pyrtpproxy.ctl import ControlClient
 
-from .conftest import wait_for
+from .conftest import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "contrib" / "systemd"
@@ -66,9 +67,9 @@ def relay_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def check_relay(path: str, tmp_path: Path, timeout: float = 15.0) -> None:
-    with ControlClient(ControlSpec.parse(f"cunix:{path}"), timeout) as client:
-        assert client.request("V") == "20040107"  # the first request starts the relay
+def check_relay(spec: str, tmp_path: Path, timeout: float = 15.0) -> None:
+    with ControlClient(ControlSpec.parse(spec), timeout) as client:
+        assert client.request("V") == "20040107"  # the first request may start the relay
         assert client.request("U sd-call 127.0.0.1 5000 ftag").split()[0].isdigit()
         assert client.request("G nsess_created") == "1"
         assert '"call_id":"sd-call"' in client.request("Zsessions")
@@ -80,26 +81,72 @@ def sock_path(tmp_path: Path) -> Iterator[str]:
     yield str(tmp_path / "ctl.sock")
 
 
-@pytest.mark.skipif(
+needs_socket_activate = pytest.mark.skipif(
     shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate missing"
 )
-def test_socket_activation_with_the_units_exec_start(tmp_path: Path, sock_path: str) -> None:
+
+
+@contextlib.contextmanager
+def socket_activated(
+    tmp_path: Path, *listen: str, expect_start: bool = True
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The unit's ExecStart under ``systemd-socket-activate LISTEN...``, once it listens;
+    it starts the relay on the first connection or datagram."""
+    log = tmp_path / "relay.log"
     process = subprocess.Popen(
-        ["systemd-socket-activate", "-l", sock_path, "-E", "CONTROL_SOCK", "-E", "EXTRA_OPTS",
+        ["systemd-socket-activate", *listen, "-E", "CONTROL_SOCK", "-E", "EXTRA_OPTS",
          *exec_start()],
         env=relay_env(tmp_path),
         stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "relay.log").open("wb"),
+        stderr=log.open("wb"),
     )  # fmt: skip
     try:
-        assert wait_for(lambda: os.path.exists(sock_path), 5.0)
-        check_relay(sock_path, tmp_path)
-        # systemd-socket-activate execs the service in place: stopping it stops the relay
-        assert "pyrtpproxy" in Path(f"/proc/{process.pid}/cmdline").read_text()
+        assert wait_for(lambda: "Listening on " in log.read_text(), 5.0), log.read_text()
+        yield process
+        if expect_start:
+            # systemd-socket-activate execs the service in place: stopping it stops the relay
+            assert "pyrtpproxy" in Path(f"/proc/{process.pid}/cmdline").read_text()
     finally:
         stop_process(process)
-    log = (tmp_path / "relay.log").read_text()
-    assert "listening for commands on systemd:" in log, log
+    if expect_start:
+        text = log.read_text()
+        assert "listening for commands on systemd:" in text, text
+
+
+@needs_socket_activate
+def test_socket_activation_with_the_units_exec_start(tmp_path: Path, sock_path: str) -> None:
+    with socket_activated(tmp_path, "-l", sock_path):
+        check_relay(f"cunix:{sock_path}", tmp_path)
+
+
+@needs_socket_activate
+def test_socket_activation_of_a_tcp_socket(tmp_path: Path) -> None:
+    port = free_port()
+    with socket_activated(tmp_path, "-l", f"127.0.0.1:{port}"):
+        check_relay(f"tcp:127.0.0.1:{port}", tmp_path)
+
+
+@needs_socket_activate
+def test_socket_activation_of_a_udp_socket(tmp_path: Path) -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    with (
+        socket_activated(tmp_path, "--datagram", "-l", f"127.0.0.1:{port}"),
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
+    ):
+        sock.settimeout(15.0)  # the datagram waits in the socket while the relay starts
+        sock.sendto(b"cookie V", ("127.0.0.1", port))
+        assert sock.recv(100) == b"cookie 20040107\n"  # the cookie protocol, as on udp:
+        check_relay(f"udp:127.0.0.1:{port}", tmp_path)
+
+
+@needs_socket_activate
+def test_a_socket_of_no_control_kind_stops_the_start(tmp_path: Path, sock_path: str) -> None:
+    with socket_activated(tmp_path, "--datagram", "-l", sock_path, expect_start=False) as process:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"c V", sock_path)
+        assert process.wait(15) == 1
+    line = "pyrtpproxy: systemd: socket 3 is AF_UNIX SOCK_DGRAM, not UDP, TCP or Unix stream"
+    assert line in (tmp_path / "relay.log").read_text().splitlines()
 
 
 def test_listen_fds_from_a_python_launcher(tmp_path: Path, sock_path: str) -> None:
@@ -125,6 +172,6 @@ def test_listen_fds_from_a_python_launcher(tmp_path: Path, sock_path: str) -> No
     )
     listener.close()  # the relay holds it now
     try:
-        check_relay(sock_path, tmp_path)
+        check_relay(f"cunix:{sock_path}", tmp_path)
     finally:
         stop_process(process)

@@ -31,7 +31,7 @@ V6 = AddressPlan(
     ipv6=(LocalAddress("::1", ipv6=True, label="v6"),),
     labelled=(LocalAddress("::1", ipv6=True, label="v6"),),
 )
-NOTIFY = (b"unix:/var/run/ns.sock",)
+NOTIFY = ("unix:/var/run/ns.sock",)
 
 _PLACEHOLDER = re.compile(rb"\{(\w+|\*)\}")
 

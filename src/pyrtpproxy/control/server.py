@@ -18,6 +18,7 @@ from typing import cast
 
 from ..config import ControlKind, ControlSpec
 from ..engine.engine import RequestContext
+from ..net import family_of
 from .processor import MAX_COMMAND, CommandProcessor
 
 log = logging.getLogger("pyrtpproxy.control")
@@ -170,17 +171,19 @@ class ControlServer:
             server = await loop.create_unix_server(factory, sock=sock)
             self._closers.append(server.close)
         elif kind in (ControlKind.TCP, ControlKind.TCP6):
-            family = socket.AF_INET6 if kind.ipv6 else socket.AF_INET
             server = await loop.create_server(
-                self._line_protocol, spec.bind_host, spec.port, family=family, reuse_address=True
+                self._line_protocol,
+                spec.bind_host,
+                spec.port,
+                family=family_of(spec.bind_host),
+                reuse_address=True,
             )
             self._closers.append(server.close)
         elif kind.datagram:
-            family = socket.AF_INET6 if kind.ipv6 else socket.AF_INET
             transport, _ = await loop.create_datagram_endpoint(
                 lambda: DatagramProtocol(self._processor),
                 local_addr=(spec.bind_host, spec.port),
-                family=family,
+                family=family_of(spec.bind_host),
             )
             self._closers.append(transport.close)
         elif kind in (ControlKind.STDIO, ControlKind.STDIOC):
@@ -227,17 +230,29 @@ class ControlServer:
         await loop.connect_read_pipe(lambda: protocol, sys.stdin.buffer)
 
     async def _open_systemd(self) -> None:
+        """Serve the sockets systemd passed: a UDP one speaks the cookie protocol like
+        ``udp:``, a Unix or TCP stream one the line protocol like ``cunix:``/``tcp:``."""
         count = int(os.environ.get("LISTEN_FDS", "0"))
         if os.environ.get("LISTEN_PID") not in (None, str(os.getpid())) or count < 1:
             raise OSError("systemd: no socket was passed (LISTEN_FDS)")
         loop = asyncio.get_running_loop()
         for fd in range(SYSTEMD_FIRST_FD, SYSTEMD_FIRST_FD + count):
             sock = socket.socket(fileno=fd)
-            if sock.family == socket.AF_UNIX:
-                server = await loop.create_unix_server(self._line_protocol, sock=sock)
-            else:
-                server = await loop.create_server(self._line_protocol, sock=sock)
-            self._closers.append(server.close)
+            inet = sock.family in (socket.AF_INET, socket.AF_INET6)
+            if sock.type == socket.SOCK_DGRAM and inet:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: DatagramProtocol(self._processor), sock=sock
+                )
+                self._closers.append(transport.close)
+            elif sock.type == socket.SOCK_STREAM and (inet or sock.family == socket.AF_UNIX):
+                if inet:
+                    server = await loop.create_server(self._line_protocol, sock=sock)
+                else:
+                    server = await loop.create_unix_server(self._line_protocol, sock=sock)
+                self._closers.append(server.close)
+            else:  # no transport of protocol.md §1 is like it (Unix datagram, seqpacket, ...)
+                kind = f"{sock.family.name} {sock.type.name}"
+                raise OSError(f"systemd: socket {fd} is {kind}, not UDP, TCP or Unix stream")
 
     def close(self) -> None:
         """Stop listening, drop connections and remove the socket files."""

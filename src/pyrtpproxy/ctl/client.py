@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from ..config import ControlKind, ControlSpec
+from ..net import family_of
 
 DEFAULT_TIMEOUT = 2.0
 UDP_RETRIES = 3  # retransmissions after the first datagram, same cookie (like the SIP proxies)
@@ -104,9 +105,8 @@ class ControlClient:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             target: Any = self.spec.path
         else:
-            family = socket.AF_INET6 if kind.ipv6 else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
             target = _udp_target(self.spec)
+            sock = socket.socket(family_of(target[0]), socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
             sock.connect(target)
@@ -140,12 +140,11 @@ class ControlClient:
         return b"\n".join(got)
 
     def _datagram(self, data: bytes) -> bytes:
-        family = socket.AF_INET6 if self.spec.kind.ipv6 else socket.AF_INET
         cookie = secrets.token_hex(6).encode()
         packet = cookie + b" " + data
         target = _udp_target(self.spec)
         wait = self.timeout / (UDP_RETRIES + 1)
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        with socket.socket(family_of(target[0]), socket.SOCK_DGRAM) as sock:
             sock.connect(target)
             for _attempt in range(UDP_RETRIES + 1):
                 sock.send(packet)

@@ -96,3 +96,75 @@ def resolve_media_address(addr: bytes, port: bytes, ipv6: bool) -> MediaAddress:
         return MediaAddress(None, hold=True)
     # 10**16 is a multiple of 65536, so the last 16 digits decide the wrapped port
     return MediaAddress((ip.compressed, int(port[-16:]) % 65536))
+
+
+CC_SELF = "%%CC_SELF%%"
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes, the last one the terminating NUL
+
+
+def _strip_scheme(name: bytes) -> bytes:
+    for scheme in (b"unix:", b"tcp:"):
+        if name.startswith(scheme):
+            return name[len(scheme) :]
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyTarget:
+    """A permitted timeout-notification target: one ``-n`` value (relay-behaviour.md §6).
+
+    Either a Unix stream socket (``path``) or TCP (``host``, ``port``), where ``host`` is
+    :data:`CC_SELF` for the wildcard that connects back to the host that sent the U.
+    ``spec`` is the value as given, which a U's ``notify_socket`` is matched against.
+    """
+
+    spec: bytes
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> NotifyTarget:
+        """``unix:PATH``, bare ``PATH``, ``tcp:HOST:PORT`` (numeric host, IPv6 in brackets)
+        or ``tcp:%%CC_SELF%%:PORT``; raises :class:`ValueError` saying what is wrong."""
+        spec = text.encode("utf-8", "surrogateescape")  # the bytes of the command line
+        if text.startswith("tcp:"):
+            host, colon, port = text[4:].rpartition(":")
+            if not colon:
+                raise ValueError("a tcp: target needs HOST:PORT")
+            if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError("port must be a number 1-65535")
+            if host != CC_SELF:
+                try:  # never a name lookup: like -l and -s, numeric addresses only
+                    host = ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).compressed
+                except ValueError:
+                    raise ValueError(
+                        f"host must be a numeric IPv4 address, an [IPv6] address or {CC_SELF}"
+                    ) from None
+            return cls(spec, host=host, port=int(port))
+        path = text.removeprefix("unix:")
+        if not path:
+            raise ValueError("the socket path is empty")
+        if len(path.encode("utf-8", "surrogateescape")) > UNIX_PATH_MAX:
+            raise ValueError(f"the socket path is longer than {UNIX_PATH_MAX} bytes")
+        return cls(spec, path=path)
+
+    @property
+    def wildcard(self) -> bool:
+        """``tcp:%%CC_SELF%%:PORT``: the host is the one that sent the U."""
+        return self.host == CC_SELF
+
+    def matches(self, name: bytes) -> bool:
+        """Whether a U's ``notify_socket`` names this target: the same string, or the same
+        once a ``unix:`` or ``tcp:`` prefix is dropped from either (OpenSIPS leaves it out)."""
+        return name == self.spec or _strip_scheme(name) == _strip_scheme(self.spec)
+
+    def address_for(self, source_host: str) -> str | Endpoint:
+        """Where the notification goes: the Unix socket path, or the TCP endpoint with
+        :data:`CC_SELF` replaced by ``source_host`` (the host that sent the U)."""
+        if self.path:
+            return self.path
+        return Endpoint(source_host if self.wildcard else self.host, self.port)
+
+    def __str__(self) -> str:
+        return self.spec.decode("utf-8", "surrogateescape")

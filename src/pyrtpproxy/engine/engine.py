@@ -41,7 +41,14 @@ from ..protocol.commands import (
 from ..protocol.errors import ErrorCode, ProtocolError
 from ..protocol.replies import OK, Reply
 from . import queries
-from .addresses import AddressPlan, Endpoint, LocalAddress, MediaAddress, resolve_media_address
+from .addresses import (
+    AddressPlan,
+    Endpoint,
+    LocalAddress,
+    MediaAddress,
+    NotifyTarget,
+    resolve_media_address,
+)
 from .counters import Counters, Snapshot
 from .events import (
     EndReason,
@@ -60,8 +67,6 @@ from .session import Leg, Session, Side, Stream
 from .table import SessionTable
 from .timers import Deadlines
 
-CC_SELF = b"%%CC_SELF%%"
-
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
@@ -73,7 +78,7 @@ class EngineConfig:
     force_asymmetric: bool = False
     bridge_symmetric: bool = False
     addresses: AddressPlan = field(default_factory=AddressPlan)
-    notify_targets: tuple[bytes, ...] = ()
+    notify_targets: tuple[NotifyTarget, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,12 +373,10 @@ class Engine:
         session.notify_tag = cmd.notify_tag
         session.notify_source = ctx.source_host
 
-    def _match_notify_target(self, name: bytes) -> bytes | None:
-        """The configured ``-n`` target that ``name`` designates (``unix:``/``tcp:``
-        prefixes may be left out on either side)."""
-        wanted = _strip_scheme(name)
+    def _match_notify_target(self, name: bytes) -> NotifyTarget | None:
+        """The configured ``-n`` target that ``name`` designates."""
         for target in self.config.notify_targets:
-            if target == name or _strip_scheme(target) == wanted:
+            if target.matches(name):
                 return target
         return None
 
@@ -465,10 +468,3 @@ def _numeric(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _strip_scheme(name: bytes) -> bytes:
-    for scheme in (b"unix:", b"tcp:"):
-        if name.startswith(scheme):
-            return name[len(scheme) :]
-    return name

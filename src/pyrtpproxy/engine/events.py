@@ -15,7 +15,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .addresses import LocalAddress
+    from .addresses import LocalAddress, NotifyTarget
     from .session import Leg, Session, Stream
 
 
@@ -90,7 +90,7 @@ class Latched:
 class NotifyWanted:
     """A session with a notification request timed out: send ``tag + b"\\n"``."""
 
-    target: bytes
+    target: NotifyTarget
     tag: bytes
     source_host: str
     call_id: bytes

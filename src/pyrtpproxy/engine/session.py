@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Protocol
 
-from .addresses import Endpoint, LocalAddress
+from .addresses import Endpoint, LocalAddress, NotifyTarget
 from .events import Latched, Outbox, StreamChanged
 from .rtp import RtpAnalysis, rtp_header
 
@@ -360,7 +360,7 @@ class Session:
         self.complete = False
         self.strong = False
         self.timer_at = float("inf")  # the deadline this session is filed under (timers.py)
-        self.notify_target: bytes | None = None
+        self.notify_target: NotifyTarget | None = None
         self.notify_tag: bytes | None = None
         self.notify_source: str | None = None
         self.media_taps = 0  # recorders/copies/players that must see every packet

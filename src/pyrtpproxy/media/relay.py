@@ -29,6 +29,7 @@ from ..engine.counters import Counters
 from ..engine.engine import Forwarding
 from ..engine.events import Event, LegClosed, LegOpened, StreamChanged
 from ..engine.session import DETACHED, Leg, Stream
+from ..net import family_of, probe_bind
 from .kernel import KernelForwarder
 
 RECEIVE_BUFFER = 256 * 1024
@@ -51,8 +52,7 @@ class MediaConfig:
 
 
 def _media_socket(local: LocalAddress, port: int, tos: int) -> socket.socket:
-    family = socket.AF_INET6 if local.ipv6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock = socket.socket(family_of(local.bind_host), socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -233,8 +233,7 @@ class MediaRelay:
 
     def source_address_for(self, remote: str, ipv6: bool) -> str | None:
         """Ask the routing table which local address reaches ``remote``."""
-        family = socket.AF_INET6 if ipv6 else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        with socket.socket(family_of(remote), socket.SOCK_DGRAM) as probe:
             try:
                 probe.connect((remote, 9))
             except OSError:
@@ -244,13 +243,11 @@ class MediaRelay:
 
     def is_local_address(self, host: str, ipv6: bool) -> bool:
         """True if a media socket can bind to ``host``."""
-        family = socket.AF_INET6 if ipv6 else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind((host, 0))
-            except OSError:
-                return False
-            return True
+        try:
+            probe_bind(host)
+        except OSError:
+            return False
+        return True
 
     # --- engine events -------------------------------------------------------------------
 
@@ -377,11 +374,7 @@ class MediaRelay:
     def _exclusive_socket(self, local: LocalAddress, port: int) -> socket.socket:
         """A media socket on a port nobody else holds: SO_REUSEPORT is set (for our own
         connected twin) only after a probe bind without it proved the port free."""
-        family = socket.AF_INET6 if local.ipv6 else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            if local.ipv6:
-                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            probe.bind((local.bind_host, port))
+        probe_bind(local.bind_host, port)
         return _media_socket(local, port, self.config.tos)
 
     def watch(self, sock: socket.socket, reader: Callable[[], None]) -> None:

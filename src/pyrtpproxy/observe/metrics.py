@@ -50,8 +50,8 @@ from .. import __version__
 from ..engine.counters import DROP_REASONS, PROTOCOLS
 
 if TYPE_CHECKING:
+    from ..control.notify import Notifier
     from ..engine.engine import Engine
-    from ..notify import Notifier
 
 NAMESPACE = "pyrtpproxy"
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from dataclasses import dataclass
 
-from .engine.counters import RelayCounters
-from .engine.engine import CC_SELF
-from .engine.events import NotifyWanted
+from ..engine.addresses import Endpoint
+from ..engine.counters import RelayCounters
+from ..engine.events import NotifyWanted
 
 log = logging.getLogger("pyrtpproxy.notify")
 
@@ -19,35 +18,23 @@ RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 CONNECT_TIMEOUT = 3.0
 
 
-@dataclass(frozen=True, slots=True)
-class TargetAddress:
-    """Where a notification goes: a Unix socket path or a TCP host and port."""
-
-    path: str | None = None
-    host: str | None = None
-    port: int = 0
-
-    def __str__(self) -> str:
-        return f"unix:{self.path}" if self.path else f"tcp:{self.host}:{self.port}"
+Address = str | Endpoint  # a Unix socket path, or a TCP endpoint
 
 
-def resolve_target(target: bytes, source_host: str) -> TargetAddress:
-    """Turn a configured ``-n`` target into an address; ``%%CC_SELF%%`` becomes the host
-    that sent the U command."""
-    text = target.decode("latin-1")
-    if text.startswith("tcp:"):
-        host, _, port = text[4:].rpartition(":")
-        if host == CC_SELF.decode():
-            host = source_host
-        return TargetAddress(host=host.strip("[]"), port=int(port))
-    return TargetAddress(path=text[5:] if text.startswith("unix:") else text)
+def _describe(address: Address) -> str:
+    """``unix:PATH`` or ``tcp:HOST:PORT`` (IPv6 in brackets), for logs."""
+    if isinstance(address, str):
+        return f"unix:{address}"
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    return f"tcp:{host}:{address.port}"
 
 
 class _Connection:
     """One target: a queue drained by a task that (re)connects whenever it must."""
 
-    def __init__(self, address: TargetAddress, stats: RelayCounters) -> None:
+    def __init__(self, address: Address, stats: RelayCounters) -> None:
         self.address = address
+        self._name = _describe(address)
         self._stats = stats
         self._queue: deque[tuple[bytes, bytes]] = deque()  # (line, call-id for the log)
         self._wakeup = asyncio.Event()
@@ -59,7 +46,7 @@ class _Connection:
         if len(self._queue) >= QUEUE_LIMIT:
             self._queue.popleft()
             self._stats.notifications_dropped += 1
-            log.warning("notification queue for %s is full, dropped the oldest", self.address)
+            log.warning("notification queue for %s is full, dropped the oldest", self._name)
         self._queue.append((line, call_id))
         self._wakeup.set()
 
@@ -84,7 +71,7 @@ class _Connection:
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
                     log.warning(
-                        "notification target %s unreachable (%s); retrying", self.address, exc
+                        "notification target %s unreachable (%s); retrying", self._name, exc
                     )
                 await asyncio.sleep(delay)
 
@@ -107,12 +94,12 @@ class _Connection:
                 "session notified: call-id=%r tag=%r to %s",
                 call_id.decode("latin-1"),
                 line.rstrip(b"\n").decode("latin-1"),
-                self.address,
+                self._name,
             )
 
     async def _connect(self) -> None:
-        if self.address.path is not None:
-            opening = asyncio.open_unix_connection(self.address.path)
+        if isinstance(self.address, str):
+            opening = asyncio.open_unix_connection(self.address)
         else:
             opening = asyncio.open_connection(self.address.host, self.address.port)
         self._reader, self._writer = await asyncio.wait_for(opening, CONNECT_TIMEOUT)
@@ -132,16 +119,11 @@ class Notifier:
 
     def __init__(self, stats: RelayCounters | None = None) -> None:
         self.stats = stats or RelayCounters()
-        self._connections: dict[TargetAddress, _Connection] = {}
+        self._connections: dict[Address, _Connection] = {}
 
     def send(self, note: NotifyWanted) -> None:
-        """Queue ``note`` for delivery (never blocks, never raises for a bad target)."""
-        try:
-            address = resolve_target(note.target, note.source_host)
-        except ValueError:
-            log.error("cannot parse notification target %r", note.target)
-            self.stats.notifications_dropped += 1
-            return
+        """Queue ``note`` for delivery (never blocks)."""
+        address = note.target.address_for(note.source_host)
         connection = self._connections.get(address)
         if connection is None:
             connection = self._connections[address] = _Connection(address, self.stats)

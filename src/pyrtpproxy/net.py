@@ -1,0 +1,23 @@
+"""Socket helpers shared by the shell: the address family of a host, and bind probes."""
+
+from __future__ import annotations
+
+import socket
+
+
+def family_of(host: str) -> socket.AddressFamily:
+    """``AF_INET6`` for an IPv6 address (numeric, so it has a colon), ``AF_INET`` otherwise."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def probe_bind(host: str, port: int = 0) -> None:
+    """Bind a throw-away UDP socket to ``(host, port)``; raises :class:`OSError` if it cannot.
+
+    IPv6 probes are v6-only, like the media sockets they stand for, so an IPv4 socket on
+    the same port does not make an IPv6 one look busy.
+    """
+    family = family_of(host)
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind((host, port))
