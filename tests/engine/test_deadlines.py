@@ -60,7 +60,12 @@ def test_sessions_expire_exactly_when_their_timer_runs_out(
                 session.legs[side].rtp.seen_at = now
         upcoming = deadlines.next_deadline()
         if alive:
-            assert upcoming == min(_expiry(sessions[i], independent) for i in alive)
+            earliest = min(_expiry(sessions[i], independent) for i in alive)
+            # never later than the true earliest expiry (no timeout is missed); packets
+            # only move expiries later, so it may be early until the next timer run
+            assert upcoming is not None and upcoming <= earliest
+            if action == "timer":
+                assert upcoming == earliest
 
 
 def test_ended_sessions_do_not_pile_up_in_the_heap() -> None:

@@ -34,6 +34,8 @@ class Deadlines:
         self._heap: list[tuple[float, int, Session]] = []
         self._order = itertools.count()  # ties: first filed, first out
         self._stale = 0  # heap entries of ended or re-filed sessions, not yet popped
+        self._next: float | None = None  # next_deadline's answer while nothing was filed
+        self._moved = False  # something was filed, forgotten or expired since
 
     def _leg_expiry(self, leg: Leg) -> float:
         rtp, rtcp = leg.rtp.seen_at, leg.rtcp.seen_at
@@ -68,12 +70,14 @@ class Deadlines:
                 self._stale += 1
             session.timer_at = expiry
             heapq.heappush(self._heap, (expiry, next(self._order), session))
+            self._moved = True
 
     def forget(self, session: Session) -> None:
         """``session`` ended: its heap entries are stale from now on."""
         if session.timer_at != UNFILED:
             session.timer_at = UNFILED
             self._stale += 1
+            self._moved = True
             if self._stale > COMPACT_AT and 2 * self._stale > len(self._heap):
                 self._compact()
 
@@ -89,7 +93,16 @@ class Deadlines:
         return len(self._heap)
 
     def next_deadline(self) -> float | None:
-        """The earliest expiry of any session, or None when there is none."""
+        """The earliest expiry of any session, or None when there is none. Packets only
+        move expiries later, so until something is filed, forgotten or expired, the
+        last answer stands (at worst a little early: :meth:`due` then re-files)."""
+        if not self._moved:
+            return self._next
+        self._moved = False
+        self._next = self._earliest()
+        return self._next
+
+    def _earliest(self) -> float | None:
         heap = self._heap
         while heap:
             deadline, _, session = heap[0]
@@ -107,6 +120,7 @@ class Deadlines:
     def due(self, now: float) -> list[Session]:
         """Sessions that have expired by ``now``; those still alive are re-filed."""
         heap = self._heap
+        self._moved = True
         expired: list[Session] = []
         while heap and heap[0][0] <= now:
             deadline, _, session = heapq.heappop(heap)

@@ -275,6 +275,8 @@ class MediaRelay:
     def _stream_changed(self, stream: Stream) -> None:
         """The one place shortcuts are dropped: the stream's own, and the peer's, which
         sends through this stream's socket and whose kernel offload names its address."""
+        if stream.transport is DETACHED and stream.peer.transport is DETACHED:
+            return  # no sockets yet (the U's leg B): nothing aims at anything
         self.take_back(stream)
         for affected in (stream, stream.peer):
             transport = affected.transport
