@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import struct
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pyrtpproxy.control.processor import CommandProcessor
@@ -134,27 +134,28 @@ def harness(engine: Engine) -> Harness:
     return _HARNESSES[engine]
 
 
+def _answer(engine: Engine, now: float | None, handle: Callable[[], bytes]) -> bytes:
+    h = _HARNESSES[engine]
+    if now is not None:
+        h.clock.now = now
+    line = handle()
+    assert line.endswith(b"\n")
+    return line[:-1]
+
+
 def run(
     engine: Engine, data: bytes, now: float | None = None, ctx: RequestContext = LOCAL_REQUEST
 ) -> bytes:
     """What a stream/unix control socket answers to one command at ``now`` (by default
     the time of the previous command): the reply without its ``\\n``."""
-    h = _HARNESSES[engine]
-    if now is not None:
-        h.clock.now = now
-    line = h.processor.handle(data, ctx)
-    assert line.endswith(b"\n")
-    return line[:-1]
+    processor = _HARNESSES[engine].processor
+    return _answer(engine, now, lambda: processor.handle(data, ctx))
 
 
 def run_udp(engine: Engine, data: bytes, now: float | None = None) -> bytes:
     """What a UDP control socket answers to one datagram (reply cache included)."""
-    h = _HARNESSES[engine]
-    if now is not None:
-        h.clock.now = now
-    line = h.processor.handle_datagram(data, LOCAL_REQUEST)
-    assert line.endswith(b"\n")
-    return line[:-1]
+    processor = _HARNESSES[engine].processor
+    return _answer(engine, now, lambda: processor.handle_datagram(data, LOCAL_REQUEST))
 
 
 def expire(engine: Engine, now: float) -> list[NotifyWanted]:

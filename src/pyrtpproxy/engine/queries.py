@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import islice
 from typing import TYPE_CHECKING
 
@@ -43,36 +44,51 @@ def session_values(
     }
 
 
+def _values(
+    names: tuple[bytes, ...],
+    lookup: Callable[[bytes], int | float | None],
+    verbose: bool,
+    unknown: ErrorCode,
+    too_long: ErrorCode,
+) -> replies.Values:
+    """The named values for a Q or G reply: ``unknown`` for a name without one,
+    ``too_long`` when the reply would not fit rtpproxy's reply buffer."""
+    items: list[tuple[bytes, int | float]] = []
+    for name in names:
+        value = lookup(name)
+        if value is None:
+            raise ProtocolError(unknown, f"unknown counter {name!r}")
+        items.append((name, value))
+    reply = replies.Values(tuple(items), verbose)
+    if not replies.fits(reply):
+        raise ProtocolError(too_long, "reply too long")
+    return reply
+
+
 def query(engine: Engine, cmd: Query, found: tuple[Session, Side], now: float) -> replies.Values:
     """``Q``: the session was found; its modifier is checked only now (E50 before E19)."""
     if cmd.bad_modifier:
         raise ProtocolError(ErrorCode.UNKNOWN_QUERY_MODIFIER, "bad Q modifier")
     values = session_values(engine, *found, now)
-    items: list[tuple[bytes, int | float]] = []
-    for name in cmd.counters or DEFAULT_QUERY:
-        value = values.get(name)
-        if value is None:
-            raise ProtocolError(ErrorCode.UNKNOWN_QUERY_COUNTER, f"unknown counter {name!r}")
-        items.append((name, value))
-    reply = replies.Values(tuple(items), cmd.verbose)
-    if not replies.fits(reply):
-        raise ProtocolError(ErrorCode.QUERY_REPLY_TOO_LONG, "Q reply too long")
-    return reply
+    return _values(
+        cmd.counters or DEFAULT_QUERY,
+        values.get,
+        cmd.verbose,
+        ErrorCode.UNKNOWN_QUERY_COUNTER,
+        ErrorCode.QUERY_REPLY_TOO_LONG,
+    )
 
 
 def get_counters(engine: Engine, cmd: GetCounters, now: float) -> replies.Values:
-    """``G``: global counters by name (all of them when none is named)."""
+    """``G``: global counters by name."""
     counters = engine.snapshot(now).g
-    items: list[tuple[bytes, int | float]] = []
-    for raw in cmd.names:
-        value = counters.value(raw.decode("latin-1"))
-        if value is None:
-            raise ProtocolError(ErrorCode.UNKNOWN_COUNTER, f"unknown counter {raw!r}")
-        items.append((raw, value))
-    reply = replies.Values(tuple(items), cmd.verbose)
-    if not replies.fits(reply):
-        raise ProtocolError(ErrorCode.COUNTERS_REPLY_TOO_LONG, "G reply too long")
-    return reply
+    return _values(
+        cmd.names,
+        lambda name: counters.value(name.decode("latin-1")),
+        cmd.verbose,
+        ErrorCode.UNKNOWN_COUNTER,
+        ErrorCode.COUNTERS_REPLY_TOO_LONG,
+    )
 
 
 def info(engine: Engine, cmd: Info, now: float) -> replies.InfoReply:
