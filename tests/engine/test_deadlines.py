@@ -31,7 +31,7 @@ def _expiry(session: Session, independent: bool) -> float:
 def test_sessions_expire_exactly_when_their_timer_runs_out(
     independent: bool, steps: list[tuple[str, int, int, float]]
 ) -> None:
-    deadlines = Deadlines(TTL, independent)
+    deadlines = Deadlines(TTL, SETUP_TTL, independent)
     outbox = Outbox(lambda event: None)
     sessions = [Session(b"c%d" % i, b"t", 0.0, outbox) for i in range(4)]
     for session in sessions:
@@ -69,7 +69,7 @@ def test_sessions_expire_exactly_when_their_timer_runs_out(
 
 
 def test_ended_sessions_do_not_pile_up_in_the_heap() -> None:
-    deadlines = Deadlines(TTL, independent=False)
+    deadlines = Deadlines(TTL, SETUP_TTL, independent=False)
     outbox = Outbox(lambda event: None)
     keep = Session(b"keep", b"t", 0.0, outbox)
     keep.reset_timer(0.0, TTL)

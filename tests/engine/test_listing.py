@@ -15,6 +15,7 @@ from pyrtpproxy.engine import queries
 from pyrtpproxy.engine.addresses import Endpoint, LocalAddress
 from pyrtpproxy.engine.engine import Engine
 from pyrtpproxy.engine.session import Side
+from pyrtpproxy.engine.timers import Deadlines
 from pyrtpproxy.protocol.commands import Introspect
 from pyrtpproxy.protocol.sessions import SessionsPage, SessionView, decode_page
 
@@ -70,7 +71,9 @@ HEAD = b'"total":2,"offset":%d,"next":%s,"ttl":60,"setup_ttl":30,"sessions":['
 
 
 def sessions_reply(engine: Engine, offset: int, limit: int, now: float) -> bytes:
-    return queries.introspect(engine, Introspect(offset, limit), now).body
+    return queries.introspect(
+        list(engine.table), engine.timers, Introspect(offset, limit), now
+    ).body
 
 
 def test_reply_bytes_are_pinned() -> None:
@@ -108,8 +111,8 @@ def test_byte_cap_pages_are_pinned() -> None:
 def test_engine_sessions_become_the_views() -> None:
     engine = two_sessions()
     first, second = list(engine.table)
-    assert queries.session_view(engine, first, NOW) == FIRST_VIEW
-    assert queries.session_view(engine, second, NOW) == SECOND_VIEW
+    assert queries.session_view(engine.timers, first, NOW) == FIRST_VIEW
+    assert queries.session_view(engine.timers, second, NOW) == SECOND_VIEW
     assert decode_page(sessions_reply(engine, 0, 100, NOW)) == SessionsPage(
         version=1, total=2, offset=0, next_offset=None, ttl=60, setup_ttl=30,
         sessions=(FIRST_VIEW, SECOND_VIEW),
@@ -123,8 +126,8 @@ def test_only_the_page_is_described(monkeypatch: pytest.MonkeyPatch) -> None:
     described: list[str] = []
     real = queries.session_view
 
-    def counting(engine_: Engine, session: object, now: float) -> SessionView:
-        view = real(engine_, session, now)  # type: ignore[arg-type]
+    def counting(timers: Deadlines, session: object, now: float) -> SessionView:
+        view = real(timers, session, now)  # type: ignore[arg-type]
         described.append(view.call_id)
         return view
 

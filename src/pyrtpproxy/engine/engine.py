@@ -121,7 +121,7 @@ class Engine:
         self.probe = probe
         self.table = SessionTable()
         self.counters = counters or Counters()
-        self.timers = Deadlines(config.ttl, config.independent_timers)
+        self.timers = Deadlines(config.ttl, config.setup_ttl, config.independent_timers)
         self.outbox = Outbox(self.counters.count)
         self.draining = False  # SIGHUP: refuse new sessions
 
@@ -187,14 +187,14 @@ class Engine:
                 return self._delete(command, now)
             case Query():
                 found = self._find(command.call_id, command.from_tag, command.to_tag)
-                body = queries.query(self, command, found, now)
+                body = queries.query(self.timers, command, found, now)
                 return Reply(body, self._run_subcommands(command.subcommands, *found, now))
             case GetCounters():
-                return Reply(queries.get_counters(self, command, now))
+                return Reply(queries.get_counters(self.snapshot(now), command))
             case Info():
-                return Reply(queries.info(self, command, now))
+                return Reply(queries.info(self.snapshot(now), len(self.table), command))
             case Introspect():
-                return Reply(queries.introspect(self, command, now))
+                return Reply(queries.introspect(list(self.table), self.timers, command, now))
             case Version():
                 return Reply(replies.Version(capabilities.BASE_VERSION))
             case VersionFeature():
@@ -300,7 +300,7 @@ class Engine:
             reply_leg.weak = True
         else:
             session.strong = True
-        session.reset_timer(now, self.config.ttl if session.complete else self.config.setup_ttl)
+        session.reset_timer(now, self.timers.full(session))
 
     @property
     def _default_asymmetric(self) -> bool:

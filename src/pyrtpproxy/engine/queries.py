@@ -2,32 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import islice
-from typing import TYPE_CHECKING
 
 from ..protocol import replies
 from ..protocol.commands import GetCounters, Info, Introspect, Query
 from ..protocol.errors import ErrorCode, ProtocolError
 from ..protocol.sessions import LegSide, LegView, SessionView, encode_reply
 from .addresses import Endpoint
+from .counters import Snapshot
 from .session import Leg, Session, Side
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .timers import Deadlines
 
 DEFAULT_QUERY = (b"ttl", b"npkts_ina", b"npkts_ino", b"nrelayed", b"ndropped")
 
 
 def session_values(
-    engine: Engine, session: Session, side: Side, now: float
+    timers: Deadlines, session: Session, side: Side, now: float
 ) -> dict[bytes, int | float]:
     """Every counter ``Q`` can report for ``side`` of ``session``."""
     mine, other = session.legs[side].rtp, session.legs[1 - side].rtp
     analysis = mine.analysis
     assert analysis is not None
     return {
-        b"ttl": engine.timers.remaining(session, now),
+        b"ttl": timers.remaining(session, now),
         b"npkts_ina": mine.packets_in,
         b"npkts_ino": other.packets_in,
         b"nrelayed": mine.packets_relayed + other.packets_relayed,
@@ -65,11 +63,11 @@ def _values(
     return reply
 
 
-def query(engine: Engine, cmd: Query, found: tuple[Session, Side], now: float) -> replies.Values:
+def query(timers: Deadlines, cmd: Query, found: tuple[Session, Side], now: float) -> replies.Values:
     """``Q``: the session was found; its modifier is checked only now (E50 before E19)."""
     if cmd.bad_modifier:
         raise ProtocolError(ErrorCode.UNKNOWN_QUERY_MODIFIER, "bad Q modifier")
-    values = session_values(engine, *found, now)
+    values = session_values(timers, *found, now)
     return _values(
         cmd.counters or DEFAULT_QUERY,
         values.get,
@@ -79,9 +77,9 @@ def query(engine: Engine, cmd: Query, found: tuple[Session, Side], now: float) -
     )
 
 
-def get_counters(engine: Engine, cmd: GetCounters, now: float) -> replies.Values:
+def get_counters(snapshot: Snapshot, cmd: GetCounters) -> replies.Values:
     """``G``: global counters by name."""
-    counters = engine.snapshot(now).g
+    counters = snapshot.g
     return _values(
         cmd.names,
         lambda name: counters.value(name.decode("latin-1")),
@@ -91,12 +89,12 @@ def get_counters(engine: Engine, cmd: GetCounters, now: float) -> replies.Values
     )
 
 
-def info(engine: Engine, cmd: Info, now: float) -> replies.InfoReply:
+def info(snapshot: Snapshot, active_sessions: int, cmd: Info) -> replies.InfoReply:
     """``I``."""
-    g = engine.snapshot(now).g
+    g = snapshot.g
     return replies.InfoReply(
         sessions_created=g.nsess_created,
-        active_sessions=len(engine.table),
+        active_sessions=active_sessions,
         packets_received=g.npkts_rcvd,
         packets_transmitted=g.npkts_relayed + g.npkts_played,
         with_load=cmd.load,
@@ -113,7 +111,7 @@ def _endpoint(remote: Endpoint | None) -> str | None:
 _SIDES: dict[Side, LegSide] = {Side.A: "A", Side.B: "B"}
 
 
-def leg_view(engine: Engine, leg: Leg, now: float) -> LegView:
+def leg_view(timers: Deadlines, leg: Leg, now: float) -> LegView:
     """One leg as the listing shows it; drops and ignores count RTP and RTCP together."""
     local = leg.local
     host = (local.reply_address or local.host or "*") if local is not None else None
@@ -131,19 +129,19 @@ def leg_view(engine: Engine, leg: Leg, now: float) -> LegView:
         rtcp_remote=_endpoint(rtcp.remote),
         dropped=rtp.dropped + rtcp.dropped,
         ignored=rtp.ignored + rtcp.ignored,
-        ttl=engine.timers.leg_remaining(leg, now),
+        ttl=timers.leg_remaining(leg, now),
     )
 
 
-def session_view(engine: Engine, session: Session, now: float) -> SessionView:
+def session_view(timers: Deadlines, session: Session, now: float) -> SessionView:
     """One session as the listing shows it.
 
     Leg B receives the creating tag's party's media (the ``from`` party of the creating
     U), leg A the other party's (protocol.md §4). ``idle`` is the full TTL minus what is
     left, in whole seconds.
     """
-    full = engine.config.ttl if session.complete else engine.config.setup_ttl
-    ttl = engine.timers.remaining(session, now)
+    full = timers.full(session)
+    ttl = timers.remaining(session, now)
     return SessionView(
         call_id=session.call_id.decode("latin-1"),
         tag=session.tag.decode("latin-1"),
@@ -152,23 +150,24 @@ def session_view(engine: Engine, session: Session, now: float) -> SessionView:
         ttl=ttl,
         idle=max(0, full - ttl),
         notify=session.notify_tag is not None,
-        from_leg=leg_view(engine, session.legs[Side.B], now),
-        to_leg=leg_view(engine, session.legs[Side.A], now),
+        from_leg=leg_view(timers, session.legs[Side.B], now),
+        to_leg=leg_view(timers, session.legs[Side.A], now),
     )
 
 
-def introspect(engine: Engine, cmd: Introspect, now: float) -> replies.Raw:
+def introspect(
+    sessions: Sequence[Session], timers: Deadlines, cmd: Introspect, now: float
+) -> replies.Raw:
     """``Zsessions offset limit``: one page of the session listing (docs/ctl.md)."""
-    sessions = list(engine.table)
     # A generator, so only the sessions that make it into the page are described.
-    views = (session_view(engine, s, now) for s in islice(sessions, cmd.offset, None))
+    views = (session_view(timers, s, now) for s in islice(sessions, cmd.offset, None))
     return replies.Raw(
         encode_reply(
             views,
             total=len(sessions),
             offset=cmd.offset,
             limit=cmd.limit,
-            ttl=engine.config.ttl,
-            setup_ttl=engine.config.setup_ttl,
+            ttl=timers.ttl,
+            setup_ttl=timers.setup_ttl,
         )
     )

@@ -27,8 +27,9 @@ COMPACT_AT = 1024  # stale entries tolerated before the heap is rebuilt
 class Deadlines:
     """When each session expires, and which have expired."""
 
-    def __init__(self, ttl: int, independent: bool) -> None:
-        self._ttl = ttl
+    def __init__(self, ttl: int, setup_ttl: int, independent: bool) -> None:
+        self.ttl = ttl
+        self.setup_ttl = setup_ttl
         self._idle_life = ttl + 1  # how long after its last packet an idle leg lives
         self._independent = independent
         self._heap: list[tuple[float, int, Session]] = []
@@ -36,6 +37,10 @@ class Deadlines:
         self._stale = 0  # heap entries of ended or re-filed sessions, not yet popped
         self._next: float | None = None  # next_deadline's answer while nothing was filed
         self._moved = False  # something was filed, forgotten or expired since
+
+    def full(self, session: Session) -> int:
+        """The timer a U/L gives ``session``: ``-T`` once complete, ``-W`` before."""
+        return self.ttl if session.complete else self.setup_ttl
 
     def _leg_expiry(self, leg: Leg) -> float:
         rtp, rtcp = leg.rtp.seen_at, leg.rtcp.seen_at
