@@ -14,7 +14,8 @@ from pyrtpproxy.engine.addresses import AddressPlan, LocalAddress, NotifyTarget
 from pyrtpproxy.engine.engine import LOCAL_REQUEST, Engine, EngineConfig, RequestContext
 from pyrtpproxy.engine.events import Event, LegClosed, LegOpened, NotifyWanted
 from pyrtpproxy.engine.ports import PortAllocator, port_range
-from pyrtpproxy.engine.session import Stream
+from pyrtpproxy.engine.session import Leg, Stream
+from pyrtpproxy.engine.taps import Recording, RecordingPolicy, Tap
 
 
 class FakeHost:
@@ -31,6 +32,9 @@ class FakeHost:
         self.local_hosts = set(local_hosts)
         self.routes = routes or {}
         self.bound: list[int] = []  # every port the probe bound
+        self.names = {"localhost": "127.0.0.1"}
+        self.unopenable: set[bytes] = set()  # recordings whose files cannot be opened
+        self.taps_opened: list[Tap] = []
         self.open: dict[int, int] = {}  # id(leg) -> port, from LegOpened/LegClosed
         self.closed = 0
 
@@ -45,6 +49,18 @@ class FakeHost:
 
     def is_local_address(self, host: str, ipv6: bool) -> bool:
         return host in self.local_hosts
+
+    def resolve_ipv4(self, host: str) -> str | None:
+        parts = host.split(".")
+        if len(parts) == 4 and all(p.isdigit() for p in parts):
+            return host
+        return self.names.get(host)
+
+    def open_tap(self, leg: Leg, tap: Tap) -> bool:
+        if isinstance(tap, Recording) and tap.file in self.unopenable:
+            return False
+        self.taps_opened.append(tap)
+        return True
 
     def apply(self, events: Iterable[Event]) -> None:
         """What the media layer would do with the legs."""
@@ -101,6 +117,8 @@ def make_engine(
     sequential: bool = False,
     seed: int = 1,
     host: FakeHost | None = None,
+    recording: RecordingPolicy | None = None,
+    copy_rtcp: bool = True,
 ) -> Engine:
     """An engine as the CLI would build it for the given options."""
     config = EngineConfig(
@@ -111,6 +129,8 @@ def make_engine(
         bridge_symmetric=bridge_symmetric,
         addresses=addresses,
         notify_targets=tuple(NotifyTarget.parse(t) for t in notify_targets),
+        recording=recording,
+        copy_rtcp=copy_rtcp,
     )
     ports = PortAllocator(
         port_range(port_min, port_max), random_order=not sequential, rng=random.Random(seed)

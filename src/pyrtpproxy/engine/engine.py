@@ -58,13 +58,27 @@ from .events import (
     NotifyTargetUnknown,
     NotifyWanted,
     Outbox,
+    PortsReleased,
     SessionCompleted,
     SessionCreated,
     SessionEnded,
+    StreamChanged,
+    TapStarted,
+    TapStopped,
 )
 from .ports import HostProbe, PortAllocator, PortsExhausted
 from .session import Leg, Session, Side, Stream
 from .table import SessionTable
+from .taps import (
+    BadCopyTarget,
+    Direction,
+    Recording,
+    RecordingPolicy,
+    Tap,
+    UdpCopy,
+    leg_recording,
+    split_udp_target,
+)
 from .timers import Deadlines
 
 
@@ -79,6 +93,8 @@ class EngineConfig:
     bridge_symmetric: bool = False
     addresses: AddressPlan = field(default_factory=AddressPlan)
     notify_targets: tuple[NotifyTarget, ...] = ()
+    recording: RecordingPolicy | None = None  # None: no -r, nothing can be recorded
+    copy_rtcp: bool = True  # -R: neither recordings nor copies carry RTCP
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,12 +219,12 @@ class Engine:
             case DeleteAll():
                 self._delete_all(now)
                 return Reply(OK)
-            case Record() | StopRecord():
-                # Like rtpproxy without -r: nothing can be recorded, so nothing matches.
-                raise ProtocolError(ErrorCode.NO_SESSION, "recording is not available")
+            case Record():
+                return self._record(command)
+            case StopRecord():
+                return self._stop_record(command)
             case Copy():
-                self._find(command.call_id, command.from_tag, command.to_tag)
-                raise ProtocolError(ErrorCode.COPY_FAILED, "copy not available")
+                return self._copy(command)
             case Play() | StopPlay():
                 return self._play(command)
         raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, "unhandled command")
@@ -250,6 +266,10 @@ class Engine:
             self.table.add(session)
             session.created = True
             self.outbox.emit(SessionCreated(session))
+            policy = self.config.recording
+            if policy is not None and policy.record_all:
+                for record_side in (Side.B, Side.A):
+                    self._start_recording(session, record_side, single_file=policy.pcap)
         self.timers.file(session)
         if not cmd.lookup_only:
             self._set_notify(session, cmd, ctx)
@@ -440,10 +460,130 @@ class Engine:
         self.table.remove(session)
         self.timers.forget(session)
         for leg in session.legs:
+            self._detach(leg)
             if leg.port:
                 self._release(leg)
         self.counters.retire(session, now)
         self.outbox.emit(SessionEnded(session, reason))
+
+    # --- R / N / C ----------------------------------------------------------------------
+
+    def _record(self, cmd: Record) -> Reply:
+        """``R[s]``: a recorder on the chosen leg of every matching session (§1.2)."""
+        policy = self.config.recording
+        if policy is None:
+            raise ProtocolError(ErrorCode.NO_SESSION, "nothing can be recorded without -r")
+        matches = self.table.find_all(cmd.call_id, cmd.from_tag, cmd.to_tag)
+        if not matches:
+            raise ProtocolError(ErrorCode.NO_SESSION, "no such session")
+        single = policy.pcap and (cmd.single_file or policy.both_directions)
+        succeeded = False
+        for session, side in matches:
+            sides = (Side.B, Side.A) if policy.both_directions else (side,)
+            for chosen in sides:
+                succeeded |= self._start_recording(session, chosen, single)
+        if not succeeded:
+            raise ProtocolError(ErrorCode.NO_SESSION, "no leg could be recorded")
+        return Reply(OK)
+
+    def _start_recording(self, session: Session, side: Side, single_file: bool) -> bool:
+        """Record one leg. A leg that already has a tap counts as recording, except in
+        single-file mode, where it is a failure (rtpproxy's rule)."""
+        leg = session.legs[side]
+        if leg.tap is not None:
+            return not single_file
+        policy = self.config.recording
+        assert policy is not None
+        direction = Direction.ORIGINATOR if side is Side.B else Direction.ANSWERER
+        tap = leg_recording(session.call_id, session.tag, direction, single_file, policy)
+        return self._attach(leg, tap)
+
+    def _stop_record(self, cmd: StopRecord) -> Reply:
+        """``N[a]``: release the chosen leg's tap (both legs with ``a``), §1.3."""
+        matches = self.table.find_all(cmd.call_id, cmd.from_tag, cmd.to_tag)
+        stopped = False
+        for session, side in matches:
+            legs = session.legs if cmd.both else (session.legs[side],)
+            for leg in legs:
+                stopped |= self._detach(leg)
+        if not stopped:
+            raise ProtocolError(ErrorCode.NO_SESSION, "nothing was recorded")
+        return Reply(OK)
+
+    def _copy(self, cmd: Copy) -> Reply:
+        """``C[s][p]``: copy a leg's media to ``udp:HOST:PORT`` or record it to a file."""
+        session, side = self._find(cmd.call_id, cmd.from_tag, cmd.to_tag)
+        leg = session.legs[side]
+        rtcp = self.config.copy_rtcp
+        try:
+            udp = split_udp_target(cmd.target, rtcp)
+        except BadCopyTarget as exc:
+            raise ProtocolError(ErrorCode.COPY_FAILED, str(exc)) from None
+        if udp is None:
+            return self._copy_to_file(cmd, leg)
+        host, port = udp
+        address = self.probe.resolve_ipv4(host)
+        if address is None:
+            raise ProtocolError(ErrorCode.COPY_FAILED, f"cannot resolve {host}")
+        source = self.probe.source_address_for(address, False)
+        if source is None:
+            raise ProtocolError(ErrorCode.COPY_FAILED, f"no local address towards {address}")
+        local = self._configured(source) or LocalAddress(source)
+        try:
+            local_port = self.ports.allocate(lambda p: self.probe.try_bind(local, p))
+        except PortsExhausted:
+            raise ProtocolError(ErrorCode.COPY_FAILED, "no free port for the copy") from None
+        reply = replies.PortReply(local_port, local.reply_address or source)
+        if leg.tap is not None:  # the slot is taken: nothing is copied (rtpproxy's rule)
+            self.ports.release(local_port)
+            self.outbox.emit(PortsReleased(local, local_port))
+        elif not self._attach(leg, UdpCopy(Endpoint(address, port), local, local_port, rtcp)):
+            self.ports.release(local_port)
+            self.outbox.emit(PortsReleased(local, local_port))
+            raise ProtocolError(ErrorCode.COPY_FAILED, "the copy's sockets could not be opened")
+        return Reply(reply if cmd.reply_port else OK)
+
+    def _copy_to_file(self, cmd: Copy, leg: Leg) -> Reply:
+        policy = self.config.recording
+        if policy is None:
+            raise ProtocolError(ErrorCode.COPY_FAILED, "a file copy needs -r")
+        if cmd.reply_port:
+            raise ProtocolError(ErrorCode.COPY_FAILED, "p needs a udp: target")
+        if leg.tap is not None:
+            return Reply(OK)
+        tap = Recording(
+            file=cmd.target,
+            direction=None,
+            single_file=cmd.single_file and policy.pcap,
+            pcap=policy.pcap,
+            rtcp=policy.rtcp,
+        )
+        if not self._attach(leg, tap):
+            raise ProtocolError(ErrorCode.COPY_FAILED, "the file could not be opened")
+        return Reply(OK)
+
+    def _attach(self, leg: Leg, tap: Tap) -> bool:
+        """Give ``leg`` its tap if the host can open it; its streams leave the fast path."""
+        if not self.probe.open_tap(leg, tap):
+            return False
+        leg.tap = tap
+        self.outbox.emit(TapStarted(leg, tap))
+        for stream in leg.streams:
+            self.outbox.emit(StreamChanged(stream))
+        return True
+
+    def _detach(self, leg: Leg) -> bool:
+        """End ``leg``'s tap, if it has one; a copy gives its port pair back."""
+        tap = leg.tap
+        if tap is None:
+            return False
+        leg.tap = None
+        self.outbox.emit(TapStopped(leg, tap))
+        if isinstance(tap, UdpCopy):
+            self.ports.release(tap.port)
+        for stream in leg.streams:
+            self.outbox.emit(StreamChanged(stream))
+        return True
 
     # --- P / S -------------------------------------------------------------------------
 

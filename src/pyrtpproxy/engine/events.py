@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .addresses import LocalAddress, NotifyTarget
     from .session import Leg, Session, Stream
+    from .taps import Tap
 
 
 class EndReason(Enum):
@@ -69,6 +70,33 @@ class LegClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class PortsReleased:
+    """The probe bound ``port`` and ``port + 1`` on ``local`` but nothing will use them
+    (a ``Cp`` whose leg already has a tap): close them."""
+
+    local: LocalAddress
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class TapStarted:
+    """``leg`` records or copies what it receives from now on (the host probe has opened
+    the tap's files or sockets)."""
+
+    leg: Leg
+    tap: Tap
+
+
+@dataclass(frozen=True, slots=True)
+class TapStopped:
+    """``leg``'s tap ended (N, D, X, timeout, shutdown): close it; a recording's files
+    move from the spool to the record directory once no leg uses them."""
+
+    leg: Leg
+    tap: Tap
+
+
+@dataclass(frozen=True, slots=True)
 class StreamChanged:
     """``stream``'s party address or its latching rules changed (signalling, latching,
     the ``a`` modifier): sockets aimed at the old address, shortcuts that skipped its
@@ -110,6 +138,9 @@ Event = (
     | SessionEnded
     | LegOpened
     | LegClosed
+    | PortsReleased
+    | TapStarted
+    | TapStopped
     | StreamChanged
     | Latched
     | NotifyWanted

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .addresses import LocalAddress
+
+if TYPE_CHECKING:
+    from .session import Leg
+    from .taps import Tap
 
 
 def port_range(minimum: int, maximum: int) -> range:
@@ -23,7 +27,8 @@ class HostProbe(Protocol):
 
     ``try_bind`` is the port probe: a U/L reply must carry a port that is already bound,
     so the media layer binds the pair here and keeps it for the leg until it drains the
-    :class:`~pyrtpproxy.engine.events.LegOpened` (or ``LegClosed``) event.
+    :class:`~pyrtpproxy.engine.events.LegOpened` (or ``LegClosed``) event. ``open_tap``
+    is its twin for R and C, whose replies say whether the file or copy could be opened.
     """
 
     def try_bind(self, local: LocalAddress, port: int) -> bool:
@@ -34,6 +39,13 @@ class HostProbe(Protocol):
 
     def is_local_address(self, host: str, ipv6: bool) -> bool:
         """Whether media sockets can bind to ``host`` (``l`` modifier)."""
+
+    def resolve_ipv4(self, host: str) -> str | None:
+        """The IPv4 address of ``host`` (a literal or a name: a ``C udp:`` target)."""
+
+    def open_tap(self, leg: Leg, tap: Tap) -> bool:
+        """Open what ``tap`` writes to or sends from (files, a bound copy port pair);
+        False if that fails (``R`` answers E50, ``C`` E65). Kept until ``TapStarted``."""
 
 
 class PortsExhausted(Exception):

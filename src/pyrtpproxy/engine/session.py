@@ -14,6 +14,7 @@ from typing import Protocol
 from .addresses import Endpoint, LocalAddress, NotifyTarget
 from .events import Latched, Outbox, StreamChanged
 from .rtp import RtpAnalysis, rtp_header
+from .taps import Tap
 
 RELATCH_WINDOW = 10.0  # seconds after U/L during which any RTP source may re-latch
 RELATCH_MAX_SEQ_DISTANCE = 536
@@ -159,7 +160,7 @@ class Stream:
             and remote is not None
             and self.peer.remote is not None
             and (self.leg.asymmetric or (remote.host == src[0] and remote.port == src[1]))
-            and self.leg.session.fast_path_allowed
+            and self.leg.tap is None  # a tap must see every packet
         )
 
     def _source_ok(self, packet: bytes, src: Endpoint, now: float) -> bool:
@@ -291,6 +292,7 @@ class Leg:
         "rtp",
         "session",
         "side",
+        "tap",
         "weak",
     )
 
@@ -304,6 +306,7 @@ class Leg:
         self.on_hold = False
         self.codecs: bytes | None = None
         self.expires_at = NEVER  # from the last U/L; media activity extends it (timers.py)
+        self.tap: Tap | None = None  # the recording or copy of what this leg receives
         self.rtp = Stream(self, is_rtcp=False)
         self.rtcp = Stream(self, is_rtcp=True)
 
@@ -340,7 +343,6 @@ class Session:
         "created_at",
         "ended",
         "legs",
-        "media_taps",
         "notify_source",
         "notify_tag",
         "notify_target",
@@ -363,16 +365,10 @@ class Session:
         self.notify_target: NotifyTarget | None = None
         self.notify_tag: bytes | None = None
         self.notify_source: str | None = None
-        self.media_taps = 0  # recorders/copies/players that must see every packet
         self.legs = (Leg(self, Side.A), Leg(self, Side.B))
         a, b = self.legs
         a.rtp.peer, b.rtp.peer = b.rtp, a.rtp
         a.rtcp.peer, b.rtcp.peer = b.rtcp, a.rtcp
-
-    @property
-    def fast_path_allowed(self) -> bool:
-        """The media layer may skip the slow path only when nothing taps the media."""
-        return self.media_taps == 0
 
     def reset_timer(self, now: float, seconds: int) -> None:
         """Give both legs a full timer of ``seconds`` from ``now`` (a U or L touched it)."""

@@ -341,7 +341,7 @@ class MediaRelay:
             or dest is None
             or not stream.latched
             or stream.leg.asymmetric
-            or not stream.leg.session.fast_path_allowed
+            or stream.leg.tap is not None
             or self.config.send_small_twice
             or not isinstance(inbound, StreamSocket)
             or not isinstance(outbound, StreamSocket)
