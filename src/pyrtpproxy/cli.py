@@ -392,12 +392,18 @@ def relay_command(**opts: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point; ``pyrtpproxy ctl ...`` talks to a running relay."""
+    """Console entry point; ``pyrtpproxy ctl ...`` talks to a running relay,
+    ``pyrtpproxy extract ...`` turns recordings into WAV files."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["ctl"]:
         from .ctl import main as ctl_main
 
         ctl_main(args[1:])
+        return
+    if args[:1] == ["extract"]:
+        from .tools.extract import main as extract_main
+
+        extract_main(args[1:])
         return
     try:
         relay_command.main(args=args, prog_name="pyrtpproxy", standalone_mode=False)

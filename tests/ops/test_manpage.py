@@ -96,9 +96,15 @@ def test_every_ctl_option_is_documented_and_no_other() -> None:
     assert listed == documented
 
 
+def test_every_extract_option_is_documented_and_no_other() -> None:
+    documented = tagged_options(section(render(), "EXTRACT"))
+    listed = help_options("extract") - {"-h", "--help"}
+    assert listed == documented == {"-o", "--output", "--stereo"}
+
+
 def test_sections_operators_need() -> None:
     text = render()
-    for heading in ("CONTROL SOCKETS", "SIGNALS", "METRICS", "CTL", "FILES", "EXAMPLES"):
+    for heading in ("CONTROL SOCKETS", "SIGNALS", "METRICS", "CTL", "EXTRACT", "FILES", "EXAMPLES"):
         assert re.search(rf"^{heading}$", text, re.M), heading
     for transport in ("unix:", "cunix:", "udp:", "udp6:", "tcp:", "tcp6:", "stdio:", "systemd:"):
         assert transport in text

@@ -1,0 +1,1 @@
+"""Offline tools that work on the relay's files (``pyrtpproxy extract``)."""
