@@ -11,6 +11,7 @@ import resource
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -28,14 +29,19 @@ from .engine.events import (
     LegOpened,
     NotifyTargetUnknown,
     NotifyWanted,
+    PortsReleased,
     SessionCompleted,
     SessionCreated,
     SessionEnded,
     StreamChanged,
+    TapStarted,
+    TapStopped,
 )
 from .engine.ports import PortAllocator
 from .engine.session import Session
+from .engine.taps import RecordingPolicy
 from .media.kernel import KernelForwarder, Nftables, NftError
+from .media.record import RecordDirs
 from .media.relay import MediaConfig, MediaRelay
 from .net import probe_bind
 from .observe.metrics import RelayMetrics
@@ -45,7 +51,7 @@ log = logging.getLogger("pyrtpproxy")
 Handler = Callable[[Any], None]
 
 SOCKETS_PER_SESSION = 4
-KERNEL_SYNC_INTERVAL = 1.0  # seconds between reads of the kernel's counters
+HOUSEKEEPING_INTERVAL = 1.0  # seconds between kernel counter reads and recording flushes
 
 
 def prepare(config: Config) -> None:
@@ -144,6 +150,18 @@ def remove_pidfile(path: str | None) -> None:
             os.unlink(path)
 
 
+def recording_policy(config: Config) -> RecordingPolicy | None:
+    """What ``-r``, ``-P``, ``-R``, ``-a`` and ``--record-both`` ask of recordings."""
+    if config.record_dir is None:
+        return None
+    return RecordingPolicy(
+        pcap=config.pcap_record,
+        rtcp=config.record_rtcp,
+        record_all=config.record_all,
+        both_directions=config.record_both,
+    )
+
+
 def _session_label(session: Session) -> str:
     return f"call-id={session.call_id.decode('latin-1')!r} tag={session.tag.decode('latin-1')!r}"
 
@@ -182,6 +200,9 @@ class Relay:
             StreamChanged: media.on_stream_changed,
             LegOpened: media.on_leg_opened,
             LegClosed: media.on_leg_closed,
+            PortsReleased: media.on_ports_released,
+            TapStarted: media.on_tap_started,
+            TapStopped: media.on_tap_stopped,
             Latched: self._log_latched,
             SessionCreated: self._log_session,
             SessionCompleted: self._log_session,
@@ -250,15 +271,16 @@ class Relay:
             log.exception("session timer failed")
             self._arm_timer()
 
-    def _sync_kernel_forever(self) -> None:
-        """Fold kernel-forwarded packets into the streams once a second (idle timers,
-        metrics and re-latching read them)."""
+    def _housekeeping(self) -> None:
+        """Once a second: fold kernel-forwarded packets into the streams (idle timers,
+        metrics and re-latching read them) and write out what recordings buffered."""
         assert self.media is not None and self._loop is not None
         try:
             self.media.refresh_counters()
+            self.media.flush_taps()
         except Exception:
-            log.exception("reading kernel-forwarded counters failed")
-        self._loop.call_later(KERNEL_SYNC_INTERVAL, self._sync_kernel_forever)
+            log.exception("housekeeping failed")
+        self._loop.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
 
     # --- running -------------------------------------------------------------------------
 
@@ -272,8 +294,16 @@ class Relay:
         except NftError as exc:
             log.critical("cannot set up kernel forwarding (--kernel-forward): %s", exc)
             return 1
+        record_dirs = None
+        if config.record_dir is not None:
+            spool = Path(config.spool_dir) if config.spool_dir else None
+            record_dirs = RecordDirs(Path(config.record_dir), spool)
         self.media = media = MediaRelay(
-            loop, MediaConfig(config.tos, config.send_small_twice), self.counters, kernel
+            loop,
+            MediaConfig(config.tos, config.send_small_twice),
+            self.counters,
+            kernel,
+            record_dirs=record_dirs,
         )
         ports = PortAllocator(
             config.ports, random_order=not config.sequential_ports, reserved=config.reserved_ports()
@@ -287,6 +317,8 @@ class Relay:
                 bridge_symmetric=config.bridge_symmetric,
                 addresses=config.addresses,
                 notify_targets=config.notify_targets,
+                recording=recording_policy(config),
+                copy_rtcp=config.record_rtcp,
             ),
             ports,
             media,
@@ -333,10 +365,7 @@ class Relay:
             config.ports[0],
             config.ports[-1] + 1,  # the last RTCP port
         )
-        if config.record_dir:
-            log.warning("recording is not available in this build: R and N answer E50, C E65")
-        if kernel is not None:
-            loop.call_later(KERNEL_SYNC_INTERVAL, self._sync_kernel_forever)
+        loop.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
         try:
             await self._stop.wait()
         finally:

@@ -137,6 +137,10 @@ def build_config(opts: dict[str, Any]) -> Config:
         bridge_symmetric=opts["bridge_symmetric"],
         record_dir=opts["record_dir"],
         spool_dir=opts["spool_dir"],
+        pcap_record=opts["pcap_record"] or opts["record_both"],
+        record_rtcp=not opts["no_rtcp_record"],
+        record_all=opts["record_all"],
+        record_both=opts["record_both"],
         no_chdir=opts["no_chdir"],
         no_redirect=opts["no_redirect"],
         metrics_listen=_parse_metrics_listen(opts["metrics_listen"]),
@@ -252,12 +256,23 @@ def _flag(*names: str, help: str) -> Callable[[_F], _F]:
     "--record-dir",
     "record_dir",
     metavar="DIR",
-    help="Recording directory (recording is not available in this build; R answers E50).",
+    help="Directory for finished recordings (R, C to a file, -a).",
 )
-@click.option("-S", "--spool-dir", "spool_dir", metavar="DIR", help="Recording spool directory.")
-@_flag("-R", "no_rtcp_record", help="Do not record RTCP.")
-@_flag("-P", "pcap_record", help="Record in pcap format.")
-@_flag("-a", "record_all", help="Record every session.")
+@click.option(
+    "-S",
+    "--spool-dir",
+    "spool_dir",
+    metavar="DIR",
+    help="Write recordings here; each is moved into -r DIR when it ends (same filesystem).",
+)
+@_flag("-R", "no_rtcp_record", help="Do not record or copy RTCP.")
+@_flag("-P", "pcap_record", help="Record in pcap format (Wireshark reads it); Rs/Cs: one file.")
+@_flag("-a", "record_all", help="Record both legs of every session from its creation.")
+@_flag(
+    "--record-both",
+    "record_both",
+    help="One R records both directions of the session into one pcap (implies -P).",
+)
 @click.option(
     "-p",
     "--pidfile",

@@ -227,6 +227,10 @@ class Config:
     bridge_symmetric: bool = False
     record_dir: str | None = None
     spool_dir: str | None = None
+    pcap_record: bool = False
+    record_rtcp: bool = True
+    record_all: bool = False
+    record_both: bool = False
     no_chdir: bool = False
     no_redirect: bool = False
     metrics_listen: tuple[str, int] | None = None
@@ -269,6 +273,8 @@ class Config:
             raise ConfigError("stdio command mode requires -f switch")
         if len(stdio) > 1:
             raise ConfigError("only one stdio control socket is possible")
+        if self.record_both and not self.record_dir:
+            raise ConfigError("--record-both requires -r")
         if self.spool_dir and not self.record_dir:
             raise ConfigError("-S requires -r")
         if self.socket_mode is not None and not 0 <= self.socket_mode <= 4095:

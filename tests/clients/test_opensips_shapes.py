@@ -377,14 +377,17 @@ def test_record_copy_and_stop_shapes(client: Client, relay: Relay) -> None:
         }
     finally:
         sink.close()
+    # No -r: R finds nothing to record (E50, protocol.md §5.7).
+    assert failed_without_disabling(replies["R"]) == "E50"
     if recording:
+        # A UDP copy needs no -r; N stops it (the slot is shared, media-features.md §1.3).
         assert replies["C"] == "0\n"
+        assert replies["N"] == "0\n"
+        assert failed_without_disabling(client.cmd(f"N {cid} ft;1 tt;1")) == "E50"
     else:
-        # No -r: R finds nothing to record (E50, protocol.md §5.7), C cannot copy (E65).
-        assert failed_without_disabling(replies["R"]) == "E50"
         assert failed_without_disabling(replies["C"]) == "E65"
-    # N on a leg that is not being recorded: E50 (§5.8).
-    assert failed_without_disabling(replies["N"]) == "E50"
+        # N on a leg that is not being recorded: E50 (§5.8).
+        assert failed_without_disabling(replies["N"]) == "E50"
     # Unknown session for each.
     assert client.cmd(f"R nosuch-{cid} ft tt") == "E50\n"
     assert client.cmd(f"C nosuch-{cid} udp:127.0.0.1:9 ft;1 tt;1") == "E50\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -22,6 +23,7 @@ from sippy.Rtp_proxy.Session.update import update_params
 from sippy.Time.Timeout import Timeout
 
 from loopback import Party
+from pyrtpproxy.media.record import read_file
 
 from .conftest import Relay, TcpListener, wait_for
 
@@ -343,3 +345,42 @@ def test_stream_client_against_one_shot_unix_socket(
     assert client.run_until(lambda: relay.info()["active sessions"] == 0)
     # Each command ran exactly once even though each needed a new connection.
     assert relay.counters("nsess_created") == {"nsess_created": "1"}
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_recording_and_copies_through_sippys_own_calls(
+    transport: str,
+    relay_factory: Callable[..., Relay],
+    sippy: Callable[..., Sippy],
+    tmp_path: Path,
+) -> None:
+    """VF 20071218: sippy turns copying on, and its start_recording()/copy_*() work."""
+    record = tmp_path / f"rec-{transport}"
+    record.mkdir()
+    relay = relay_factory("-r", str(record))
+    client = sippy(spaths(relay)[transport])
+    client.online()
+    assert client.rc.copy_supported
+    caller, callee = Party(drain_timeout=0.05), Party(drain_timeout=0.05)
+    sink = Party(drain_timeout=0.05)
+    rs = client.session(f"rec-{transport}")
+    cid = f"rec-{transport}-0"
+    port_a = client.update(rs, rs.caller, caller.port).rtpproxy_port
+    port_b = client.update(rs, rs.callee, callee.port).rtpproxy_port
+    results: list[Any] = []
+    rs.start_recording(result_callback=results.append, rflags="")
+    assert client.run_until(lambda: results) and results == ["0"]
+    assert client.last() == f"R {cid} ftag ttag"
+    rs.copy_callee("127.0.0.1", sink.port, results.append)
+    assert client.run_until(lambda: len(results) == 2) and results[1] == "0"
+    assert client.last() == f"C {cid} udp:127.0.0.1:{sink.port} ttag ftag"
+    caller.send(port_b, 4)
+    callee.send(port_a, 3)
+    assert wait_for(lambda: callee.total() >= 4 and caller.total() >= 3, 3.0)
+    assert wait_for(lambda: sink.total() >= 3, 3.0)  # the callee's media, copied
+    rs.delete()
+    assert client.run_until(lambda: relay.info()["active sessions"] == 0)
+    recorded = read_file(record / f"{cid}=ftag.o.rtp")
+    assert len(recorded) == 4  # the caller's media, from R
+    for party in (caller, callee, sink):
+        party.close()

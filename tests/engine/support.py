@@ -33,7 +33,7 @@ class FakeHost:
         self.routes = routes or {}
         self.bound: list[int] = []  # every port the probe bound
         self.names = {"localhost": "127.0.0.1"}
-        self.unopenable: set[bytes] = set()  # recordings whose files cannot be opened
+        self.unopenable: set[bytes] = set()  # call-ids whose recordings cannot be opened
         self.taps_opened: list[Tap] = []
         self.open: dict[int, int] = {}  # id(leg) -> port, from LegOpened/LegClosed
         self.closed = 0
@@ -57,7 +57,7 @@ class FakeHost:
         return self.names.get(host)
 
     def open_tap(self, leg: Leg, tap: Tap) -> bool:
-        if isinstance(tap, Recording) and tap.file in self.unopenable:
+        if isinstance(tap, Recording) and tap.call_id in self.unopenable:
             return False
         self.taps_opened.append(tap)
         return True

@@ -36,7 +36,7 @@ def test_r_records_the_leg_of_the_first_tag() -> None:
     assert run(engine, b"R c1 ft tt") == b"0"
     (started,) = _started(engine)
     assert started.leg is session.legs[Side.B]
-    assert started.tap == Recording(b"c1=ft", Direction.ORIGINATOR, False, False, True)
+    assert started.tap == Recording(b"c1", b"ft", Direction.ORIGINATOR, None, False, False, True)
     assert run(engine, b"R c1 tt ft") == b"0"
     (started,) = _started(engine)
     assert started.leg is session.legs[Side.A] and started.tap.direction is Direction.ANSWERER
@@ -55,7 +55,7 @@ def test_r_errors() -> None:
     _call(without_r)
     assert run(without_r, b"R c1 ft tt") == b"E50"
     host = FakeHost()
-    host.unopenable.add(b"c1=ft")
+    host.unopenable.add(b"c1")
     unwritable = make_engine(recording=PER_LEG, host=host)
     _call(unwritable)
     assert run(unwritable, b"R c1 ft tt") == b"E50"
@@ -69,7 +69,7 @@ def test_single_file_pcap_is_shared_by_both_legs() -> None:
     assert run(engine, b"Rs p2 ft tt") == b"E50"  # the leg already records
     assert run(engine, b"Rs p2 tt ft") == b"0"
     taps = [e.tap for e in _started(engine)]
-    assert taps == [Recording(b"p2=ft", None, True, True, True)] * 2
+    assert taps == [Recording(b"p2", b"ft", None, None, True, True, True)] * 2
     engine_plain = make_engine(recording=PER_LEG)
     _call(engine_plain, b"p2")
     assert run(engine_plain, b"Rs p2 ft tt") == b"0"  # s needs -P: plain R
@@ -82,7 +82,7 @@ def test_r_and_n_match_every_media_session_of_a_tag() -> None:
     _call(engine, b"c4", b"ft;2")
     harness(engine).take()
     assert run(engine, b"R c4 ft tt") == b"0"
-    assert [e.tap.file for e in _started(engine)] == [b"c4=ft", b"c4=ft"]  # the tag is cut at ;
+    assert [e.tap.tag for e in _started(engine)] == [b"ft", b"ft"]  # the tag is cut at ;
     assert run(engine, b"N c4 ft;1 tt") == b"0"
     stopped = [e for e in harness(engine).take() if isinstance(e, TapStopped)]
     assert [e.leg.session.tag for e in stopped] == [b"ft;1"]
@@ -150,7 +150,7 @@ def test_record_both_records_the_whole_session_into_one_pcap() -> None:
     assert run(engine, b"R c1 ft tt") == b"0"
     started = _started(engine)
     assert [e.leg for e in started] == [session.legs[Side.B], session.legs[Side.A]]
-    assert {e.tap for e in started} == {Recording(b"c1=ft", None, True, True, True)}
+    assert {e.tap for e in started} == {Recording(b"c1", b"ft", None, None, True, True, True)}
 
 
 def test_udp_copy_takes_a_new_port_pair_and_shares_the_slot() -> None:
@@ -203,7 +203,7 @@ def test_copy_to_a_file_records_like_r() -> None:
     harness(engine).take()
     assert run(engine, b"C k2 myname ft tt") == b"0"
     (started,) = _started(engine)
-    assert started.tap == Recording(b"myname", None, False, False, True)
+    assert started.tap == Recording(b"k2", b"ft", None, b"myname", False, False, True)
     assert started.leg is session.legs[Side.B]
     assert run(engine, b"R k2 ft tt") == b"0"  # the slot is taken: R adds nothing
     assert _started(engine) == []

@@ -84,6 +84,7 @@ class RelayCounters:
     notifications_sent: int = 0
     notifications_failed: int = 0  # delivery attempts that failed (each is retried)
     notifications_dropped: int = 0  # given up: queue full
+    recording_errors: int = 0  # recording files that failed to write (disk full...)
 
 
 @dataclass(frozen=True, slots=True)

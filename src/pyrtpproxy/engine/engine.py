@@ -76,6 +76,7 @@ from .taps import (
     RecordingPolicy,
     Tap,
     UdpCopy,
+    creating_tag,
     leg_recording,
     split_udp_target,
 )
@@ -120,6 +121,7 @@ class Forwarding(NamedTuple):
     dest: Endpoint | None  # where to send it out of the peer stream's socket; None: drop
     settled: bool  # further packets from this source need not come back here
     events: tuple[Event, ...]
+    accepted: bool  # the leg took it (a tap records it even when it cannot be relayed)
 
 
 class Engine:
@@ -161,9 +163,10 @@ class Engine:
         now: float,
     ) -> Forwarding:
         """The media slow path: latching, counting, and where the packet goes."""
+        before = stream.accepted
         dest = stream.receive(packet, src, now)
         settled = dest is not None and stream.settled(src)
-        return Forwarding(dest, settled, self.outbox.take())
+        return Forwarding(dest, settled, self.outbox.take(), stream.accepted != before)
 
     def get_timer(self) -> float | None:
         """The next moment :meth:`handle_timer` has work (None: no session)."""
@@ -552,8 +555,10 @@ class Engine:
         if leg.tap is not None:
             return Reply(OK)
         tap = Recording(
-            file=cmd.target,
+            call_id=cmd.call_id,
+            tag=creating_tag(leg.session.tag),
             direction=None,
+            name=cmd.target,
             single_file=cmd.single_file and policy.pcap,
             pcap=policy.pcap,
             rtcp=policy.rtcp,

@@ -37,14 +37,15 @@ class RecordingPolicy:
 class Recording:
     """Record the leg's media into files.
 
-    ``file`` names what the media layer opens (before the safe mapping of
-    :mod:`pyrtpproxy.media.record`): ``<call-id>=<tag>`` for ``R`` (plus ``.o``/``.a``
-    per leg unless ``single_file``), or a ``C`` target's name. Taps with equal ``file``
-    and ``single_file`` share one file.
+    ``R`` names them after ``call_id`` and the creating ``tag`` (cut at its first ``;``),
+    with ``.o``/``.a`` per leg unless ``single_file``; a ``C`` file target names them
+    ``name``. Single-file taps with the same names share one file (both legs of a call).
     """
 
-    file: bytes
-    direction: Direction | None  # None: a C file target (no .o/.a in its names)
+    call_id: bytes
+    tag: bytes
+    direction: Direction | None  # None: one file for both legs, or a C file target
+    name: bytes | None  # a C target's file name; None for R and -a
     single_file: bool
     pcap: bool
     rtcp: bool
@@ -74,8 +75,10 @@ def leg_recording(
 ) -> Recording:
     """The recording ``R`` (or ``-a``) gives a leg of the session ``call_id``/``tag``."""
     return Recording(
-        file=call_id + b"=" + creating_tag(tag),
+        call_id=call_id,
+        tag=creating_tag(tag),
         direction=None if single_file else direction,
+        name=None,
         single_file=single_file,
         pcap=policy.pcap,
         rtcp=policy.rtcp,

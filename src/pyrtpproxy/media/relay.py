@@ -19,18 +19,31 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import logging
 import select
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..engine.addresses import Endpoint, LocalAddress
 from ..engine.counters import Counters
 from ..engine.engine import Forwarding
-from ..engine.events import Event, LegClosed, LegOpened, StreamChanged
+from ..engine.events import (
+    Event,
+    LegClosed,
+    LegOpened,
+    PortsReleased,
+    StreamChanged,
+    TapStarted,
+    TapStopped,
+)
 from ..engine.session import DETACHED, Leg, Stream
+from ..engine.taps import Tap, UdpCopy
 from ..net import family_of, probe_bind
 from .kernel import KernelForwarder
+from .record import RecordDirs
+from .taps import CopyTap, TapOpener, TapSink
 
 RECEIVE_BUFFER = 256 * 1024
 MAX_DATAGRAM = 65536
@@ -38,6 +51,8 @@ SMALL_PACKET = 128
 DISPATCH_BATCH = 256  # ready sockets served per event-loop wakeup
 LOCAL_HOST_CACHE = 4096  # remembered answers to "is this address one of ours?"
 _BIND_BUSY = (errno.EADDRINUSE, errno.EACCES)
+
+log = logging.getLogger("pyrtpproxy.media")
 
 SlowPath = Callable[[Stream, bytes, tuple[str, int], float], Forwarding]
 EventSink = Callable[[tuple[Event, ...]], None]
@@ -70,7 +85,7 @@ def _media_socket(local: LocalAddress, port: int, tos: int) -> socket.socket:
 
 
 def _no_slow_path(stream: Stream, data: bytes, src: tuple[str, int], now: float) -> Forwarding:
-    return Forwarding(None, False, ())
+    return Forwarding(None, False, (), False)
 
 
 def _ignore_events(events: tuple[Event, ...]) -> None:
@@ -171,6 +186,7 @@ class MediaRelay:
         kernel: KernelForwarder | None = None,
         slow_path: SlowPath = _no_slow_path,
         on_events: EventSink = _ignore_events,
+        record_dirs: RecordDirs | None = None,
     ) -> None:
         self.loop = loop
         self.config = config
@@ -180,6 +196,11 @@ class MediaRelay:
         self._on_events = on_events
         self._local_hosts: dict[str, bool] = {}
         self._bound: dict[tuple[LocalAddress, int], tuple[socket.socket, socket.socket]] = {}
+        self._opener = TapOpener(record_dirs, self._tap_failed)
+        self._pending_taps: dict[Leg, TapSink] = {}
+        self.taps: dict[Leg, TapSink] = {}
+        self._failed_calls: set[bytes] = set()  # calls whose recording failure was logged
+        self._wall_offset = time.time() - loop.time()  # record times are wall clock
         self.now = loop.time()
         # One epoll set for every media socket, read by a single event-loop callback:
         # libuv stops a poll handle whose fd reports POLLERR (an ICMP error on a connected
@@ -205,6 +226,11 @@ class MediaRelay:
 
     def close(self) -> None:
         """Stop dispatching media (sockets are closed with their legs)."""
+        for sink in (*self.taps.values(), *self._pending_taps.values()):
+            sink.close()
+        self.taps.clear()
+        self._pending_taps.clear()
+        self._opener.close_all()
         for pair in self._bound.values():
             for sock in pair:
                 sock.close()
@@ -249,6 +275,59 @@ class MediaRelay:
             return False
         return True
 
+    def resolve_ipv4(self, host: str) -> str | None:
+        """The IPv4 address of ``host`` (a ``C udp:`` target; a name is looked up now,
+        once, like rtpproxy does)."""
+        try:
+            infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)
+        except (OSError, UnicodeError):
+            return None
+        return str(infos[0][4][0]) if infos else None
+
+    def open_tap(self, leg: Leg, tap: Tap) -> bool:
+        """Open the files of a recording, or take the copy's bound port pair."""
+        sink: TapSink | None
+        if isinstance(tap, UdpCopy):
+            pair = self._bound.pop((tap.local, tap.port), None)
+            sink = None if pair is None else CopyTap(tap, *pair)
+        else:
+            sink = self._opener.open_recording(leg, tap, self._local_of)
+        if sink is None:
+            return False
+        self._pending_taps[leg] = sink
+        return True
+
+    def _local_of(self, stream: Stream, remote: tuple[str, int]) -> tuple[str, int]:
+        """The relay's address and port of ``stream``, as a recording shows it: a
+        wildcard bind shows the address the host would use towards ``remote``."""
+        transport = stream.transport
+        if not isinstance(transport, StreamSocket):
+            return ("0.0.0.0", 0)
+        host = transport.local.host
+        if not host:
+            host = self.source_address_for(remote[0], transport.local.ipv6) or ""
+        return (host or ("::" if transport.local.ipv6 else "0.0.0.0"), transport.port)
+
+    def _tap_failed(self, leg: Leg, exc: OSError) -> None:
+        """A recording file could not be written: it stops; counted, logged once a call."""
+        self.counters.relay.recording_errors += 1
+        call_id = leg.session.call_id
+        if call_id in self._failed_calls:
+            return
+        if len(self._failed_calls) >= LOCAL_HOST_CACHE:
+            self._failed_calls.clear()
+        self._failed_calls.add(call_id)
+        log.error(
+            "recording of call-id=%r stopped: %s",
+            call_id.decode("latin-1"),
+            exc.strerror or exc,
+        )
+
+    def flush_taps(self) -> None:
+        """Write out what the recordings buffered (the app calls this once a second)."""
+        for sink in self.taps.values():
+            sink.flush()
+
     # --- engine events -------------------------------------------------------------------
 
     def apply(self, event: Event) -> None:
@@ -259,6 +338,31 @@ class MediaRelay:
             self.on_leg_opened(event)
         elif isinstance(event, LegClosed):
             self.on_leg_closed(event)
+        elif isinstance(event, TapStarted):
+            self.on_tap_started(event)
+        elif isinstance(event, TapStopped):
+            self.on_tap_stopped(event)
+        elif isinstance(event, PortsReleased):
+            self.on_ports_released(event)
+
+    def on_tap_started(self, event: TapStarted) -> None:
+        """Feed the leg's packets to the tap the probe opened."""
+        sink = self._pending_taps.pop(event.leg, None)
+        if sink is not None:
+            self.taps[event.leg] = sink
+
+    def on_tap_stopped(self, event: TapStopped) -> None:
+        """Close the leg's tap (files move out of the spool)."""
+        sink = self.taps.pop(event.leg, None) or self._pending_taps.pop(event.leg, None)
+        if sink is not None:
+            sink.close()
+
+    def on_ports_released(self, event: PortsReleased) -> None:
+        """Close a port pair the probe bound for nothing."""
+        pair = self._bound.pop((event.local, event.port), None)
+        if pair is not None:
+            for sock in pair:
+                sock.close()
 
     def on_stream_changed(self, event: StreamChanged) -> None:
         """A stream's address or rules changed."""
@@ -457,9 +561,13 @@ class MediaRelay:
         stream = transport.stream
         if self.kernel is not None and src != stream.remote:
             self.kernel.refresh(stream, self.now)  # re-latching compares sequence numbers
-        dest, settled, events = self._judge(stream, data, src, self.now)
+        dest, settled, events, accepted = self._judge(stream, data, src, self.now)
         if events:
             self._on_events(events)
+        if accepted and self.taps:
+            sink = self.taps.get(stream.leg)
+            if sink is not None:
+                sink.feed(stream, data, src, self.now + self._wall_offset)
         if dest is None:
             return
         if settled and not self.config.send_small_twice:  # -2 checks every packet's size

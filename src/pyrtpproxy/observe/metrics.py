@@ -296,6 +296,12 @@ class RelayCollector(Collector):
             value=relay.send_errors,
         )
         yield CounterMetricFamily(
+            _name("recording_errors_total"),
+            "Recording files that could not be written (disk full, read-only...); each "
+            "stops its recording, the call goes on.",
+            value=relay.recording_errors,
+        )
+        yield CounterMetricFamily(
             _name("sessions_deleted_total"),
             "Sessions destroyed by D, X or shutdown (not by timeout).",
             value=relay.sessions_deleted,

@@ -19,13 +19,13 @@ class Capability:
 
 # Order and descriptions follow rtpproxy's `-v` listing so operators recognise them.
 # ``supported`` is True only for what really works in this build: clients switch features
-# on from these answers (recording, copying and re-packetization are not available).
+# on from these answers (re-packetization and playback are not available yet).
 CAPABILITIES: tuple[Capability, ...] = (
     Capability(b"20040107", "Basic RTP proxy functionality", True),
     Capability(b"20050322", "Support for multiple RTP streams and MOH", True),
     Capability(b"20060704", "Support for extra parameter in the V command", True),
     Capability(b"20071116", "Support for RTP re-packetization", False),
-    Capability(b"20071218", "Support for forking (copying) RTP stream", False),
+    Capability(b"20071218", "Support for forking (copying) RTP stream", True),
     Capability(b"20080403", "Support for RTP statistics querying", True),
     Capability(b"20081102", "Support for setting codecs in the update/lookup command", True),
     Capability(b"20081224", "Support for session timeouts notification", True),
@@ -43,11 +43,11 @@ CAPABILITIES: tuple[Capability, ...] = (
     # && D and && L work, but module sub-commands (OpenSIPS DTMF: M3:1 ...) do not, so
     # clients must not be told sub-commands are available.
     Capability(b"20191015", "Support for the && sub-command specifier", False),
-    Capability(b"20200226", "Support for the N command to stop recording", False),
+    Capability(b"20200226", "Support for the N command to stop recording", True),
     Capability(b"20230205", "Support for rtpa_nlost counter; catch_dtmf h modifier", False),
     Capability(b"20230314", 'Support for for "fusing" G and D commands', True),
     Capability(b"20230424", "Support for longest_ipi, rtpa_jlast, rtpa_jmax and rtpa_javg", True),
-    Capability(b"20250523", "Support for the p modifier in the C command", False),
+    Capability(b"20250523", "Support for the p modifier in the C command", True),
     Capability(b"20251015", "Support for changing ttl/tos via the S sub-command", False),
     Capability(b"20260306", "Support for address labels l{label} in U/L", True),
     Capability(b"20260308", "Support for single-shot U ... && L ...", True),
