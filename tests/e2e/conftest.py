@@ -51,11 +51,16 @@ def lab() -> Iterator[Lab]:
 def make_stack(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Callable[..., Stack]]:
     stacks: list[Stack] = []
 
-    def factory(relays: int = 1, ttl: int = 60, relay_flags: Sequence[str] = ()) -> Stack:
+    def factory(
+        relays: int = 1,
+        ttl: int = 60,
+        relay_flags: Sequence[str] = (),
+        kamailio_defines: Sequence[str] = (),
+    ) -> Stack:
         name = f"{request.node.name}-{len(stacks)}".replace("[", "-").replace("]", "")
         stack = Stack(lab, name, relays=relays, ttl=ttl, relay_flags=relay_flags)
         stacks.append(stack)
-        stack.start()
+        stack.start(extra_defines=kamailio_defines)
         return stack
 
     lab.clear_media_results()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -86,6 +87,38 @@ def test_call_through_nat(make_stack: Callable[..., Stack]) -> None:
     assert g["nsess_complete"] >= 1
     assert g["npkts_relayed"] >= 40
     assert stack.info(0)["active streams"] == 0
+
+
+@pytest.mark.parametrize("both", [False, True], ids=["caller", "record-both"])
+def test_start_recording_during_a_call(
+    lab: Lab, make_stack: Callable[..., Stack], both: bool
+) -> None:
+    """Kamailio's start_recording() (R) in the call: the pcap holds the caller's stream
+    (both with --record-both), and tshark's RTP analysis finds no loss."""
+    stack_dir = lab.workdir / f"recordings-{'both' if both else 'caller'}"
+    stack_dir.mkdir()
+    stack = make_stack(
+        relay_flags=["-r", str(stack_dir), "-P"] + (["--record-both"] if both else []),
+        kamailio_defines=["WITH_RECORDING"],
+    )
+    run = stack.calls(calls=1, pause_ms=3000)
+    finish(stack, run)
+    (cid,) = call_ids(run, 1)
+    check_media(stack, {cid})
+    wait_for(lambda: stack.info(0).get("active sessions") == 0, 5, "no active sessions")
+    suffix = ".pcap" if both else ".o.rtp"
+    files = [p for p in stack_dir.iterdir() if p.name.endswith(suffix)]
+    assert len(files) == 1, sorted(p.name for p in stack_dir.iterdir())
+    assert files[0].name.startswith(cid.replace("/", "%2F") + "=")
+    out = subprocess.run(
+        ["tshark", "-r", str(files[0]), "-o", "rtp.heuristic_rtp:TRUE", "-q", "-z", "rtp,streams"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    streams = [line for line in out.stdout.splitlines() if re.search(r"\bg711[UA]\b", line)]
+    assert len(streams) == (2 if both else 1), out.stdout
+    for line in streams:
+        lost = re.search(r"\s(-?\d+) \((-?[\d.]+)%\)", line)
+        assert lost is not None and int(lost.group(1)) == 0, line
 
 
 def test_media_timeout_ends_call(make_stack: Callable[..., Stack]) -> None:
