@@ -20,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -294,8 +295,10 @@ def run_step(
             spec, args.ctl_port, port_lo, port_hi, relay_cpu, logfile, args.ready_timeout
         ) as proc:
             cpu0 = cpu_seconds(proc.pid)
+            tag = f"bn{rep}x{sessions}x{os.getpid()}"
+            recorder = start_recording_share(args, tag, sessions, rec)
             argv = [
-                str(loadgen), "--ctl", f"127.0.0.1:{args.ctl_port}",
+                str(loadgen), "--ctl", f"127.0.0.1:{args.ctl_port}", "--tag", tag,
                 "--sessions", str(sessions), "--duration", str(args.step_seconds),
                 "--warmup", str(args.warmup), "--drain", str(args.drain),
                 "--rate", str(args.rate), "--relay-pid", str(proc.pid),
@@ -308,6 +311,8 @@ def run_step(
             t0 = time.monotonic()
             softirq0 = softirq_thread_seconds()
             res = subprocess.run(argv, capture_output=True, timeout=limit, check=False)
+            if recorder is not None:
+                recorder.join(5.0)
             rec["step_wall_s"] = round(time.monotonic() - t0, 3)
             rec["ksoftirqd_step_s"] = round(softirq_thread_seconds() - softirq0, 4)
             rec["relay_cpu_step_s"] = round(cpu_seconds(proc.pid) - cpu0, 3)
@@ -325,6 +330,33 @@ def run_step(
         rec["error"] = str(exc)
     classify(args, rec)
     return rec
+
+
+def start_recording_share(
+    args: argparse.Namespace, tag: str, sessions: int, rec: dict[str, Any]
+) -> threading.Thread | None:
+    """With ``--record-share F``: once the generator's sessions are set up, send ``R``
+    for every 1/F-th of them (a relay started without ``-r`` answers E50 and records
+    nothing), so a relay with ``-r`` records that share of the calls' caller media."""
+    share = args.record_share
+    if share <= 0:
+        return None
+    every = max(1, round(1 / share))
+    chosen = range(0, sessions, every)
+
+    def record() -> None:
+        deadline = time.monotonic() + args.setup_timeout + 5
+        while time.monotonic() < deadline:
+            reply = control_query(args.ctl_port, f"Q {tag}-{chosen[-1]} ft{chosen[-1]}")
+            if reply is not None and not reply.startswith("E"):
+                break
+            time.sleep(0.05)
+        ok = sum(control_query(args.ctl_port, f"R {tag}-{i} ft{i}") == "0" for i in chosen)
+        rec["recorded_sessions"] = ok
+
+    thread = threading.Thread(target=record, daemon=True)
+    thread.start()
+    return thread
 
 
 def classify(args: argparse.Namespace, rec: dict[str, Any]) -> None:
@@ -684,6 +716,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="re-run a disturbed step up to N times, keeping the least disturbed (default 2)",
     )
     p.add_argument("--pause", type=float, default=1.0, help="seconds between steps (1)")
+    p.add_argument(
+        "--record-share",
+        type=float,
+        default=0.0,
+        help="after set-up, send R for this share of the sessions (0.1: every 10th); "
+        "relays given -r DIR record them, others answer E50",
+    )
     p.add_argument(
         "--netns",
         action="store_true",

@@ -11,8 +11,11 @@ import re
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+
+from pyrtpproxy.media.record import read_file
 
 from .conftest import (
     Party,
@@ -189,3 +192,29 @@ def test_two_calls_between_the_same_two_sockets(
             assert relay_ok(caller, call.b, callee, seq) == ("127.0.0.1", call.a)
             assert relay_ok(callee, call.a, caller, seq, 0x55) == ("127.0.0.1", call.b)
     assert all(n == 5 for n in kernel_counts(netns).values()), kernel_counts(netns)
+
+
+def test_a_recorded_stream_leaves_the_kernel_and_comes_back(
+    kernel_relay: Callable[..., Relay],
+    ns_parties: Callable[[], Party],
+    netns: NetNamespace,
+    tmp_path: Path,
+) -> None:
+    record = tmp_path / "rec"
+    record.mkdir()
+    relay = kernel_relay("-r", str(record))
+    call = setup_call(relay, "kr1", ns_parties(), ns_parties())
+    settle(call, netns)
+    caller_key = (call.caller.port, call.b)
+    assert relay.cmd("R kr1 ft tt") == "0"
+    # the recorded direction is taken back into user space; the other one stays
+    assert wait_for(lambda: caller_key not in kernel_counts(netns), 3.0), kernel_counts(netns)
+    assert (call.callee.port, call.a) in kernel_counts(netns)
+    for seq in range(1, 11):
+        relay_ok(call.caller, call.b, call.callee, seq)
+    assert relay.cmd("N kr1 ft tt") == "0"
+    recorded = read_file(record / "kr1=ft.o.rtp")
+    assert [r.payload for r in recorded] == [rtp_packet(seq) for seq in range(1, 11)]
+    # recording stopped: the next packet settles the stream in the kernel again
+    relay_ok(call.caller, call.b, call.callee, 11)
+    assert wait_for(lambda: caller_key in kernel_counts(netns), 3.0), kernel_counts(netns)
