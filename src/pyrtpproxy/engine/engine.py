@@ -62,7 +62,6 @@ from .events import (
     SessionCompleted,
     SessionCreated,
     SessionEnded,
-    StreamChanged,
     TapStarted,
     TapStopped,
 )
@@ -573,8 +572,6 @@ class Engine:
             return False
         leg.tap = tap
         self.outbox.emit(TapStarted(leg, tap))
-        for stream in leg.streams:
-            self.outbox.emit(StreamChanged(stream))
         return True
 
     def _detach(self, leg: Leg) -> bool:
@@ -586,8 +583,6 @@ class Engine:
         self.outbox.emit(TapStopped(leg, tap))
         if isinstance(tap, UdpCopy):
             self.ports.release(tap.port)
-        for stream in leg.streams:
-            self.outbox.emit(StreamChanged(stream))
         return True
 
     # --- P / S -------------------------------------------------------------------------

@@ -81,7 +81,7 @@ class PortsReleased:
 @dataclass(frozen=True, slots=True)
 class TapStarted:
     """``leg`` records or copies what it receives from now on (the host probe has opened
-    the tap's files or sockets)."""
+    the tap's files or sockets): its streams leave the fast path and the kernel."""
 
     leg: Leg
     tap: Tap
@@ -90,7 +90,8 @@ class TapStarted:
 @dataclass(frozen=True, slots=True)
 class TapStopped:
     """``leg``'s tap ended (N, D, X, timeout, shutdown): close it; a recording's files
-    move from the spool to the record directory once no leg uses them."""
+    move from the spool to the record directory once no leg uses them. The next packet
+    may settle the leg's streams again."""
 
     leg: Leg
     tap: Tap

@@ -350,12 +350,25 @@ class MediaRelay:
         sink = self._pending_taps.pop(event.leg, None)
         if sink is not None:
             self.taps[event.leg] = sink
+        self._unsettle_leg(event.leg)
 
     def on_tap_stopped(self, event: TapStopped) -> None:
         """Close the leg's tap (files move out of the spool)."""
         sink = self.taps.pop(event.leg, None) or self._pending_taps.pop(event.leg, None)
         if sink is not None:
             sink.close()
+        self._unsettle_leg(event.leg)
+
+    def _unsettle_leg(self, leg: Leg) -> None:
+        """Send the leg's own packets through the slow path again (and out of the
+        kernel), where a tap sees them or, once it is gone, they settle anew. The
+        other direction does not depend on the tap and keeps its shortcuts."""
+        for stream in leg.streams:
+            if self.kernel is not None:
+                self.kernel.withdraw(stream)
+            transport = stream.transport
+            if isinstance(transport, StreamSocket):
+                transport.unsettle()
 
     def on_ports_released(self, event: PortsReleased) -> None:
         """Close a port pair the probe bound for nothing."""
