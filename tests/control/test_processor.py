@@ -108,10 +108,12 @@ def test_events_reach_the_shell_after_each_command() -> None:
     r = Recorder()
     r.line(b"U c 127.0.0.1 5000 ft")
     assert _lifecycle(r.events) == [LegOpened, SessionCreated]
-    assert any(isinstance(e, StreamChanged) for e in r.events)  # the caller's SDP address
+    # the caller's SDP address went to leg B, which has no port (no sockets) yet
+    assert not any(isinstance(e, StreamChanged) for e in r.events)
     r.events.clear()
     r.line(b"L c 127.0.0.1 5002 ft tt")
     assert _lifecycle(r.events) == [LegOpened, SessionCompleted]
+    assert any(isinstance(e, StreamChanged) for e in r.events)  # the callee's, on leg A
     r.events.clear()
     r.line(b"D c ft")
     assert _lifecycle(r.events) == [LegClosed, LegClosed, SessionEnded]

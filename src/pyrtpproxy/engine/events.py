@@ -163,8 +163,8 @@ class Outbox:
 
     def emit(self, event: Event) -> None:
         """Queue ``event``."""
-        self._on_emit(event)
         self._events.append(event)
+        self._on_emit(event)
 
     def take(self) -> tuple[Event, ...]:
         """Every event queued since the last call, oldest first."""

@@ -261,9 +261,11 @@ class Stream:
     # --- signalling ------------------------------------------------------------------------
 
     def set_remote(self, remote: Endpoint | None) -> None:
-        """Change the remote address; sockets and shortcuts aimed at the old one are stale."""
+        """Change the remote address; sockets and shortcuts aimed at the old one are stale.
+        A leg without a port has no sockets yet: ``LegOpened`` will aim them."""
         self.remote = remote
-        self.leg.session.outbox.emit(StreamChanged(self))
+        if self.leg.port:
+            self.leg.session.outbox.emit(StreamChanged(self))
 
     def signal(self, remote: Endpoint, now: float, asymmetric: bool) -> None:
         """A U/L gave ``remote`` as this stream's party address (relay-behaviour.md §3 rule 4)."""
@@ -324,8 +326,9 @@ class Leg:
         """Switch the leg between symmetric and asymmetric latching rules."""
         if asymmetric != self.asymmetric:
             self.asymmetric = asymmetric
-            for stream in self.streams:
-                self.session.outbox.emit(StreamChanged(stream))
+            if self.port:
+                for stream in self.streams:
+                    self.session.outbox.emit(StreamChanged(stream))
 
     def signal(self, remote: Endpoint, now: float) -> None:
         """Store the SDP address for RTP and the RTP port + 1 for RTCP."""
