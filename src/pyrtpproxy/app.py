@@ -43,6 +43,7 @@ from .engine.taps import RecordingPolicy
 from .media.kernel import KernelForwarder, Nftables, NftError
 from .media.record import RecordDirs
 from .media.relay import MediaConfig, MediaRelay
+from .names import AdvertisedNames, Resolver, check_resolvable, system_resolver
 from .net import probe_bind
 from .observe.metrics import RelayMetrics
 
@@ -54,7 +55,7 @@ SOCKETS_PER_SESSION = 4
 HOUSEKEEPING_INTERVAL = 1.0  # seconds between kernel counter reads and recording flushes
 
 
-def prepare(config: Config) -> None:
+def prepare(config: Config, resolver: Resolver = system_resolver) -> None:
     """The start-up's checks and changes outside the process, before daemonising so that a
     failure still reaches the terminal: make the runtime directory, and check that every
     media address can be bound. Raises :class:`ConfigError` naming the flag."""
@@ -65,6 +66,16 @@ def prepare(config: Config) -> None:
             raise ConfigError(
                 f"cannot create the runtime directory {config.runtime_dir}: {exc.strerror}"
             ) from None
+    try:
+        check_resolvable(
+            (
+                (name, ipv6, "-A" if not ipv6 else "-A (IPv6)")
+                for name, ipv6 in config.advertised_names.items()
+            ),
+            resolver,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     for local in config.addresses.all():
         try:
             probe_bind(local.bind_host)
@@ -173,8 +184,9 @@ class Relay:
     engine's timer is one ``loop.call_at``, re-armed only when its deadline moves.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, resolver: Resolver = system_resolver) -> None:
         self.config = config
+        self.names = AdvertisedNames(config.advertised_names, resolver)
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.counters = Counters()
@@ -282,6 +294,27 @@ class Relay:
             log.exception("housekeeping failed")
         self._loop.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
 
+    def _resolve_names(self) -> None:
+        """Look the advertised names up again, in a thread (a lookup may block)."""
+        assert self._loop is not None
+        loop = self._loop
+        future = loop.run_in_executor(None, self.names.lookup)
+
+        def done(result: asyncio.Future[dict[str, str | OSError]]) -> None:
+            if not result.cancelled() and result.exception() is None:
+                self._take_names(result.result())
+            loop.call_later(self.config.resolve_interval, self._resolve_names)
+
+        future.add_done_callback(done)
+
+    def _take_names(self, results: dict[str, str | OSError]) -> None:
+        assert self.engine is not None
+        self.counters.relay.resolve_failures += sum(
+            isinstance(r, OSError) for r in results.values()
+        )
+        for name, address in self.names.apply(results):
+            self.engine.set_advertised(name, address)
+
     # --- running -------------------------------------------------------------------------
 
     async def run(self) -> int:
@@ -366,6 +399,10 @@ class Relay:
             config.ports[-1] + 1,  # the last RTCP port
         )
         loop.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
+        if self.names.names:
+            self._take_names(self.names.lookup())  # at start, before any command
+            if config.resolve_interval > 0:
+                loop.call_later(config.resolve_interval, self._resolve_names)
         try:
             await self._stop.wait()
         finally:

@@ -144,6 +144,7 @@ def build_config(opts: dict[str, Any]) -> Config:
         no_chdir=opts["no_chdir"],
         no_redirect=opts["no_redirect"],
         metrics_listen=_parse_metrics_listen(opts["metrics_listen"]),
+        resolve_interval=opts["resolve_interval"],
         kernel_forward=opts["kernel_forward"],
         nft_table=opts["nft_table"],
         runtime_dir=runtime if uses_runtime and runtime != "/var/run" else None,
@@ -196,7 +197,17 @@ def _flag(*names: str, help: str) -> Callable[[_F], _F]:
     "--advertise",
     "advertise",
     metavar="ADV[/ADV2]",
-    help="Address(es) to put in replies instead of the bound one (1:1 NAT).",
+    help="Address(es) to put in replies instead of the bound one (1:1 NAT); a DNS name "
+    "is resolved at start and every --resolve-interval seconds.",
+)
+@click.option(
+    "--resolve-interval",
+    "resolve_interval",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How often advertised DNS names (-A, -l ADDR=NAME) are looked up again; 0: never.",
 )
 @click.option(
     "-m",

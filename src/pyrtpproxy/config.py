@@ -10,6 +10,7 @@ from enum import Enum
 from .engine.addresses import AddressPlan, LocalAddress, NotifyTarget
 from .engine.ports import port_range
 from .media.kernel import check_table_name
+from .names import is_name
 
 DEFAULT_UDP_PORT = 22222
 MAX_NOTIFY_TARGETS = 64
@@ -234,9 +235,20 @@ class Config:
     no_chdir: bool = False
     no_redirect: bool = False
     metrics_listen: tuple[str, int] | None = None
+    resolve_interval: float = 60.0
     kernel_forward: bool = False
     nft_table: str = "pyrtpproxy"
     runtime_dir: str | None = None  # made (0700) at start-up: a default path lives in it
+
+    @property
+    def advertised_names(self) -> dict[str, bool]:
+        """Advertised values that are DNS names (``-A``, ``-l ADDR=NAME``), each with
+        whether it names an IPv6 address."""
+        names: dict[str, bool] = {}
+        for local in self.addresses.all():
+            if local.advertised is not None and is_name(local.advertised):
+                names[local.advertised] = local.ipv6
+        return names
 
     @property
     def ports(self) -> range:

@@ -85,6 +85,7 @@ class RelayCounters:
     notifications_failed: int = 0  # delivery attempts that failed (each is retried)
     notifications_dropped: int = 0  # given up: queue full
     recording_errors: int = 0  # recording files that failed to write (disk full...)
+    resolve_failures: int = 0  # lookups of advertised DNS names that failed
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,6 +141,7 @@ class Engine:
         self.timers = Deadlines(config.ttl, config.setup_ttl, config.independent_timers)
         self.outbox = Outbox(self.counters.count)
         self.draining = False  # SIGHUP: refuse new sessions
+        self._resolved: dict[str, str] = {}  # advertised DNS name -> its address now
 
     # --- entry points ------------------------------------------------------------------
 
@@ -190,6 +191,10 @@ class Engine:
         """Destroy every session without notifications (``X``, and shutdown)."""
         self._delete_all(now)
         return self.outbox.take()
+
+    def set_advertised(self, name: str, address: str) -> None:
+        """An advertised DNS name (``-A``) resolves to ``address`` now: replies carry it."""
+        self._resolved[name] = address
 
     def snapshot(self, now: float) -> Snapshot:
         """Every counter, live sessions included."""
@@ -275,7 +280,7 @@ class Engine:
         self.timers.file(session)
         if not cmd.lookup_only:
             self._set_notify(session, cmd, ctx)
-        reply = _port_reply(reply_leg)
+        reply = self._port_reply(reply_leg)
         return Reply(reply, self._run_subcommands(cmd.subcommands, session, side, now))
 
     def _create(self, cmd: Update, now: float) -> Session:
@@ -427,7 +432,7 @@ class Engine:
                             session, reply_leg, addr_leg, sub.modifiers, media, now, False
                         )
                         self.timers.file(session)
-                        results.append(_port_reply(reply_leg))
+                        results.append(self._port_reply(reply_leg))
             except ProtocolError as exc:
                 results.append(replies.SubFailure(exc.code.value))
                 break
@@ -467,6 +472,13 @@ class Engine:
                 self._release(leg)
         self.counters.retire(session, now)
         self.outbox.emit(SessionEnded(session, reason))
+
+    def _port_reply(self, leg: Leg) -> replies.PortReply:
+        assert leg.local is not None
+        address = leg.local.reply_address
+        if address is not None:
+            address = self._resolved.get(address, address)
+        return replies.PortReply(leg.port, address, leg.local.ipv6)
 
     # --- R / N / C ----------------------------------------------------------------------
 
@@ -594,11 +606,6 @@ class Engine:
         if cmd.codecs == b"session" and session.legs[side].codecs is None:
             raise ProtocolError(ErrorCode.INVALID_MODIFIER, "no codec list stored for this leg")
         raise ProtocolError(ErrorCode.PLAY_FAILED, "prompt cannot be played")
-
-
-def _port_reply(leg: Leg) -> replies.PortReply:
-    assert leg.local is not None
-    return replies.PortReply(leg.port, leg.local.reply_address, leg.local.ipv6)
 
 
 def _numeric(host: str) -> bool:

@@ -302,6 +302,12 @@ class RelayCollector(Collector):
             value=relay.recording_errors,
         )
         yield CounterMetricFamily(
+            _name("resolve_failures_total"),
+            "Lookups of advertised DNS names (-A NAME) that failed; the last good address "
+            "stays in replies.",
+            value=relay.resolve_failures,
+        )
+        yield CounterMetricFamily(
             _name("sessions_deleted_total"),
             "Sessions destroyed by D, X or shutdown (not by timeout).",
             value=relay.sessions_deleted,
