@@ -36,6 +36,7 @@ from .engine.events import (
     StreamChanged,
     TapStarted,
     TapStopped,
+    TosChanged,
 )
 from .engine.ports import PortAllocator
 from .engine.session import Session
@@ -215,6 +216,7 @@ class Relay:
             PortsReleased: media.on_ports_released,
             TapStarted: media.on_tap_started,
             TapStopped: media.on_tap_stopped,
+            TosChanged: media.on_tos_changed,
             Latched: self._log_latched,
             SessionCreated: self._log_session,
             SessionCompleted: self._log_session,

@@ -33,6 +33,7 @@ from ..protocol.commands import (
     SubCommand,
     SubDelete,
     SubLookup,
+    SubSet,
     Update,
     UpdateModifiers,
     Version,
@@ -64,6 +65,7 @@ from .events import (
     SessionEnded,
     TapStarted,
     TapStopped,
+    TosChanged,
 )
 from .ports import HostProbe, PortAllocator, PortsExhausted
 from .session import Leg, Session, Side, Stream
@@ -245,6 +247,7 @@ class Engine:
     # --- U / L -------------------------------------------------------------------------
 
     def _update(self, cmd: Update, now: float, ctx: RequestContext) -> Reply:
+        self._check_subcommands(cmd.subcommands)
         mods = cmd.modifiers
         if cmd.notify_socket is not None and not self.config.notify_targets:
             raise ProtocolError(ErrorCode.NOTIFY_DISABLED, "notify requested but no -n configured")
@@ -281,7 +284,9 @@ class Engine:
         if not cmd.lookup_only:
             self._set_notify(session, cmd, ctx)
         reply = self._port_reply(reply_leg)
-        return Reply(reply, self._run_subcommands(cmd.subcommands, session, side, now))
+        return Reply(
+            reply, self._run_subcommands(cmd.subcommands, session, side, now, addr_leg.side)
+        )
 
     def _create(self, cmd: Update, now: float) -> Session:
         if self.draining:
@@ -409,15 +414,35 @@ class Engine:
 
     # --- sub-commands ------------------------------------------------------------------
 
+    def _check_subcommands(self, subs: tuple[SubCommand, ...]) -> None:
+        """Before the main command runs: a sub-command that would fail on its address
+        (E37) or family (E36) fails the whole command with E3, and nothing is done."""
+        for sub in subs:
+            if isinstance(sub, SubLookup):
+                try:
+                    resolve_media_address(sub.addr, sub.port, sub.modifiers.ipv6)
+                    self.config.addresses.pick(sub.modifiers.ipv6, Interface.INTERNAL)
+                except ProtocolError as exc:
+                    raise ProtocolError(ErrorCode.BAD_SUBCOMMAND, exc.detail) from exc
+
     def _run_subcommands(
-        self, subs: tuple[SubCommand, ...], session: Session, side: Side, now: float
+        self,
+        subs: tuple[SubCommand, ...],
+        session: Session,
+        side: Side,
+        now: float,
+        this: Side | None = None,
     ) -> tuple[replies.SubResult, ...]:
+        """Run ``&&`` sub-commands in order, stopping at the first failure. ``this`` is
+        the leg facing the party whose address the main command carried (``S`` acts on
+        it, ``Sr`` on the other one); an ``L`` sub-command swaps the roles."""
         if not subs:
             return ()
+        facing = side if this is None else this
         results: list[replies.SubResult] = []
         for sub in subs:
             if session.ended:
-                results.append(replies.SubFailure(replies.SUBCOMMAND_SESSION_GONE))
+                results.append(replies.SubFailure(replies.SUBCOMMAND_FAILED))
                 break
             try:
                 match sub:
@@ -427,16 +452,39 @@ class Engine:
                     case SubLookup():
                         media = resolve_media_address(sub.addr, sub.port, sub.modifiers.ipv6)
                         # the other party's answer: reply leg is tag1's (B side of a U forward)
-                        reply_leg, addr_leg = session.legs[side], session.legs[1 - side]
+                        reply_leg, addr_leg = session.legs[facing], session.legs[1 - facing]
                         self._apply_update(
                             session, reply_leg, addr_leg, sub.modifiers, media, now, False
                         )
                         self.timers.file(session)
                         results.append(self._port_reply(reply_leg))
+                        facing = Side(1 - facing)
+                    case SubSet():
+                        chosen = session.legs[1 - facing if sub.other_leg else facing]
+                        result = self._set_leg(session, chosen, sub, now)
+                        results.append(result)
+                        if isinstance(result, replies.SubFailure):
+                            break
             except ProtocolError as exc:
                 results.append(replies.SubFailure(exc.code.value))
                 break
         return tuple(results)
+
+    def _set_leg(self, session: Session, leg: Leg, sub: SubSet, now: float) -> replies.SubResult:
+        """``&& S ttl=N``: the leg's timer becomes N seconds from now and stays N (both
+        legs share it unless ``-i``); ``&& S tos=N``: the leg's sockets' IPv4 TOS."""
+        if sub.ttl is not None:
+            legs = (leg,) if self.config.independent_timers else session.legs
+            for chosen in legs:
+                chosen.ttl = sub.ttl
+                chosen.expires_at = now + (sub.ttl + 1)
+            self.timers.file(session)
+            return OK
+        assert sub.tos is not None
+        if leg.local is not None and leg.local.ipv6:
+            return replies.SubFailure(replies.SUBCOMMAND_FAILED)  # TOS is IPv4 only
+        self.outbox.emit(TosChanged(leg, sub.tos))
+        return OK
 
     # --- D / X -------------------------------------------------------------------------
 

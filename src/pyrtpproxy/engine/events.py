@@ -98,6 +98,14 @@ class TapStopped:
 
 
 @dataclass(frozen=True, slots=True)
+class TosChanged:
+    """``&& S tos=N``: the leg's sockets send with IPv4 TOS ``tos`` from now on."""
+
+    leg: Leg
+    tos: int
+
+
+@dataclass(frozen=True, slots=True)
 class StreamChanged:
     """``stream``'s party address or its latching rules changed (signalling, latching,
     the ``a`` modifier): sockets aimed at the old address, shortcuts that skipped its
@@ -142,6 +150,7 @@ Event = (
     | PortsReleased
     | TapStarted
     | TapStopped
+    | TosChanged
     | StreamChanged
     | Latched
     | NotifyWanted

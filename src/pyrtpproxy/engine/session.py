@@ -295,6 +295,7 @@ class Leg:
         "session",
         "side",
         "tap",
+        "ttl",
         "weak",
     )
 
@@ -309,6 +310,7 @@ class Leg:
         self.codecs: bytes | None = None
         self.expires_at = NEVER  # from the last U/L; media activity extends it (timers.py)
         self.tap: Tap | None = None  # the recording or copy of what this leg receives
+        self.ttl: int | None = None  # && S ttl=N: this leg's timeout instead of -T/-W
         self.rtp = Stream(self, is_rtcp=False)
         self.rtcp = Stream(self, is_rtcp=True)
 
@@ -376,7 +378,8 @@ class Session:
     def reset_timer(self, now: float, seconds: int) -> None:
         """Give both legs a full timer of ``seconds`` from ``now`` (a U or L touched it)."""
         for leg in self.legs:
-            leg.expires_at = now + (seconds + 1)  # rtpproxy's sweeper lets a session live T+1 s
+            # rtpproxy's sweeper lets a session live T+1 s; && S ttl=N replaces T for good
+            leg.expires_at = now + ((seconds if leg.ttl is None else leg.ttl) + 1)
 
     @property
     def persistent(self) -> bool:

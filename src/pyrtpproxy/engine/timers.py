@@ -39,12 +39,14 @@ class Deadlines:
         self._moved = False  # something was filed, forgotten or expired since
 
     def full(self, session: Session) -> int:
-        """The timer a U/L gives ``session``: ``-T`` once complete, ``-W`` before."""
+        """The timer a U/L gives ``session``: ``-T`` once complete, ``-W`` before (a leg's
+        ``&& S ttl=N`` overrides both for that leg)."""
         return self.ttl if session.complete else self.setup_ttl
 
     def _leg_expiry(self, leg: Leg) -> float:
         rtp, rtcp = leg.rtp.seen_at, leg.rtcp.seen_at
-        by_media = (rtp if rtp > rtcp else rtcp) + self._idle_life
+        life = self._idle_life if leg.ttl is None else leg.ttl + 1
+        by_media = (rtp if rtp > rtcp else rtcp) + life
         return by_media if by_media > leg.expires_at else leg.expires_at
 
     def expiry(self, session: Session) -> float:

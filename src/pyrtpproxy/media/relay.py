@@ -37,6 +37,7 @@ from ..engine.events import (
     StreamChanged,
     TapStarted,
     TapStopped,
+    TosChanged,
 )
 from ..engine.session import DETACHED, Leg, Stream
 from ..engine.taps import Tap, UdpCopy
@@ -111,6 +112,7 @@ class StreamSocket:
         "send",
         "sock",
         "stream",
+        "tos",
     )
 
     def __init__(
@@ -124,6 +126,7 @@ class StreamSocket:
         self.connected: socket.socket | None = None
         self.connected_to: Endpoint | None = None
         self.fast_src: object = None
+        self.tos = relay.config.tos
         # send(data) delivers to stream.remote; the opposite stream's fast path calls it
         self.send: Callable[[bytes], object] = self._send_nowhere
         self.forward = relay.forwarder(stream)
@@ -134,6 +137,13 @@ class StreamSocket:
     def unsettle(self) -> None:
         """Send the next packet of this stream through the slow path."""
         self.fast_src = None
+
+    def set_tos(self, tos: int) -> None:
+        """IPv4 TOS of this stream's sockets."""
+        self.tos = tos
+        for sock in (self.sock, self.connected):
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
 
     def aim(self, remote: Endpoint | None) -> None:
         """Keep the connected socket aimed at the stream's remote address."""
@@ -146,7 +156,7 @@ class StreamSocket:
         target = (remote.host, remote.port)
         try:
             if self.connected is None:
-                self.connected = _media_socket(self.local, self.port, self.relay.config.tos)
+                self.connected = _media_socket(self.local, self.port, self.tos)
                 self.relay.watch(self.connected, self.relay.connected_reader(self))
             self.connected.connect(target)
         except OSError:
@@ -344,6 +354,15 @@ class MediaRelay:
             self.on_tap_stopped(event)
         elif isinstance(event, PortsReleased):
             self.on_ports_released(event)
+        elif isinstance(event, TosChanged):
+            self.on_tos_changed(event)
+
+    def on_tos_changed(self, event: TosChanged) -> None:
+        """Set the IPv4 TOS of the leg's sockets (and of connected twins made later)."""
+        for stream in event.leg.streams:
+            transport = stream.transport
+            if isinstance(transport, StreamSocket):
+                transport.set_tos(event.tos)
 
     def on_tap_started(self, event: TapStarted) -> None:
         """Feed the leg's packets to the tap the probe opened."""

@@ -40,15 +40,15 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability(
         b"20150617", "Support for the wildcard %%CC_SELF%% as a disconnect notify target", True
     ),
-    # && D and && L work, but module sub-commands (OpenSIPS DTMF: M3:1 ...) do not, so
-    # clients must not be told sub-commands are available.
-    Capability(b"20191015", "Support for the && sub-command specifier", False),
+    # && D, && L and && S work as in rtpproxy; module sub-commands (OpenSIPS DTMF:
+    # M3:1 ...) answer E3, as rtpproxy's do when no module is loaded.
+    Capability(b"20191015", "Support for the && sub-command specifier", True),
     Capability(b"20200226", "Support for the N command to stop recording", True),
     Capability(b"20230205", "Support for rtpa_nlost counter; catch_dtmf h modifier", False),
     Capability(b"20230314", 'Support for for "fusing" G and D commands', True),
     Capability(b"20230424", "Support for longest_ipi, rtpa_jlast, rtpa_jmax and rtpa_javg", True),
     Capability(b"20250523", "Support for the p modifier in the C command", True),
-    Capability(b"20251015", "Support for changing ttl/tos via the S sub-command", False),
+    Capability(b"20251015", "Support for changing ttl/tos via the S sub-command", True),
     Capability(b"20260306", "Support for address labels l{label} in U/L", True),
     Capability(b"20260308", "Support for single-shot U ... && L ...", True),
     Capability(b"20260309", "Support for the C sub-command forking both streams", False),

@@ -193,7 +193,17 @@ class SubLookup:
     modifiers: UpdateModifiers = field(default_factory=UpdateModifiers)
 
 
-SubCommand = SubDelete | SubLookup
+@dataclass(frozen=True, slots=True)
+class SubSet:
+    """``&& S ttl=N`` / ``&& S tos=N`` (``Sr``: the other leg): change a leg's idle
+    timeout (and restart it) or its sockets' IPv4 TOS (VF 20251015)."""
+
+    other_leg: bool
+    ttl: int | None = None
+    tos: int | None = None
+
+
+SubCommand = SubDelete | SubLookup | SubSet
 
 Command = (
     Update

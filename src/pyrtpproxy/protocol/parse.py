@@ -30,6 +30,7 @@ from .commands import (
     SubCommand,
     SubDelete,
     SubLookup,
+    SubSet,
     Update,
     UpdateModifiers,
     Version,
@@ -306,11 +307,26 @@ def _parse_subcommands(
             elif letter == b"L" and allow_lookup and len(tokens) == 3:
                 modifiers = parse_update_modifiers(mods, bridge)
                 parsed.append(SubLookup(addr=tokens[1], port=tokens[2], modifiers=modifiers))
+            elif letter == b"S" and len(tokens) == 2 and len(mods) <= 1:
+                parsed.append(_parse_sub_set(mods, tokens[1]))
             else:
                 raise ProtocolError(ErrorCode.BAD_SUBCOMMAND, f"unsupported sub-command {letter!r}")
         except ProtocolError as exc:
             raise ProtocolError(ErrorCode.BAD_SUBCOMMAND, exc.detail) from exc
     return tuple(parsed)
+
+
+def _parse_sub_set(mods: bytes, setting: bytes) -> SubSet:
+    """``S[r] ttl=N`` / ``S[r] tos=N``; N a decimal above 0 (a TOS at most 255)."""
+    name, eq, value = setting.partition(b"=")
+    if not eq or not value.isdigit() or len(value) > 9 or int(value) <= 0:
+        raise ProtocolError(ErrorCode.BAD_SUBCOMMAND, f"bad S setting {setting!r}")
+    other = mods.lower() == b"r"
+    if name == b"ttl":
+        return SubSet(other, ttl=int(value))
+    if name == b"tos" and int(value) <= 255:
+        return SubSet(other, tos=int(value))
+    raise ProtocolError(ErrorCode.BAD_SUBCOMMAND, f"bad S setting {setting!r}")
 
 
 # --- the other commands ----------------------------------------------------------------

@@ -14,7 +14,7 @@ from .errors import ErrorCode
 
 MAX_REPLY = 1024  # rtpproxy's reply buffer
 REPLY_HEADROOM = 64  # Q and G fail (E26/E25) before their reply fills the buffer
-SUBCOMMAND_SESSION_GONE = 1  # "-1": an earlier ``&& D`` removed the session
+SUBCOMMAND_FAILED = 1  # "-1": it did nothing (an earlier ``&& D`` removed the session...)
 
 
 def format_value(value: int | float) -> bytes:
