@@ -196,6 +196,10 @@ def test_copy_errors() -> None:
     ):
         assert run(engine, bad) == b"E65", bad
     assert run(engine, b"Cx k1 fname ft tt") == b"E7"
+    # a leg whose slot is taken answers 0 to a file copy even without -r (as rtpproxy)
+    assert run(engine, b"C k1 udp:127.0.0.1:9 ft tt") == b"0"
+    assert run(engine, b"Cs k1 target ft") == b"0"
+    assert run(engine, b"Cp k1 target ft tt") == b"E65"
     without_rtcp = make_engine(copy_rtcp=False, host=_host())
     _call(without_rtcp, b"k1")
     assert run(without_rtcp, b"C k1 udp:127.0.0.1:65535 ft tt") == b"0"  # -R: no RTCP copy

@@ -606,13 +606,13 @@ class Engine:
         return Reply(reply if cmd.reply_port else OK)
 
     def _copy_to_file(self, cmd: Copy, leg: Leg) -> Reply:
-        policy = self.config.recording
-        if policy is None:
-            raise ProtocolError(ErrorCode.COPY_FAILED, "a file copy needs -r")
         if cmd.reply_port:
             raise ProtocolError(ErrorCode.COPY_FAILED, "p needs a udp: target")
         if leg.tap is not None:
-            return Reply(OK)
+            return Reply(OK)  # the slot is taken: nothing to open (rtpproxy asks no -r then)
+        policy = self.config.recording
+        if policy is None:
+            raise ProtocolError(ErrorCode.COPY_FAILED, "a file copy needs -r")
         tap = Recording(
             call_id=cmd.call_id,
             tag=creating_tag(leg.session.tag),
