@@ -609,7 +609,9 @@ class Engine:
         if cmd.reply_port:
             raise ProtocolError(ErrorCode.COPY_FAILED, "p needs a udp: target")
         if leg.tap is not None:
-            return Reply(OK)  # the slot is taken: nothing to open (rtpproxy asks no -r then)
+            # the slot is taken: "0", nothing opened, -r not asked for; rtpproxy counts it
+            # as a failed command (ncmds_errs), unlike a udp: copy on a taken slot
+            return Reply(replies.NOT_FOUND)
         policy = self.config.recording
         if policy is None:
             raise ProtocolError(ErrorCode.COPY_FAILED, "a file copy needs -r")
