@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .events import EndReason, Event, Latched, SessionCompleted, SessionCreated, SessionEnded
 
@@ -101,23 +101,41 @@ class Snapshot:
     streams_latched: int
 
 
-def stream_drops(stream: Stream) -> dict[str, int]:
-    """A stream's unrelayed packets by reason (:data:`DROP_REASONS`)."""
-    return {
-        "no_destination": stream.dropped,
-        "wrong_source": stream.ignored,
-        "incomplete_session": stream.incomplete,
-    }
+class SessionTotals(NamedTuple):
+    """What one session's streams add up to (rtpproxy's npkts_* rules)."""
+
+    received: int  # npkts_rcvd: accepted or refused by the source checks
+    relayed: int  # npkts_relayed
+    no_destination: int  # accepted, but the other party's address was unknown
+    wrong_source: int  # refused by the latching rules (npkts_discard too)
+    incomplete: int  # arrived before the session was complete (npkts_discard too)
+    bytes_relayed: int
+    latched: int  # streams latched now
+
+    @property
+    def discarded(self) -> int:
+        """``npkts_discard``."""
+        return self.wrong_source + self.incomplete
 
 
-def packet_counts(session: Session) -> tuple[int, int, int]:
-    """``npkts_rcvd``, ``npkts_relayed`` and ``npkts_discard`` of one session."""
-    rcvd = relayed = discard = 0
+def session_totals(session: Session) -> SessionTotals:
+    """One pass over the session's four streams."""
+    received = relayed = no_destination = wrong_source = incomplete = size = latched = 0
     for stream in session.streams():
-        rcvd += stream.packets_in + stream.ignored
+        received += stream.packets_in + stream.ignored
         relayed += stream.packets_relayed
-        discard += stream.ignored + stream.incomplete
-    return rcvd, relayed, discard
+        no_destination += stream.dropped
+        wrong_source += stream.ignored
+        incomplete += stream.incomplete
+        size += stream.bytes_relayed
+        latched += stream.latched
+    return SessionTotals(received, relayed, no_destination, wrong_source, incomplete, size, latched)
+
+
+def _add_drops(drops: dict[str, int], totals: SessionTotals) -> None:
+    drops["no_destination"] += totals.no_destination
+    drops["wrong_source"] += totals.wrong_source
+    drops["incomplete_session"] += totals.incomplete
 
 
 def rtpa_counts(session: Session) -> tuple[int, int, int, int, int]:
@@ -177,19 +195,8 @@ class Counters:
     def retire(self, session: Session, now: float) -> None:
         """Fold the counters of a session that just left the table into the totals."""
         g, relay = self.g, self.relay
-        rcvd = relayed = size = 0
-        no_destination = wrong_source = incomplete = 0
-        for stream in session.streams():
-            no_destination += stream.dropped
-            wrong_source += stream.ignored
-            incomplete += stream.incomplete
-            rcvd += stream.packets_in + stream.ignored
-            relayed += stream.packets_relayed
-            size += stream.bytes_relayed
-        drops = relay.drops
-        drops["no_destination"] += no_destination
-        drops["wrong_source"] += wrong_source
-        drops["incomplete_session"] += incomplete
+        totals = session_totals(session)
+        _add_drops(relay.drops, totals)
         if not session.created:
             return  # a failed creation never existed for rtpproxy's counters
         g.total_duration += max(0.0, now - session.created_at)
@@ -201,10 +208,10 @@ class Counters:
             g.nsess_owrtp += rtp_ways == 1
             g.nsess_nortcp += rtcp_ways == 0
             g.nsess_owrtcp += rtcp_ways == 1
-        g.npkts_rcvd += rcvd
-        g.npkts_relayed += relayed
-        g.npkts_discard += wrong_source + incomplete
-        relay.bytes_relayed += size
+        g.npkts_rcvd += totals.received
+        g.npkts_relayed += totals.relayed
+        g.npkts_discard += totals.discarded
+        relay.bytes_relayed += totals.bytes_relayed
         sent, received, dups, lost, perrs = rtpa_counts(session)
         g.rtpa_nsent += sent
         g.rtpa_nrcvd += received
@@ -257,15 +264,13 @@ class Counters:
         for session in sessions:
             active += 1
             incomplete += not session.complete
-            rcvd, relayed, discard = packet_counts(session)
-            live_rcvd += rcvd
-            live_relayed += relayed
-            live_discard += discard
-            for stream in session.streams():
-                live_bytes += stream.bytes_relayed
-                latched += stream.latched
-                for reason, value in stream_drops(stream).items():
-                    drops[reason] += value
+            totals = session_totals(session)
+            live_rcvd += totals.received
+            live_relayed += totals.relayed
+            live_discard += totals.discarded
+            live_bytes += totals.bytes_relayed
+            latched += totals.latched
+            _add_drops(drops, totals)
         received = self.g.npkts_rcvd + live_rcvd
         # rtpa_* are summed when streams end, as in rtpproxy (Q shows live streams)
         return Snapshot(
