@@ -477,7 +477,7 @@ class Engine:
             legs = (leg,) if self.config.independent_timers else session.legs
             for chosen in legs:
                 chosen.ttl = sub.ttl
-                chosen.expires_at = now + (sub.ttl + 1)
+                chosen.reset_timer(now, sub.ttl)
             self.timers.file(session)
             return OK
         assert sub.tos is not None
@@ -596,13 +596,13 @@ class Engine:
         except PortsExhausted:
             raise ProtocolError(ErrorCode.COPY_FAILED, "no free port for the copy") from None
         reply = replies.PortReply(local_port, local.reply_address or source)
-        if leg.tap is not None:  # the slot is taken: nothing is copied (rtpproxy's rule)
+        taken = leg.tap is not None  # the slot is taken: nothing is copied (rtpproxy's rule)
+        copy = UdpCopy(Endpoint(address, port), local, local_port, rtcp)
+        if taken or not self._attach(leg, copy):
             self.ports.release(local_port)
             self.outbox.emit(PortsReleased(local, local_port))
-        elif not self._attach(leg, UdpCopy(Endpoint(address, port), local, local_port, rtcp)):
-            self.ports.release(local_port)
-            self.outbox.emit(PortsReleased(local, local_port))
-            raise ProtocolError(ErrorCode.COPY_FAILED, "the copy's sockets could not be opened")
+            if not taken:
+                raise ProtocolError(ErrorCode.COPY_FAILED, "the copy's sockets could not be opened")
         return Reply(reply if cmd.reply_port else OK)
 
     def _copy_to_file(self, cmd: Copy, leg: Leg) -> Reply:

@@ -324,6 +324,11 @@ class Leg:
         """RTP and RTCP."""
         return self.rtp, self.rtcp
 
+    def reset_timer(self, now: float, seconds: int) -> None:
+        """A full timer of ``seconds`` from ``now``, or of the leg's own ``&& S ttl=N``."""
+        # rtpproxy's sweeper lets a session live T+1 s
+        self.expires_at = now + ((seconds if self.ttl is None else self.ttl) + 1)
+
     def set_asymmetric(self, asymmetric: bool) -> None:
         """Switch the leg between symmetric and asymmetric latching rules."""
         if asymmetric != self.asymmetric:
@@ -378,8 +383,7 @@ class Session:
     def reset_timer(self, now: float, seconds: int) -> None:
         """Give both legs a full timer of ``seconds`` from ``now`` (a U or L touched it)."""
         for leg in self.legs:
-            # rtpproxy's sweeper lets a session live T+1 s; && S ttl=N replaces T for good
-            leg.expires_at = now + ((seconds if leg.ttl is None else leg.ttl) + 1)
+            leg.reset_timer(now, seconds)
 
     @property
     def persistent(self) -> bool:
