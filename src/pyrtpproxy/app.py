@@ -25,18 +25,11 @@ from .engine.events import (
     EndReason,
     Event,
     Latched,
-    LegClosed,
-    LegOpened,
     NotifyTargetUnknown,
     NotifyWanted,
-    PortsReleased,
     SessionCompleted,
     SessionCreated,
     SessionEnded,
-    StreamChanged,
-    TapStarted,
-    TapStopped,
-    TosChanged,
 )
 from .engine.ports import PortAllocator
 from .engine.session import Session
@@ -210,13 +203,7 @@ class Relay:
     def _event_handlers(self, media: MediaRelay, notifier: Notifier) -> dict[type, Handler]:
         """Who carries out each kind of event (every kind has exactly one entry)."""
         return {
-            StreamChanged: media.on_stream_changed,
-            LegOpened: media.on_leg_opened,
-            LegClosed: media.on_leg_closed,
-            PortsReleased: media.on_ports_released,
-            TapStarted: media.on_tap_started,
-            TapStopped: media.on_tap_stopped,
-            TosChanged: media.on_tos_changed,
+            **media.handlers(),
             Latched: self._log_latched,
             SessionCreated: self._log_session,
             SessionCompleted: self._log_session,

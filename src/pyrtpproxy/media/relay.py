@@ -25,6 +25,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from ..engine.addresses import Endpoint, LocalAddress
 from ..engine.counters import Counters
@@ -41,6 +42,7 @@ from ..engine.events import (
 )
 from ..engine.session import DETACHED, Leg, Stream
 from ..engine.taps import Tap, UdpCopy
+from ..names import system_resolver
 from ..net import family_of, probe_bind
 from .kernel import KernelForwarder
 from .record import RecordDirs
@@ -54,6 +56,8 @@ LOCAL_HOST_CACHE = 4096  # remembered answers to "is this address one of ours?"
 _BIND_BUSY = (errno.EADDRINUSE, errno.EACCES)
 
 log = logging.getLogger("pyrtpproxy.media")
+
+_T = TypeVar("_T")
 
 SlowPath = Callable[[Stream, bytes, tuple[str, int], float], Forwarding]
 EventSink = Callable[[tuple[Event, ...]], None]
@@ -83,6 +87,17 @@ def _media_socket(local: LocalAddress, port: int, tos: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _remember(cache: dict[str, _T], key: str, compute: Callable[[], _T]) -> _T:
+    """``cache[key]``, computed on a miss; remote hosts come and go, so the cache is
+    emptied when it reaches :data:`LOCAL_HOST_CACHE` entries."""
+    if key in cache:
+        return cache[key]
+    if len(cache) >= LOCAL_HOST_CACHE:
+        cache.clear()
+    value = cache[key] = compute()
+    return value
 
 
 def _no_slow_path(stream: Stream, data: bytes, src: tuple[str, int], now: float) -> Forwarding:
@@ -205,6 +220,7 @@ class MediaRelay:
         self._judge = slow_path
         self._on_events = on_events
         self._local_hosts: dict[str, bool] = {}
+        self._route_sources: dict[str, str | None] = {}  # remote host -> our address to it
         self._bound: dict[tuple[LocalAddress, int], tuple[socket.socket, socket.socket]] = {}
         self._opener = TapOpener(record_dirs, self._tap_failed)
         self._pending_taps: dict[Leg, TapSink] = {}
@@ -241,10 +257,8 @@ class MediaRelay:
         self.taps.clear()
         self._pending_taps.clear()
         self._opener.close_all()
-        for pair in self._bound.values():
-            for sock in pair:
-                sock.close()
-        self._bound.clear()
+        for local, port in list(self._bound):
+            self._close_bound(local, port)
         self.loop.remove_reader(self._epoll.fileno())
         self._epoll.close()
         if self.kernel is not None:
@@ -289,10 +303,9 @@ class MediaRelay:
         """The IPv4 address of ``host`` (a ``C udp:`` target; a name is looked up now,
         once, like rtpproxy does)."""
         try:
-            infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)
+            return system_resolver(host, False)
         except (OSError, UnicodeError):
             return None
-        return str(infos[0][4][0]) if infos else None
 
     def open_tap(self, leg: Leg, tap: Tap) -> bool:
         """Open the files of a recording, or take the copy's bound port pair."""
@@ -314,9 +327,12 @@ class MediaRelay:
         if not isinstance(transport, StreamSocket):
             return ("0.0.0.0", 0)
         host = transport.local.host
-        if not host:
-            host = self.source_address_for(remote[0], transport.local.ipv6) or ""
-        return (host or ("::" if transport.local.ipv6 else "0.0.0.0"), transport.port)
+        if not host:  # one routing lookup per remote host, not one per recorded packet
+            ipv6 = transport.local.ipv6
+            host = _remember(
+                self._route_sources, remote[0], lambda: self.source_address_for(remote[0], ipv6)
+            ) or ("::" if ipv6 else "0.0.0.0")
+        return (host, transport.port)
 
     def _tap_failed(self, leg: Leg, exc: OSError) -> None:
         """A recording file could not be written: it stops; counted, logged once a call."""
@@ -340,22 +356,24 @@ class MediaRelay:
 
     # --- engine events -------------------------------------------------------------------
 
+    def handlers(self) -> dict[type, Callable[[Any], None]]:
+        """The engine events the media layer carries out, each with its handler (the
+        app's dispatch table takes these as they are)."""
+        return {
+            StreamChanged: self.on_stream_changed,
+            LegOpened: self.on_leg_opened,
+            LegClosed: self.on_leg_closed,
+            PortsReleased: self.on_ports_released,
+            TapStarted: self.on_tap_started,
+            TapStopped: self.on_tap_stopped,
+            TosChanged: self.on_tos_changed,
+        }
+
     def apply(self, event: Event) -> None:
-        """Carry out a media event of the engine's (others are not ours: ignored)."""
-        if isinstance(event, StreamChanged):
-            self.on_stream_changed(event)
-        elif isinstance(event, LegOpened):
-            self.on_leg_opened(event)
-        elif isinstance(event, LegClosed):
-            self.on_leg_closed(event)
-        elif isinstance(event, TapStarted):
-            self.on_tap_started(event)
-        elif isinstance(event, TapStopped):
-            self.on_tap_stopped(event)
-        elif isinstance(event, PortsReleased):
-            self.on_ports_released(event)
-        elif isinstance(event, TosChanged):
-            self.on_tos_changed(event)
+        """Carry out one media event of the engine's (others are not ours: ignored)."""
+        handler = self.handlers().get(type(event))
+        if handler is not None:
+            handler(event)
 
     def on_tos_changed(self, event: TosChanged) -> None:
         """Set the IPv4 TOS of the leg's sockets (and of connected twins made later)."""
@@ -391,7 +409,11 @@ class MediaRelay:
 
     def on_ports_released(self, event: PortsReleased) -> None:
         """Close a port pair the probe bound for nothing."""
-        pair = self._bound.pop((event.local, event.port), None)
+        self._close_bound(event.local, event.port)
+
+    def _close_bound(self, local: LocalAddress, port: int) -> None:
+        """Close the pair the probe bound on ``local``:``port``, if no leg took it."""
+        pair = self._bound.pop((local, port), None)
         if pair is not None:
             for sock in pair:
                 sock.close()
@@ -433,10 +455,7 @@ class MediaRelay:
             self._stream_changed(stream)
 
     def _close_leg(self, leg: Leg, local: LocalAddress, port: int) -> None:
-        pair = self._bound.pop((local, port), None)
-        if pair is not None:  # bound but never served (a creating U that failed)
-            for sock in pair:
-                sock.close()
+        self._close_bound(local, port)  # bound but never served (a creating U that failed)
         for stream in leg.streams:
             self.take_back(stream)
         if self.kernel is not None:
@@ -500,12 +519,7 @@ class MediaRelay:
         kernel.offload(stream, source, inbound.port, dest, Endpoint(host, port))
 
     def _is_local_host(self, host: str) -> bool:
-        known = self._local_hosts.get(host)
-        if known is None:
-            if len(self._local_hosts) >= LOCAL_HOST_CACHE:
-                self._local_hosts.clear()  # remote hosts come and go; keep the cache bounded
-            known = self._local_hosts[host] = self.is_local_address(host, ipv6=False)
-        return known
+        return _remember(self._local_hosts, host, lambda: self.is_local_address(host, False))
 
     # --- sockets and readers ---------------------------------------------------------
 
