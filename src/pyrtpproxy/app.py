@@ -37,7 +37,7 @@ from .engine.taps import RecordingPolicy
 from .media.kernel import KernelForwarder, Nftables, NftError
 from .media.record import RecordDirs
 from .media.relay import MediaConfig, MediaRelay
-from .names import AdvertisedNames, Resolver, check_resolvable, system_resolver
+from .names import AdvertisedNames, Resolver, system_resolver
 from .net import probe_bind
 from .observe.metrics import RelayMetrics
 
@@ -60,16 +60,11 @@ def prepare(config: Config, resolver: Resolver = system_resolver) -> None:
             raise ConfigError(
                 f"cannot create the runtime directory {config.runtime_dir}: {exc.strerror}"
             ) from None
-    try:
-        check_resolvable(
-            (
-                (name, ipv6, "-A" if not ipv6 else "-A (IPv6)")
-                for name, ipv6 in config.advertised_names.items()
-            ),
-            resolver,
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    for name, result in AdvertisedNames(config.advertised_names, resolver).lookup().items():
+        if isinstance(result, OSError):
+            raise ConfigError(
+                f"-A {name}: cannot resolve the advertised name: {result.strerror or result}"
+            )
     for local in config.addresses.all():
         try:
             probe_bind(local.bind_host)

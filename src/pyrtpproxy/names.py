@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger("pyrtpproxy.names")
@@ -83,15 +83,3 @@ class AdvertisedNames:
                 self.current[name] = result
                 changed.append((name, result))
         return changed
-
-
-def check_resolvable(names: Iterable[tuple[str, bool, str]], resolver: Resolver) -> None:
-    """Start-up: every ``(name, ipv6, flag)`` must resolve; raises ``ValueError`` naming
-    the flag and the name otherwise."""
-    for name, ipv6, flag in names:
-        try:
-            resolver(name, ipv6)
-        except OSError as exc:
-            raise ValueError(
-                f"{flag} {name}: cannot resolve the advertised name: {exc.strerror or exc}"
-            ) from None
