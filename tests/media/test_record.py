@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyrtpproxy.engine.taps import Direction
 from pyrtpproxy.media.record import (
     BUFFER_SIZE,
     PROCESS_IP_IDS,
@@ -25,7 +26,6 @@ from pyrtpproxy.media.record import (
     RecordFormat,
     RecordFormatError,
     Recording,
-    Side,
     adhoc_record,
     copy_file_names,
     copy_single_file_name,
@@ -248,11 +248,11 @@ def test_mixed_families_fall_back_to_ipv4_mapped_ipv6() -> None:
 
 def test_names_of_ordinary_call_ids_are_the_references() -> None:
     cid = b"a84b4c76e66710@pc33.atlanta.example.com-_.+=!~*'()"
-    assert leg_file_names(cid, b"1928301774;1", Side.ORIGINATOR) == (
+    assert leg_file_names(cid, b"1928301774;1", Direction.ORIGINATOR) == (
         f"{cid.decode()}=1928301774.o.rtp",
         f"{cid.decode()}=1928301774.o.rtcp",
     )
-    assert leg_file_names(b"c1", b"ft", Side.ANSWERER) == ("c1=ft.a.rtp", "c1=ft.a.rtcp")
+    assert leg_file_names(b"c1", b"ft", Direction.ANSWERER) == ("c1=ft.a.rtp", "c1=ft.a.rtcp")
     assert single_file_name(b"p2", b"ft;2") == "p2=ft.pcap"
     assert copy_file_names(b"call-7") == ("call-7.rtp", "call-7.rtcp")
     assert copy_single_file_name(b"call-7.pcap") == "call-7.pcap"
@@ -263,8 +263,8 @@ def test_dangerous_bytes_are_encoded() -> None:
     assert copy_single_file_name(b"..") == "%2E."
     assert copy_single_file_name(b"../../etc/passwd") == "%2E.%2F..%2Fetc%2Fpasswd"
     assert safe_component(b"a\0b\nc d%e\xff") == "a%00b%0Ac%20d%25e%FF"
-    assert leg_file_names(b"c=1", b"t=2", Side.ORIGINATOR)[0] == "c=1=t%3D2.o.rtp"
-    assert leg_file_names(b".c", b".t", Side.ANSWERER)[0] == "%2Ec=%2Et.a.rtp"
+    assert leg_file_names(b"c=1", b"t=2", Direction.ORIGINATOR)[0] == "c=1=t%3D2.o.rtp"
+    assert leg_file_names(b".c", b".t", Direction.ANSWERER)[0] == "%2Ec=%2Et.a.rtp"
     with pytest.raises(ValueError):
         copy_single_file_name(b"")
 
@@ -278,7 +278,7 @@ def test_mapping_is_reversible(raw: bytes) -> None:
 @given(st.binary(min_size=1), st.binary(min_size=1), st.binary(min_size=1), st.binary())
 def test_names_are_injective(cid1: bytes, cid2: bytes, tag1: bytes, tag2: bytes) -> None:
     tag1, tag2 = tag1.split(b";")[0], tag2.split(b";")[0]
-    for side in Side:
+    for side in Direction:
         same = leg_file_names(cid1, tag1, side) == leg_file_names(cid2, tag2, side)
         assert same == ((cid1, tag1) == (cid2, tag2))
     assert (single_file_name(cid1, tag1) == single_file_name(cid2, tag2)) == (
@@ -292,8 +292,8 @@ def test_names_are_injective(cid1: bytes, cid2: bytes, tag1: bytes, tag2: bytes)
 def test_no_name_leaves_the_directory(cid: bytes, tag: bytes, name: bytes) -> None:
     directory = Path("/srv/rec").resolve()
     names = [
-        *leg_file_names(cid, tag, Side.ORIGINATOR),
-        *leg_file_names(cid, tag, Side.ANSWERER),
+        *leg_file_names(cid, tag, Direction.ORIGINATOR),
+        *leg_file_names(cid, tag, Direction.ANSWERER),
         single_file_name(cid, tag),
         *copy_file_names(name),
         copy_single_file_name(name),
@@ -383,7 +383,7 @@ def test_a_failing_close_is_a_failure_too() -> None:
 
 
 def test_open_in_the_record_dir(tmp_path: Path) -> None:
-    rtp_name, rtcp_name = leg_file_names(b"c1", b"ft", Side.ORIGINATOR)
+    rtp_name, rtcp_name = leg_file_names(b"c1", b"ft", Direction.ORIGINATOR)
     dirs = RecordDirs(tmp_path)
     recording = Recording.open(dirs, rtp_name, RecordFormat.ADHOC)
     rtcp = Recording.open(dirs, rtcp_name, RecordFormat.PCAP)

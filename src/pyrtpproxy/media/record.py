@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..engine.addresses import Endpoint
+from ..engine.taps import Direction
 
 log = logging.getLogger("pyrtpproxy.record")
 
@@ -74,13 +75,6 @@ class RecordFormat(enum.Enum):
 
     ADHOC = "adhoc"
     PCAP = "pcap"
-
-
-class Side(enum.Enum):
-    """Which leg a per-leg file records: ``o`` leg B (offerer's media), ``a`` leg A."""
-
-    ORIGINATOR = "o"
-    ANSWERER = "a"
 
 
 # -- safe names -------------------------------------------------------------------------
@@ -125,7 +119,7 @@ def _session_base(call_id: bytes, tag: bytes) -> str:
     return f"{safe_component(call_id)}={safe_component(tag.split(b';', 1)[0], tag=True)}"
 
 
-def leg_file_names(call_id: bytes, tag: bytes, side: Side) -> tuple[str, str]:
+def leg_file_names(call_id: bytes, tag: bytes, side: Direction) -> tuple[str, str]:
     """Per-leg files ``(<cid>=<tag>.<o|a>.rtp, <cid>=<tag>.<o|a>.rtcp)``; ``tag`` is the
     session's creating tag (cut at its first ``;``)."""
     base = f"{_session_base(call_id, tag)}.{side.value}"

@@ -312,7 +312,7 @@ class MediaRelay:
         sink: TapSink | None
         if isinstance(tap, UdpCopy):
             pair = self._bound.pop((tap.local, tap.port), None)
-            sink = None if pair is None else CopyTap(tap, *pair)
+            sink = None if pair is None else CopyTap(tap, *pair, self.counters.relay)
         else:
             sink = self._opener.open_recording(leg, tap, self._local_of)
         if sink is None:

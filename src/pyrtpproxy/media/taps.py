@@ -13,12 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from ..engine.counters import RelayCounters
 from ..engine.session import Leg, Stream
-from ..engine.taps import Direction, Recording, UdpCopy
+from ..engine.taps import Recording, UdpCopy
 from .record import (
     RecordDirs,
     RecordFormat,
-    Side,
     copy_file_names,
     copy_single_file_name,
     leg_file_names,
@@ -50,7 +50,8 @@ class SharedFile:
     """A single-file recording both legs of a call may write to; closed with its last
     user (media-features.md §1.3)."""
 
-    def __init__(self, file: RecordingFile) -> None:
+    def __init__(self, name: str, file: RecordingFile) -> None:
+        self.name = name
         self.file = file
         self.users = 0
 
@@ -112,13 +113,15 @@ class FileTap:
 class CopyTap:
     """Copies of a leg's packets sent from a port pair of their own."""
 
-    def __init__(self, tap: UdpCopy, rtp: socket.socket, rtcp: socket.socket) -> None:
+    def __init__(
+        self, tap: UdpCopy, rtp: socket.socket, rtcp: socket.socket, counters: RelayCounters
+    ) -> None:
         self._rtp_dest = (tap.dest.host, tap.dest.port)
         self._rtcp_dest = (tap.dest.host, tap.dest.port + 1)
         self._copy_rtcp = tap.rtcp
         self._rtp = rtp
         self._rtcp = rtcp
-        self.send_errors = 0
+        self._counters = counters
 
     def feed(self, stream: Stream, packet: bytes, src: Address, when: float) -> None:
         try:
@@ -127,7 +130,7 @@ class CopyTap:
             elif self._copy_rtcp:
                 self._rtcp.sendto(packet, self._rtcp_dest)
         except OSError:
-            self.send_errors += 1
+            self._counters.send_errors += 1  # as for relayed packets
 
     def flush(self) -> None:
         return None
@@ -162,14 +165,14 @@ class TapOpener:
                 file = self._open(dirs, name, fmt, leg)
                 if file is None:
                     return None
-                shared = self._shared[name] = SharedFile(file)
+                shared = self._shared[name] = SharedFile(name, file)
             shared.users += 1
             return FileTap(leg, tap, shared, None, local_of, self._release)
         if tap.name is not None:
             rtp_name, rtcp_name = copy_file_names(tap.name)
         else:
-            side = Side.ORIGINATOR if tap.direction is Direction.ORIGINATOR else Side.ANSWERER
-            rtp_name, rtcp_name = leg_file_names(tap.call_id, tap.tag, side)
+            assert tap.direction is not None  # per-leg files name their direction
+            rtp_name, rtcp_name = leg_file_names(tap.call_id, tap.tag, tap.direction)
         rtp = self._open(dirs, rtp_name, fmt, leg)
         if rtp is None:
             return None
@@ -201,9 +204,7 @@ class TapOpener:
         shared.users -= 1
         if shared.users <= 0:
             shared.file.close()
-            for name, entry in list(self._shared.items()):
-                if entry is shared:
-                    del self._shared[name]
+            del self._shared[shared.name]
 
     def close_all(self) -> None:
         """Close every shared file still open (shutdown)."""
