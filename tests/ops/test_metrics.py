@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import urllib.parse
 import urllib.request
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pyrtpproxy.config import ControlSpec
 from pyrtpproxy.ctl import ControlClient
-from pyrtpproxy.engine.counters import COUNTER_NAMES
-from pyrtpproxy.observe.metrics import G_COUNTER_METRICS
+from pyrtpproxy.engine.counters import COUNTER_NAMES, RelayCounters
+from pyrtpproxy.observe.metrics import G_COUNTER_METRICS, RELAY_COUNTER_METRICS
 
 from .conftest import Party, RelayProcess, free_port, wait_for
 
@@ -43,6 +44,11 @@ def call(relay: RelayProcess, call_id: str, caller: Party, callee: Party) -> tup
         to_caller = int(client.request(f"L {call_id} 127.0.0.1 {callee.port} ftag ttag").split()[0])
     # the callee's media goes to the U port, the caller's to the L port
     return to_caller, to_callee
+
+
+def test_every_scalar_count_of_ours_is_exported() -> None:
+    scalars = {f.name for f in fields(RelayCounters) if f.type in ("int", int)}
+    assert set(RELAY_COUNTER_METRICS) == scalars - {"bytes_relayed"}  # that one is live+ended
 
 
 def test_every_g_counter_maps_to_one_metric() -> None:

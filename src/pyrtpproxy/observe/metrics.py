@@ -188,6 +188,45 @@ G_COUNTER_METRICS: dict[str, tuple[str, str, str]] = {
     ),
 }
 
+# RelayCounters field -> (metric name without namespace, help): every scalar count of ours.
+RELAY_COUNTER_METRICS: dict[str, tuple[str, str]] = {
+    "kernel_failures": (
+        "kernel_failures_total",
+        "nftables changes refused (--kernel-forward); the streams stay in user space.",
+    ),
+    "send_errors": (
+        "media_send_errors_total",
+        "Relayed packets the kernel refused to send (e.g. ICMP unreachable, no buffer).",
+    ),
+    "recording_errors": (
+        "recording_errors_total",
+        "Recording files that could not be written (disk full, read-only...); each "
+        "stops its recording, the call goes on.",
+    ),
+    "resolve_failures": (
+        "resolve_failures_total",
+        "Lookups of advertised DNS names (-A NAME) that failed; the last good address "
+        "stays in replies.",
+    ),
+    "sessions_deleted": (
+        "sessions_deleted_total",
+        "Sessions destroyed by D, X or shutdown (not by timeout).",
+    ),
+    "sessions_failed": (
+        "sessions_failed_total",
+        "Session creations refused: the creating U failed (e.g. no free port).",
+    ),
+    "notifications_sent": ("notifications_sent_total", "Timeout notifications delivered."),
+    "notifications_failed": (
+        "notifications_failed_total",
+        "Failed attempts to deliver notifications (each retried).",
+    ),
+    "notifications_dropped": (
+        "notifications_dropped_total",
+        "Notifications given up (queue full).",
+    ),
+}
+
 SCRAPE_TIMEOUT = 5.0  # seconds the HTTP thread waits for the event loop
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25)
 
@@ -285,38 +324,8 @@ class RelayCollector(Collector):
                 "Stream directions the kernel relays now (--kernel-forward).",
                 value=self._kernel_streams(),
             )
-        yield CounterMetricFamily(
-            _name("kernel_failures_total"),
-            "nftables changes refused (--kernel-forward); the streams stay in user space.",
-            value=relay.kernel_failures,
-        )
-        yield CounterMetricFamily(
-            _name("media_send_errors_total"),
-            "Relayed packets the kernel refused to send (e.g. ICMP unreachable, no buffer).",
-            value=relay.send_errors,
-        )
-        yield CounterMetricFamily(
-            _name("recording_errors_total"),
-            "Recording files that could not be written (disk full, read-only...); each "
-            "stops its recording, the call goes on.",
-            value=relay.recording_errors,
-        )
-        yield CounterMetricFamily(
-            _name("resolve_failures_total"),
-            "Lookups of advertised DNS names (-A NAME) that failed; the last good address "
-            "stays in replies.",
-            value=relay.resolve_failures,
-        )
-        yield CounterMetricFamily(
-            _name("sessions_deleted_total"),
-            "Sessions destroyed by D, X or shutdown (not by timeout).",
-            value=relay.sessions_deleted,
-        )
-        yield CounterMetricFamily(
-            _name("sessions_failed_total"),
-            "Session creations refused: the creating U failed (e.g. no free port).",
-            value=relay.sessions_failed,
-        )
+        for field_name, (short, help_text) in RELAY_COUNTER_METRICS.items():
+            yield CounterMetricFamily(_name(short), help_text, value=getattr(relay, field_name))
         for short, help_text, counts in (
             ("legs_latched_total", "Streams that latched to a source address.", relay.latched),
             (
@@ -364,24 +373,6 @@ class RelayCollector(Collector):
             value=int(engine.draining),
         )
 
-        for short, help_text, value in (
-            (
-                "notifications_sent_total",
-                "Timeout notifications delivered.",
-                relay.notifications_sent,
-            ),
-            (
-                "notifications_failed_total",
-                "Failed attempts to deliver notifications (each retried).",
-                relay.notifications_failed,
-            ),
-            (
-                "notifications_dropped_total",
-                "Notifications given up (queue full).",
-                relay.notifications_dropped,
-            ),
-        ):
-            yield CounterMetricFamily(_name(short), help_text, value=value)
         if self._notifier is not None:
             yield GaugeMetricFamily(
                 _name("notifications_queued"),
