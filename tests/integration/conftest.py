@@ -34,7 +34,9 @@ T = TypeVar("T")
 
 # Media port blocks below the kernel's ephemeral range (32768+), one per relay started.
 _PORT_AREA = (10000, 32000)
-_next_port = _PORT_AREA[0]
+# Start each test process at its own place in the area, so suites run side by side (two
+# checkouts, or CI next to a developer) rarely ask for the same ports.
+_next_port = _PORT_AREA[0] + (os.getpid() % 11) * 2000
 
 
 def next_port_block(size: int = 200) -> tuple[int, int]:
