@@ -106,6 +106,10 @@ def _remember(cache: dict[str, _T], key: str, compute: Callable[[], _T]) -> _T:
     return value
 
 
+def _never_forwarded(data: bytes) -> None:
+    return None
+
+
 def _no_slow_path(stream: Stream, data: bytes, src: tuple[str, int], now: float) -> Forwarding:
     return Forwarding(None, False, (), False)
 
@@ -152,7 +156,8 @@ class StreamSocket:
         self.tos = relay.config.tos
         # send(data) delivers to stream.remote; the opposite stream's fast path calls it
         self.send: Callable[[bytes], object] = self._send_nowhere
-        self.forward = relay.forwarder(stream)
+        # made with the twin: only settled streams take the fast path
+        self.forward: Callable[[bytes], None] = _never_forwarded
 
     def _send_nowhere(self, data: bytes) -> None:
         return None
@@ -179,13 +184,15 @@ class StreamSocket:
         target = (remote.host, remote.port)
         self.target = target
         if self.connected is None:
-            self.send = self._sender_to(target)
+            self.send = self._send_unconnected
         elif remote != self.connected_to:
             self._connect_twin(target, remote)
 
     def twin(self) -> None:
         """Give the stream its connected twin (once media is settled: idle and
         signalling-only sessions keep one socket per stream)."""
+        if self.forward is _never_forwarded:
+            self.forward = self.relay.forwarder(self.stream)
         target = self.target
         remote = self.stream.remote
         if self.connected is None and target is not None and remote is not None:
@@ -201,14 +208,27 @@ class StreamSocket:
             self.connected.connect(target)
         except OSError:
             self._drop_connected()
-            self.send = self._sender_to(target)
+            self.send = self._send_unconnected
             return
         self.connected_to = remote
         self.send = self.connected.send
 
-    def _sender_to(self, target: tuple[str, int]) -> Callable[[bytes], object]:
-        sendto = self.sock.sendto
-        return lambda data: sendto(data, target)
+    def _send_unconnected(self, data: bytes) -> None:
+        target = self.target
+        if target is not None:
+            self.sock.sendto(data, target)
+
+    def read(self) -> None:
+        """Reader of the unconnected socket: first packets, strangers, re-latching, and an
+        asymmetric leg's party sending from a port we do not send to."""
+        try:
+            data, src = self.sock.recvfrom(MAX_DATAGRAM)
+        except OSError:
+            return
+        if src == self.fast_src:
+            self.forward(data)
+            return
+        self.relay.take_slow_path(self, data, src)
 
     def _drop_connected(self) -> None:
         if self.connected is not None:
@@ -481,7 +501,7 @@ class MediaRelay:
         for sock, stream, number in zip(pair, leg.streams, (port, port + 1), strict=True):
             transport = StreamSocket(self, sock=sock, stream=stream, local=local, port=number)
             stream.transport = transport
-            self.watch(sock, self._unconnected_reader(transport))
+            self.watch(sock, transport.read)
             self._stream_changed(stream)
 
     def _close_leg(self, leg: Leg, local: LocalAddress, port: int) -> None:
@@ -594,7 +614,7 @@ class MediaRelay:
         assert connected is not None
         recv = connected.recv
         forward = transport.forward
-        slow = self._slow_path
+        slow = self.take_slow_path
 
         def on_readable() -> None:
             try:
@@ -610,24 +630,8 @@ class MediaRelay:
 
         return on_readable
 
-    def _unconnected_reader(self, transport: StreamSocket) -> Callable[[], None]:
-        recvfrom = transport.sock.recvfrom
-        forward = transport.forward
-        slow = self._slow_path
-
-        def on_readable() -> None:
-            try:
-                data, src = recvfrom(MAX_DATAGRAM)
-            except OSError:
-                return
-            if src == transport.fast_src:  # an asymmetric leg's party sending from another port
-                forward(data)
-                return
-            slow(transport, data, src)
-
-        return on_readable
-
-    def _slow_path(self, transport: StreamSocket, data: bytes, src: tuple[str, int]) -> None:
+    def take_slow_path(self, transport: StreamSocket, data: bytes, src: tuple[str, int]) -> None:
+        """The slow path: the engine judges the packet; relay it, tap it, maybe settle."""
         stream = transport.stream
         if self.kernel is not None and src != stream.remote:
             self.kernel.refresh(stream, self.now)  # re-latching compares sequence numbers
