@@ -170,7 +170,8 @@ class Relay:
     """The running relay: engine, media, control sockets, one timer, notifier.
 
     Everything the engine wants done arrives here as events (:meth:`dispatch`); the
-    engine's timer is one ``loop.call_at``, re-armed only when its deadline moves.
+    engine's timer is one ``loop.call_at``, re-armed only when the deadline comes earlier
+    (a later one is found when the armed timer fires).
     """
 
     def __init__(self, config: Config, resolver: Resolver = system_resolver) -> None:
@@ -250,8 +251,9 @@ class Relay:
     def _arm_timer(self) -> None:
         assert self.engine is not None and self._loop is not None
         deadline = self.engine.get_timer()
-        if deadline == self._timer_at:
-            return
+        armed = self._timer_at
+        if deadline is None or (armed is not None and armed <= deadline):
+            return  # the armed timer fires no later; it finds nothing due and re-arms
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = deadline
