@@ -591,12 +591,12 @@ def report_again(args: argparse.Namespace) -> int:
     doc = json.loads(args.from_json.read_text())
     meta = doc["meta"]
     baseline = args.baseline or next(iter(meta["relays"]))
-    if "media" in doc:
-        report_media(args, meta, doc["media"])
     if "control" in doc:
         control.print_tables(doc["control"]["summary"], baseline)
     if "memory" in doc:
         memory.print_table(doc["memory"]["summary"])
+    if "media" in doc:
+        report_media(args, meta, doc["media"])
     return 0
 
 
