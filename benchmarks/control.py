@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Control-plane benchmark of rtpproxy-compatible relays (see benchmarks/README.md).
+"""The control mode of benchmarks/run.py (``--mode control``; see benchmarks/README.md).
 
 Each client creates and deletes sessions with U+L+D triples, waiting for every reply
 before it sends the next command (as Kamailio does), over the unix control socket and
-over UDP with cookies, with 1 and with 8 concurrent clients.
+over UDP with cookies, with 1 and with 8 concurrent clients. A relay that has no unix
+control socket (rtpengine) is measured over UDP only.
 
-Example:
-    python benchmarks/control.py --relay base=/work/bench-base/.venv/bin/pyrtpproxy \\
+Example (``python benchmarks/control.py ARGS`` is ``run.py --mode control ARGS``):
+    python benchmarks/run.py --mode control --relay base=/work/bench-base/.venv/bin/pyrtpproxy \\
         --relay new=.venv/bin/pyrtpproxy --triples 10000 --seconds 10 --repeat 3
 """
 
@@ -14,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import multiprocessing
 import os
 import queue
 import resource
-import shlex
 import signal
 import socket
 import statistics
@@ -34,20 +33,17 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any, Protocol
 
-from run import (
+from relays import (
     OUT_DIR,
+    ControlSocket,
     Interrupted,
     RelaySpec,
-    _on_signal,
     control_query,
     descendants,
     ephemeral_range,
-    kill_all_started,
     log,
-    machine_facts,
-    parse_relays,
+    relay_cpus,
     relay_process,
-    relay_version,
 )
 
 TRANSPORTS = ("unix", "udp")
@@ -131,26 +127,19 @@ class UdpClient:
 class Target:
     """Where a relay's control socket is and how long a client waits for a reply."""
 
-    transport: str  # "unix" or "udp"
-    path: str
-    port: int
+    socket: ControlSocket
     timeout: float
 
-    @property
-    def spec(self) -> str:
-        """The relay's ``-s`` argument."""
-        return f"unix:{self.path}" if self.transport == "unix" else f"udp:127.0.0.1:{self.port}"
-
     def client(self, tag: str) -> Client:
-        if self.transport == "unix":
-            return UnixClient(self.path, self.timeout)
-        return UdpClient(self.port, self.timeout, tag)
+        if self.socket.transport == "unix":
+            return UnixClient(self.socket.path, self.timeout)
+        return UdpClient(self.socket.port, self.timeout, tag)
 
     def probe(self) -> str | None:
-        """One ``V`` with a short timeout, for run.py's readiness check."""
-        if self.transport == "udp":
-            return control_query(self.port, "V")
-        return UnixClient(self.path, 0.3).ask("V")
+        """One ``V`` with a short timeout, for the relay's readiness check."""
+        if self.socket.transport == "udp":
+            return control_query(self.socket.port, "V")
+        return UnixClient(self.socket.path, 0.3).ask("V")
 
 
 @dataclass(frozen=True)
@@ -161,14 +150,20 @@ class ClientJob:
     seconds: float
     warmup: int
     cpu: int | None
+    tag_suffix: str = ""  # ";1" for relays that take only Kamailio's tag;medianum
+
+    def callid(self, label: str) -> str:
+        """A call-id no other client uses (rtpengine keys a call on the call-id alone)."""
+        return f"{self.prefix}c{self.index}-{label}"
 
 
 def triple_commands(job: ClientJob, callid: str) -> tuple[str, str, str]:
     port = 40000 + 4 * job.index
+    ft, tt = f"ft{job.index}{job.tag_suffix}", f"tt{job.index}{job.tag_suffix}"
     return (
-        f"U {callid} 127.0.0.1 {port} ft{job.index}",
-        f"L {callid} 127.0.0.1 {port + 2} ft{job.index} tt{job.index}",
-        f"D {callid} ft{job.index} tt{job.index}",
+        f"U {callid} 127.0.0.1 {port} {ft}",
+        f"L {callid} 127.0.0.1 {port + 2} {ft} {tt}",
+        f"D {callid} {ft} {tt}",
     )
 
 
@@ -188,7 +183,7 @@ def client_main(target: Target, job: ClientJob, barrier: Barrier, results: Queue
     client = target.client(f"cb{os.getpid()}")
     warmup_errors = 0
     for i in range(job.warmup):
-        replies = [client.ask(c) for c in triple_commands(job, f"{job.prefix}-w{i}")]
+        replies = [client.ask(c) for c in triple_commands(job, job.callid(f"w{i}"))]
         warmup_errors += sum(r is None or r.startswith("E") for r in replies)
         if None in replies:
             break  # the relay does not answer; do not wait out every timeout
@@ -205,7 +200,7 @@ def client_main(target: Target, job: ClientJob, barrier: Barrier, results: Queue
     for i in range(job.triples):
         if time.monotonic() >= deadline:
             break
-        for kind, command in zip(COMMANDS, triple_commands(job, f"{job.prefix}-{i}"), strict=True):
+        for kind, command in zip(COMMANDS, triple_commands(job, job.callid(str(i))), strict=True):
             t0 = time.monotonic()
             reply = client.ask(command)
             t1 = time.monotonic()
@@ -314,22 +309,22 @@ def run_config(
         sock_path = Path(tempfile.gettempdir()) / f"ctlbench-{os.getpid()}-{spec.name}.sock"
     sock_path.parent.mkdir(parents=True, exist_ok=True)
     sock_path.unlink(missing_ok=True)
-    target = Target(transport, str(sock_path), args.ctl_port, args.timeout)
+    target = Target(ControlSocket(transport, args.ctl_port, str(sock_path)), args.timeout)
     logfile = OUT_DIR / "logs" / f"control-{spec.name}-{transport}-c{clients}-r{rep}.log"
-    relay_cpu = None if args.no_pin else args.relay_cpu
-    client_cpu = None if args.no_pin else args.client_cpu
+    cpus = relay_cpus(args)
+    relay_cpu = None if cpus is None else cpus[0]
+    client_cpu = None if args.no_pin else args.gen_cpu
     ctx = multiprocessing.get_context("fork")
     workers: list[multiprocessing.context.ForkProcess] = []
     try:
         with relay_process(
             spec,
-            args.ctl_port,
+            target.socket,
             port_lo,
             port_hi,
             relay_cpu,
             logfile,
             args.ready_timeout,
-            control=target.spec,
             probe=target.probe,
         ) as proc:
             relay_pids = descendants(proc.pid)
@@ -337,11 +332,13 @@ def run_config(
             results: Queue[Any] = ctx.Queue()
             prefix = f"cb{os.getpid()}r{rep}{transport}{clients}"
             for i, n in enumerate(split(args.triples, clients)):
-                job = ClientJob(i, prefix, n, args.seconds, args.warmup, client_cpu)
+                job = ClientJob(
+                    i, prefix, n, args.seconds, args.control_warmup, client_cpu, spec.tag_suffix
+                )
                 worker = ctx.Process(target=client_main, args=(target, job, barrier, results))
                 worker.start()
                 workers.append(worker)
-            barrier.wait(timeout=args.ready_timeout + 3 * args.timeout * args.warmup)
+            barrier.wait(timeout=args.ready_timeout + 3 * args.timeout * args.control_warmup)
             cpu0 = sched_seconds(relay_pids)
             busy0 = machine_busy_seconds()
             limit = time.monotonic() + args.seconds + 3 * args.timeout + 30
@@ -498,73 +495,42 @@ def print_tables(rows: list[dict[str, Any]], baseline: str) -> None:
         print(f"{r['relay']:<{width}} {r['transport']:<6} {r['clients']:>7}  " + "  ".join(parts))
 
 
-# --------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------- options and run
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
-        "--relay",
-        action="append",
-        default=[],
-        metavar="NAME=COMMAND",
-        help="relay to measure (repeatable); COMMAND gets rtpproxy flags appended",
-    )
-    p.add_argument(
+def add_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("control mode")
+    g.add_argument(
         "--transport",
         default=",".join(TRANSPORTS),
-        help="comma-separated control sockets to use: unix, udp (default both)",
+        help="comma-separated control sockets to use: unix, udp (default both; a relay\n"
+        "without a unix control socket, rtpengine, is measured on udp only)",
     )
-    p.add_argument(
+    g.add_argument(
         "--clients", default="1,8", help="comma-separated concurrent client counts (1,8)"
     )
-    p.add_argument(
+    g.add_argument(
         "--triples",
         type=int,
         default=10000,
         help="U+L+D triples per configuration, shared by its clients (default 10000)",
     )
-    p.add_argument(
+    g.add_argument(
         "--seconds",
         type=float,
         default=10.0,
         help="a configuration stops after this many seconds even if triples are left (10)",
     )
-    p.add_argument(
-        "--warmup",
+    g.add_argument(
+        "--control-warmup",
         type=int,
         default=20,
         help="triples each client runs before the measurement starts (default 20)",
     )
-    p.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for a reply (1)")
-    p.add_argument("--repeat", type=int, default=1, help="repeat every configuration N times")
-    p.add_argument(
-        "--baseline", help="relay NAME used as the denominator of ratios (default: first --relay)"
-    )
-    p.add_argument("--ctl-port", type=int, default=9401, help="relay UDP control port (9401)")
-    p.add_argument("--port-min", type=int, default=10000, help="relay media port range start")
-    p.add_argument("--relay-cpu", type=int, default=0, help="CPU the relay is pinned to (0)")
-    p.add_argument("--client-cpu", type=int, default=1, help="CPU the clients are pinned to (1)")
-    p.add_argument("--no-pin", action="store_true", help="do not pin relay and clients")
-    p.add_argument(
-        "--ready-timeout",
-        type=float,
-        default=20.0,
-        help="seconds a relay may take to answer V after start",
-    )
-    p.add_argument("--pause", type=float, default=0.5, help="seconds between configurations")
-    p.add_argument("--out", type=Path, help="raw JSON output (default benchmarks/out/...)")
-    p.add_argument(
-        "--from-json",
-        type=Path,
-        metavar="RESULTS",
-        help="only print the tables again from a raw results file",
-    )
-    args = p.parse_args(argv)
-    if not args.relay and not args.from_json:
-        p.error("--relay is required")
-    if not 1 <= args.repeat <= 50:
-        p.error("--repeat must be 1..50")
+    g.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for a reply (1)")
+
+
+def check_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     args.transports = [t.strip() for t in args.transport.split(",") if t.strip()]
     if not args.transports or any(t not in TRANSPORTS for t in args.transports):
         p.error(f"--transport takes a comma-separated subset of {','.join(TRANSPORTS)}")
@@ -576,21 +542,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--clients takes integers 1..256")
     if args.triples < 1 or args.seconds <= 0:
         p.error("--triples and --seconds must be positive")
-    return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.from_json:
-        doc = json.loads(args.from_json.read_text())
-        names = list(doc["meta"]["relays"])
-        print_tables(doc["summary"], args.baseline or names[0])
-        return 0
-    relays = parse_relays(args.relay)
-    baseline = args.baseline or relays[0].name
-    if not args.no_pin and (os.cpu_count() or 1) < 2:
-        log("fewer than 2 CPUs: not pinning (--no-pin)")
-        args.no_pin = True
+def run(args: argparse.Namespace, relays: list[RelaySpec], deadline: float) -> dict[str, Any]:
+    """Every relay, socket and client count, --repeat times; raw records and the summary."""
     # sessions live for a moment only, but the reference keeps a deleted session's ports
     # for ~1.5 s: offer every port below the ephemeral range (the clients' own sockets)
     eph_lo, _eph_hi = ephemeral_range()
@@ -598,33 +553,21 @@ def main(argv: list[str] | None = None) -> int:
     port_hi = eph_lo - 2
     if port_hi - port_lo < 1000 or port_lo <= args.ctl_port <= port_hi:
         raise SystemExit(f"bad port layout: media {port_lo}-{port_hi}, control {args.ctl_port}")
-
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_path: Path = args.out or OUT_DIR / f"control-{stamp}.json"
-    facts = machine_facts()
-    versions = {r.name: relay_version(r) for r in relays}
-    meta = {
-        "started": stamp, "machine": facts, "argv": sys.argv,
-        "relays": {r.name: shlex.join(r.command) for r in relays}, "versions": versions,
+    section: dict[str, Any] = {
         "transports": args.transports, "clients": args.client_counts,
-        "triples": args.triples, "seconds": args.seconds, "warmup": args.warmup,
-        "timeout": args.timeout, "port_range": [port_lo, port_hi],
-        "pinning": None if args.no_pin else {"relay": args.relay_cpu, "clients": args.client_cpu},
+        "triples": args.triples, "seconds": args.seconds, "warmup": args.control_warmup,
+        "timeout": args.timeout, "port_range": [port_lo, port_hi], "results": [],
     }  # fmt: skip
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    results: list[dict[str, Any]] = []
-    interrupted = False
+    results: list[dict[str, Any]] = section["results"]
     try:
         for rep in range(args.repeat):
             # alternate the order so slow drift of the machine does not favour one relay
             order = relays if rep % 2 == 0 else list(reversed(relays))
             for spec in order:
-                for transport in args.transports:
+                for transport in (t for t in args.transports if t in spec.transports):
                     for clients in args.client_counts:
+                        if time.monotonic() > deadline:
+                            raise Interrupted("max-wall")
                         rec = run_config(args, spec, transport, clients, rep, port_lo, port_hi)
                         results.append(rec)
                         lat = rec.get("latency") or {}
@@ -636,31 +579,16 @@ def main(argv: list[str] | None = None) -> int:
                             + (f" [{rec['error']}]" if "error" in rec else "")
                         )
                         time.sleep(args.pause)
-    except (KeyboardInterrupt, Interrupted) as exc:
-        interrupted = True
-        log(f"interrupted ({exc!r}); writing partial results")
     finally:
-        kill_all_started()
-
-    summary = summarise(results, versions)
-    doc = {"meta": meta, "interrupted": interrupted, "results": results, "summary": summary}
-    out_path.write_text(json.dumps(doc, indent=1, default=str))
-    pin = "not pinned" if args.no_pin else f"relay on CPU {args.relay_cpu}, clients on CPU "
-    pin += "" if args.no_pin else str(args.client_cpu)
-    print(
-        f"machine: {facts['cpus']} x {facts['cpu_model']}, kernel {facts['kernel']}; {pin}; "
-        f"up to {args.triples} triples or {args.seconds:g}s per configuration, "
-        f"repeat {args.repeat}"
-    )
-    for spec in relays:
-        print(f"  {spec.name}: {shlex.join(spec.command)}  [{versions[spec.name]}]")
-    print_tables(summary, baseline)
-    print(f"\nraw results: {out_path}")
-    return 130 if interrupted else 0
+        section["summary"] = summarise(results, {r.name: r.version() for r in relays})
+    return section
 
 
 if __name__ == "__main__":
+    import run as benchmark
+    from relays import kill_all_started
+
     try:
-        sys.exit(main())
+        sys.exit(benchmark.main(["--mode", "control", *sys.argv[1:]]))
     finally:
         kill_all_started()

@@ -73,8 +73,16 @@ typedef struct {
 
 static volatile sig_atomic_t g_stop;
 static char g_tag[40];
+static char g_tag_suffix[8]; /* appended to from/to tags: ";1" as Kamailio sends them */
 static int g_ctl = -1;
-static struct sockaddr_in g_ctl_addr;
+
+/* Relay control sockets with weights; a session's commands go to the node that Kamailio's
+ * rtpproxy module would choose for its call-id (see select_node). */
+#define MAXNODES 16
+static struct sockaddr_in g_nodes[MAXNODES];
+static unsigned g_weights[MAXNODES];
+static unsigned g_nnodes;
+static uint8_t *g_node_of; /* per session */
 
 static void on_sig(int s) { (void)s; g_stop = 1; }
 
@@ -171,10 +179,11 @@ static int read_ppid(int pid)
     return ppid;
 }
 
-/* The relay process plus any descendants (a relay may fork workers). */
+/* Add a relay process plus any descendants (a relay may fork workers). */
 static void find_relay_pids(int root)
 {
-    g_npids = 0;
+    if (g_npids >= MAXPIDS) return;
+    int first = g_npids;
     g_pids[g_npids++] = root;
     DIR *d = opendir("/proc");
     if (!d) return;
@@ -193,7 +202,7 @@ static void find_relay_pids(int root)
         changed = 0;
         for (int i = 0; i < na; i++) {
             int in = 0, pin = 0;
-            for (int j = 0; j < g_npids; j++) {
+            for (int j = first; j < g_npids; j++) {
                 if (g_pids[j] == all[i]) in = 1;
                 if (g_pids[j] == par[i]) pin = 1;
             }
@@ -343,9 +352,10 @@ static void snapshot(snap_t *sn, int relay_pid)
 
 /* ---- control protocol ---- */
 
-static void ctl_send(const char *cmd)
+static void ctl_send(const char *cmd, unsigned node)
 {
-    ssize_t r = sendto(g_ctl, cmd, strlen(cmd), 0, (struct sockaddr *)&g_ctl_addr, sizeof g_ctl_addr);
+    const struct sockaddr_in *to = &g_nodes[node];
+    ssize_t r = sendto(g_ctl, cmd, strlen(cmd), 0, (const struct sockaddr *)to, sizeof *to);
     if (r < 0 && errno != EAGAIN && errno != ENOBUFS && errno != ECONNREFUSED)
         fprintf(stderr, "loadgen: control send: %s\n", strerror(errno));
 }
@@ -370,15 +380,37 @@ static void fmt_cmd(char *out, size_t sz, char type, unsigned i, const sess_t *s
 {
     switch (type) {
     case 'U':
-        snprintf(out, sz, "%s-U%u U %s-%u 127.0.0.1 %u ft%u", g_tag, i, g_tag, i, s->lport[0], i);
+        snprintf(out, sz, "%s-U%u U %s-%u 127.0.0.1 %u ft%u%s", g_tag, i, g_tag, i, s->lport[0], i,
+                 g_tag_suffix);
         break;
     case 'L':
-        snprintf(out, sz, "%s-L%u L %s-%u 127.0.0.1 %u ft%u tt%u", g_tag, i, g_tag, i, s->lport[1], i, i);
+        snprintf(out, sz, "%s-L%u L %s-%u 127.0.0.1 %u ft%u%s tt%u%s", g_tag, i, g_tag, i, s->lport[1], i,
+                 g_tag_suffix, i, g_tag_suffix);
         break;
     case 'D':
-        snprintf(out, sz, "%s-D%u D %s-%u ft%u tt%u", g_tag, i, g_tag, i, i, i);
+        snprintf(out, sz, "%s-D%u D %s-%u ft%u%s tt%u%s", g_tag, i, g_tag, i, i, g_tag_suffix, i,
+                 g_tag_suffix);
         break;
     }
+}
+
+/*
+ * The node Kamailio's rtpproxy module picks for a call-id when every node is up
+ * (select_rtpp_node): the byte sum of the call-id, modulo 256, walked down the weights.
+ */
+static unsigned select_node(const char *callid)
+{
+    if (g_nnodes == 1) return 0;
+    unsigned sum = 0, total = 0;
+    for (const char *c = callid; *c; c++) sum += (unsigned)*c;
+    sum &= 0xff;
+    for (unsigned n = 0; n < g_nnodes; n++) total += g_weights[n];
+    unsigned cut = sum % total;
+    for (unsigned n = 0; n < g_nnodes; n++) {
+        if (cut < g_weights[n]) return n;
+        cut -= g_weights[n];
+    }
+    return 0;
 }
 
 /*
@@ -407,7 +439,7 @@ static unsigned ctl_phase(char type, sess_t *ss, unsigned n, unsigned window, in
         while (nout < window && next < n) {
             if (done[next]) { next++; continue; }
             fmt_cmd(cmd, sizeof cmd, type, next, &ss[next]);
-            ctl_send(cmd);
+            ctl_send(cmd, g_node_of[next]);
             sent_at[next] = t;
             tries[next] = 1;
             outq[nout++] = next++;
@@ -422,7 +454,7 @@ static unsigned ctl_phase(char type, sess_t *ss, unsigned n, unsigned window, in
                     continue;
                 }
                 fmt_cmd(cmd, sizeof cmd, type, i, &ss[i]);
-                ctl_send(cmd);
+                ctl_send(cmd, g_node_of[i]);
                 sent_at[i] = t;
                 tries[i]++;
             }
@@ -462,16 +494,20 @@ static unsigned ctl_phase(char type, sess_t *ss, unsigned n, unsigned window, in
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: loadgen --ctl 127.0.0.1:PORT --sessions N [--duration S] [--warmup S]\n"
+            "usage: loadgen --ctl 127.0.0.1:PORT[=WEIGHT] --sessions N [--duration S] [--warmup S]\n"
             "               [--drain S] [--rate PPS] [--payload BYTES] [--relay-pid PID]\n"
             "               [--setup-timeout S] [--window W] [--tag STR] [--tick-us US]\n"
-            "               [--shared K]  (K>0: 2K sockets shared by all sessions)\n");
+            "               [--shared K]  (K>0: 2K sockets shared by all sessions)\n"
+            "               [--tag-suffix STR]  (appended to from/to tags, e.g. \";1\")\n"
+            "--ctl and --relay-pid repeat for several relays: sessions are spread over the\n"
+            "--ctl nodes by call-id as Kamailio's rtpproxy module does; CPU sums all pids.\n");
     exit(1);
 }
 
 int main(int argc, char **argv)
 {
-    const char *ctl = NULL;
+    const char *ctls[MAXNODES];
+    unsigned nctl = 0;
     unsigned nsess = 100, window = 64, payload = 160;
     double duration = 10, warmup = 1, drain = 1, rate = 50, setup_to = 120;
     int relay_pid = 0;
@@ -481,19 +517,29 @@ int main(int argc, char **argv)
         {"ctl", 1, 0, 'c'},      {"sessions", 1, 0, 'n'},      {"duration", 1, 0, 'd'},
         {"warmup", 1, 0, 'w'},   {"drain", 1, 0, 'r'},         {"rate", 1, 0, 'R'},
         {"payload", 1, 0, 'p'},  {"relay-pid", 1, 0, 'P'},     {"setup-timeout", 1, 0, 's'},
-        {"window", 1, 0, 'W'},   {"tag", 1, 0, 't'},           {"tick-us", 1, 0, 'T'},       {"shared", 1, 0, 'S'},           {0, 0, 0, 0}};
+        {"window", 1, 0, 'W'},   {"tag", 1, 0, 't'},           {"tick-us", 1, 0, 'T'},
+        {"shared", 1, 0, 'S'},   {"tag-suffix", 1, 0, 'X'},    {0, 0, 0, 0}};
+    int roots[MAXPIDS];
+    int nroots = 0;
     g_tag[0] = 0;
     int o;
     while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (o) {
-        case 'c': ctl = optarg; break;
+        case 'c':
+            if (nctl == MAXNODES) usage();
+            ctls[nctl++] = optarg;
+            break;
+        case 'X': snprintf(g_tag_suffix, sizeof g_tag_suffix, "%s", optarg); break;
         case 'n': nsess = (unsigned)strtoul(optarg, NULL, 10); break;
         case 'd': duration = atof(optarg); break;
         case 'w': warmup = atof(optarg); break;
         case 'r': drain = atof(optarg); break;
         case 'R': rate = atof(optarg); break;
         case 'p': payload = (unsigned)strtoul(optarg, NULL, 10); break;
-        case 'P': relay_pid = atoi(optarg); break;
+        case 'P':
+            if (nroots < MAXPIDS) roots[nroots++] = atoi(optarg);
+            relay_pid = 1;
+            break;
         case 's': setup_to = atof(optarg); break;
         case 'W': window = (unsigned)strtoul(optarg, NULL, 10); break;
         case 'S': shared = (unsigned)strtoul(optarg, NULL, 10); break;
@@ -502,7 +548,7 @@ int main(int argc, char **argv)
         default: usage();
         }
     }
-    if (!ctl || nsess == 0 || nsess > 100000 || rate <= 0 || rate > 1000 || duration <= warmup ||
+    if (!nctl || nsess == 0 || nsess > 100000 || rate <= 0 || rate > 1000 || duration <= warmup ||
         duration > 3600 || tick_ns < 0 || tick_ns > 10000000 || drain < 0 || drain > 60 || window == 0 || window > 4096 || shared > 4096)
         usage();
     if (shared > nsess) shared = nsess;
@@ -512,22 +558,28 @@ int main(int argc, char **argv)
         if (!isalnum((unsigned char)*c)) *c = 'x';
     if (!g_tag[0]) snprintf(g_tag, sizeof g_tag, "lg%x%llx", (unsigned)getpid(), (unsigned long long)(now_ns() & 0xffffff));
 
-    /* control address: loopback only */
-    {
+    /* control addresses: loopback only, each HOST:PORT with an optional =WEIGHT */
+    for (unsigned n = 0; n < nctl; n++) {
         char host[64];
+        const char *ctl = ctls[n];
         const char *colon = strrchr(ctl, ':');
         if (!colon || (size_t)(colon - ctl) >= sizeof host) usage();
         memcpy(host, ctl, (size_t)(colon - ctl));
         host[colon - ctl] = 0;
-        memset(&g_ctl_addr, 0, sizeof g_ctl_addr);
-        g_ctl_addr.sin_family = AF_INET;
-        g_ctl_addr.sin_port = htons((uint16_t)atoi(colon + 1));
-        if (inet_pton(AF_INET, host, &g_ctl_addr.sin_addr) != 1) usage();
-        if ((ntohl(g_ctl_addr.sin_addr.s_addr) >> 24) != 127) {
+        const char *eq = strchr(colon, '=');
+        g_weights[n] = eq ? (unsigned)strtoul(eq + 1, NULL, 10) : 1;
+        if (g_weights[n] == 0 || g_weights[n] > 1000) usage();
+        struct sockaddr_in *a = &g_nodes[n];
+        memset(a, 0, sizeof *a);
+        a->sin_family = AF_INET;
+        a->sin_port = htons((uint16_t)atoi(colon + 1));
+        if (inet_pton(AF_INET, host, &a->sin_addr) != 1) usage();
+        if ((ntohl(a->sin_addr.s_addr) >> 24) != 127) {
             fprintf(stderr, "loadgen: control address must be loopback (127.0.0.0/8)\n");
             return 1;
         }
     }
+    g_nnodes = nctl;
 
     signal(SIGINT, on_sig);
     signal(SIGTERM, on_sig);
@@ -554,7 +606,15 @@ int main(int argc, char **argv)
     }
 
     sess_t *ss = calloc(nsess, sizeof(sess_t));
-    if (!ss) die("calloc");
+    g_node_of = calloc(nsess, 1);
+    if (!ss || !g_node_of) die("calloc");
+    unsigned per_node[MAXNODES] = {0};
+    for (unsigned i = 0; i < nsess; i++) {
+        char callid[64];
+        snprintf(callid, sizeof callid, "%s-%u", g_tag, i);
+        g_node_of[i] = (uint8_t)select_node(callid);
+        per_node[g_node_of[i]]++;
+    }
     srandom((unsigned)(now_ns() ^ getpid()));
     /* shared mode: 2*shared sockets in all, session i uses socket i % shared on each side */
     int *sfd = calloc(2 * (shared ? shared : 1), sizeof(int));
@@ -590,7 +650,7 @@ int main(int argc, char **argv)
         }
     }
 
-    if (relay_pid > 0) find_relay_pids(relay_pid);
+    for (int r = 0; r < nroots; r++) find_relay_pids(roots[r]);
 
     /* ---- setup ---- */
     int64_t t_setup0 = now_ns();
@@ -731,14 +791,14 @@ int main(int argc, char **argv)
             snapshot(&sn0, relay_pid);
             tw0 = now_ns();
             snprintf(cbuf, sizeof cbuf, "%s-G0 G npkts_relayed", g_tag);
-            ctl_send(cbuf);
+            if (g_nnodes == 1) ctl_send(cbuf, 0);
         }
         if (in_window && !window_done && k >= kmax) {
             window_done = 1;
             tw1 = now_ns();
             snapshot(&sn1, relay_pid);
             snprintf(cbuf, sizeof cbuf, "%s-G1 G npkts_relayed", g_tag);
-            ctl_send(cbuf);
+            if (g_nnodes == 1) ctl_send(cbuf, 0);
             drain_end = tw1 + (int64_t)(drain * 1e9);
         }
         if (window_done && t >= drain_end) break;
@@ -962,6 +1022,9 @@ int main(int argc, char **argv)
                "\"window_s\": %.3f, \"interrupted\": %s, \"shared_sockets\": %u, ",
             g_tag, nsess, nact, fail_u + fail_l, fail_d, setup_s, teardown_s, rate, payload, duration,
             warmup, drain, win, interrupted ? "true" : "false", shared);
+    fprintf(out, "\"sessions_per_node\": [");
+    for (unsigned n = 0; n < g_nnodes; n++) fprintf(out, "%s%u", n ? ", " : "", per_node[n]);
+    fprintf(out, "], ");
     fprintf(out, "\"target_pps\": %.0f, \"sent_pps\": %.0f, \"sent\": [%" PRIu64 ", %" PRIu64 "], "
                "\"recv\": [%" PRIu64 ", %" PRIu64 "], \"sent_all\": %" PRIu64 ", \"recv_all\": %" PRIu64 ", "
                "\"loss_pct\": [%.4f, %.4f], \"loss_pct_total\": %.4f, \"bad\": %" PRIu64 ", "

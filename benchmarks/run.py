@@ -1,55 +1,59 @@
 #!/usr/bin/env python3
-"""Side-by-side load benchmark of rtpproxy-compatible relays (see benchmarks/README.md).
+"""Side-by-side benchmark of rtpproxy-compatible relays (see benchmarks/README.md).
+
+Modes (``--mode``, comma-separated, one run): ``media`` (RTP through the relay at rising
+session counts), ``control`` (U+L+D triples over the control socket, benchmarks/control.py)
+and ``memory`` (what 1000 idle sessions cost, benchmarks/memory.py).
 
 Example:
-    python benchmarks/run.py --relay ref=/path/to/rtpproxy \\
-        --relay py=/work/main/.venv/bin/pyrtpproxy --repeat 3 --plot benchmarks/results.png
+    python benchmarks/run.py --relay ref=/path/to/rtpproxy --relay rte=/usr/bin/rtpengine \\
+        --relay py=/work/main/.venv/bin/pyrtpproxy --mode control,memory,media --repeat 3
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
-import resource
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
+import memory
+from relays import (
+    HERE,
+    OUT_DIR,
+    Interrupted,
+    RelaySpec,
+    _on_signal,
+    add_common_options,
+    control_query,
+    cpu_seconds,
+    ephemeral_range,
+    kill_all_started,
+    log,
+    machine_facts,
+    nofile_limit,
+    parse_relays,
+    relay_group,
+    rss_kb,
+    softirq_thread_seconds,
+)
+
+import control
+
 BUILD_DIR = HERE / "build"
-OUT_DIR = HERE / "out"
 LOADGEN_SRC = HERE / "loadgen.c"
 LOADGEN_BIN = BUILD_DIR / "loadgen"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+MODES = ("media", "control", "memory")
 DEFAULT_STEPS = "100,250,500,1000,1500,2000,3000,4000"
 UNDERDELIVERED = 0.95  # a step that sent less than this share of its target rate
-
-
-class Interrupted(Exception):
-    """Raised from the SIGTERM/SIGHUP handler so that cleanup runs."""
-
-
-@dataclass(frozen=True)
-class RelaySpec:
-    name: str
-    command: list[str]
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- build
@@ -65,215 +69,6 @@ def build_loadgen() -> Path:
     return LOADGEN_BIN
 
 
-# --------------------------------------------------------------------------- /proc helpers
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # fields after the parenthesised command name; index 0 is field 3 (state)
-    return raw[raw.rindex(")") + 2 :].split()
-
-
-def descendants(pid: int) -> list[int]:
-    """pid plus all its descendant processes."""
-    parent: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = _stat_fields(int(entry.name))
-        if fields is not None:
-            parent[int(entry.name)] = int(fields[1])
-    found = [pid]
-    for _ in range(16):  # bounded depth
-        new = [p for p, pp in parent.items() if pp in found and p not in found]
-        if not new:
-            break
-        found.extend(new)
-    return found
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime+stime of a process tree (each process's figure already covers all its threads)."""
-    total = 0.0
-    for p in descendants(pid):
-        fields = _stat_fields(p)
-        if fields is not None:
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return total
-
-
-def softirq_thread_seconds() -> float:
-    """CPU time of the kernel's softirq threads (ksoftirqd/N), from their schedstat (ns)."""
-    total = 0
-    for comm in Path("/proc").glob("[0-9]*/comm"):
-        try:
-            if not comm.read_text().startswith("ksoftirqd/"):
-                continue
-            total += int((comm.parent / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue
-    return total / 1e9
-
-
-def rss_kb(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def machine_facts() -> dict[str, Any]:
-    model = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_kb = 0
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "mem_gib": round(mem_kb / 1048576, 1),
-        "python": platform.python_version(),
-    }
-
-
-def nofile_limit() -> int:
-    """-L value: 65536, or the hard RLIMIT_NOFILE when we may not raise it that far.
-
-    The reference exits with "setrlimit: Operation not permitted" when -L exceeds the
-    hard limit and the process lacks CAP_SYS_RESOURCE (as in unprivileged containers).
-    """
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        return 65536
-    return min(65536, hard)
-
-
-def relay_version(spec: RelaySpec) -> str:
-    """First line of `COMMAND -V` (both relays print their software version)."""
-    try:
-        res = subprocess.run([*spec.command, "-V"], capture_output=True, timeout=20, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"? ({exc})"
-    out = (res.stdout or res.stderr).decode(errors="replace").strip().splitlines()
-    return out[0] if out else "?"
-
-
-def ephemeral_range() -> tuple[int, int]:
-    try:
-        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(lo), int(hi)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-# --------------------------------------------------------------------------- relay process
-
-_STARTED: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def _kill(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """Stop one process we started, by its PID: SIGTERM, then SIGKILL after `grace` seconds."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-    _STARTED.pop(proc.pid, None)
-
-
-def kill_all_started() -> None:
-    for proc in list(_STARTED.values()):
-        _kill(proc, grace=3.0)
-
-
-def control_query(port: int, cmd: str, timeout: float = 0.3) -> str | None:
-    """One cookie-prefixed command over UDP to 127.0.0.1:port; the reply body or None."""
-    cookie = f"rb{os.getpid()}x{time.monotonic_ns()}"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        try:
-            s.sendto(f"{cookie} {cmd}".encode(), ("127.0.0.1", port))
-            data = s.recv(2048).decode(errors="replace")
-        except OSError:
-            return None
-    if not data.startswith(cookie + " "):
-        return None
-    return data[len(cookie) + 1 :].strip()
-
-
-@contextlib.contextmanager
-def relay_process(
-    spec: RelaySpec,
-    ctl_port: int,
-    port_lo: int,
-    port_hi: int,
-    cpu: int | None,
-    logfile: Path,
-    ready_timeout: float,
-    *,
-    control: str | None = None,
-    probe: Callable[[], str | None] | None = None,
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Start one relay with the benchmark's flags; yield it once it answers ``V``; stop it.
-
-    ``control`` replaces the ``-s`` argument (default ``udp:127.0.0.1:<ctl_port>``) and
-    ``probe`` the readiness check (one ``V`` sent over that socket; returns the reply).
-    """
-    # Not "-p /dev/null": the reference rtpproxy unlink()s its pid file at exit whatever
-    # it is (main.c ehandler), so running it as root with -p /dev/null deletes /dev/null.
-    pidfile = OUT_DIR / "run" / f"{spec.name}.pid"
-    pidfile.parent.mkdir(parents=True, exist_ok=True)
-    flags = [
-        "-f", "-F", "-s", control or f"udp:127.0.0.1:{ctl_port}", "-l", "127.0.0.1",
-        "-m", str(port_lo), "-M", str(port_hi), "-T", "60", "-p", str(pidfile),
-        "-d", "ERR", "-L", str(nofile_limit()),
-    ]  # fmt: skip
-    argv = [*spec.command, *flags]
-    if cpu is not None:
-        argv = ["taskset", "-c", str(cpu), *argv]
-    logfile.parent.mkdir(parents=True, exist_ok=True)
-    with logfile.open("wb") as lf:
-        lf.write(("# " + shlex.join(argv) + "\n").encode())
-        lf.flush()
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
-            start_new_session=True,  # a terminal ^C reaches us; we stop it by PID
-        )  # fmt: skip
-    _STARTED[proc.pid] = proc
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{spec.name} exited with {proc.returncode} (see {logfile})")
-            answer = probe() if probe is not None else control_query(ctl_port, "V")
-            if answer == "20040107":
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{spec.name} did not answer V within {ready_timeout}s")
-            time.sleep(0.1)
-        yield proc
-    finally:
-        _kill(proc)
-
-
 # --------------------------------------------------------------------------- one step
 
 
@@ -287,24 +82,29 @@ def run_step(
     port_hi: int,
 ) -> dict[str, Any]:
     rec: dict[str, Any] = {"relay": spec.name, "rep": rep, "sessions": sessions}
-    logfile = OUT_DIR / "logs" / f"{spec.name}-r{rep}-n{sessions}.log"
-    relay_cpu = None if args.no_pin else args.relay_cpu
+    rec["instances"] = spec.instances
     gen_cpu = None if args.no_pin else args.gen_cpu
     try:
-        with relay_process(
-            spec, args.ctl_port, port_lo, port_hi, relay_cpu, logfile, args.ready_timeout
-        ) as proc:
-            cpu0 = cpu_seconds(proc.pid)
+        with relay_group(spec, args, port_lo, port_hi, f"{spec.name}-r{rep}-n{sessions}") as group:
+            pids = [member.proc.pid for member in group]
+            cpu0 = sum(cpu_seconds(pid) for pid in pids)
             tag = f"bn{rep}x{sessions}x{os.getpid()}"
             recorder = start_recording_share(args, tag, sessions, rec)
             argv = [
-                str(loadgen), "--ctl", f"127.0.0.1:{args.ctl_port}", "--tag", tag,
+                str(loadgen), "--tag", tag, "--tag-suffix", spec.tag_suffix,
                 "--sessions", str(sessions), "--duration", str(args.step_seconds),
                 "--warmup", str(args.warmup), "--drain", str(args.drain),
-                "--rate", str(args.rate), "--relay-pid", str(proc.pid),
+                "--rate", str(args.rate),
                 "--setup-timeout", str(args.setup_timeout), "--tick-us", str(args.tick_us),
                 "--shared", str(args.gen_shared),
             ]  # fmt: skip
+            for member in group:  # spread over the instances by call-id, weight 1 each
+                argv += [
+                    "--ctl",
+                    f"127.0.0.1:{member.ctl_port}=1",
+                    "--relay-pid",
+                    str(member.proc.pid),
+                ]
             if gen_cpu is not None:
                 argv = ["taskset", "-c", str(gen_cpu), *argv]
             limit = 2 * args.setup_timeout + args.step_seconds + args.drain + 30
@@ -315,9 +115,9 @@ def run_step(
                 recorder.join(5.0)
             rec["step_wall_s"] = round(time.monotonic() - t0, 3)
             rec["ksoftirqd_step_s"] = round(softirq_thread_seconds() - softirq0, 4)
-            rec["relay_cpu_step_s"] = round(cpu_seconds(proc.pid) - cpu0, 3)
-            rec["relay_rss_kb"] = rss_kb(proc.pid)
-            rec["relay_alive"] = proc.poll() is None
+            rec["relay_cpu_step_s"] = round(sum(cpu_seconds(pid) for pid in pids) - cpu0, 3)
+            rec["relay_rss_kb"] = sum(rss_kb(pid) or 0 for pid in pids)
+            rec["relay_alive"] = all(member.proc.poll() is None for member in group)
             lines = [ln for ln in res.stdout.decode().splitlines() if ln.startswith("{")]
             if res.returncode != 0 or not lines:
                 err = res.stderr.decode(errors="replace")[-500:]
@@ -614,46 +414,46 @@ def plot(summary: dict[str, Any], relays: list[RelaySpec], path: Path, title: st
 # --------------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
-        "--relay",
-        action="append",
-        default=[],
-        metavar="NAME=COMMAND",
-        help="relay to measure (repeatable); COMMAND gets rtpproxy flags appended",
-    )
-    p.add_argument(
+def add_media_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("media mode")
+    g.add_argument(
         "--sessions",
         default=DEFAULT_STEPS,
         help=f"comma-separated session counts to ramp through (default {DEFAULT_STEPS})",
     )
-    p.add_argument(
+    g.add_argument(
+        "--instances",
+        default="1",
+        help="comma-separated relay instance counts: N relays of each --relay side by side\n"
+        "(disjoint ports, control ports --ctl-port+i), the generator's sessions spread\n"
+        "over them by call-id as Kamailio's rtpproxy module does (default 1)",
+    )
+    g.add_argument(
         "--step-seconds",
         type=float,
         default=10.0,
         help="media time per step including warm-up (default 10)",
     )
-    p.add_argument(
+    g.add_argument(
         "--warmup",
         type=float,
         default=2.0,
         help="seconds at the start of a step not measured (default 2)",
     )
-    p.add_argument(
+    g.add_argument(
         "--drain",
         type=float,
         default=1.0,
         help="seconds to wait for stragglers after sending stops (default 1)",
     )
-    p.add_argument("--rate", type=float, default=50.0, help="packets/s per direction (default 50)")
-    p.add_argument(
+    g.add_argument("--rate", type=float, default=50.0, help="packets/s per direction (default 50)")
+    g.add_argument(
         "--tick-us",
         type=float,
         default=1000.0,
         help="generator send granularity in microseconds (default 1000)",
     )
-    p.add_argument(
+    g.add_argument(
         "--gen-shared",
         type=int,
         default=0,
@@ -661,41 +461,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="generator uses 2K sockets shared by all sessions (cheaper, batched with "
         "sendmmsg) instead of 2 per session (default 0 = 2 per session)",
     )
-    p.add_argument("--repeat", type=int, default=1, help="repeat the whole ramp K times")
-    p.add_argument(
-        "--baseline", help="relay NAME used as the denominator of ratios (default: first --relay)"
-    )
-    p.add_argument("--max-loss", type=float, default=0.1, help="capacity limit: loss %% (0.1)")
-    p.add_argument("--max-p99-ms", type=float, default=20.0, help="capacity limit: p99 ms (20)")
-    p.add_argument(
+    g.add_argument("--max-loss", type=float, default=0.1, help="capacity limit: loss %% (0.1)")
+    g.add_argument("--max-p99-ms", type=float, default=20.0, help="capacity limit: p99 ms (20)")
+    g.add_argument(
         "--gen-bound",
         type=float,
         default=0.9,
         help="generator CPU share above which a step is generator-bound (0.9)",
     )
-    p.add_argument(
+    g.add_argument(
         "--fails-to-stop",
         type=int,
         default=1,
         help="stop a ramp after this many failing steps (default 1)",
     )
-    p.add_argument("--ctl-port", type=int, default=9400, help="relay UDP control port (9400)")
-    p.add_argument("--port-min", type=int, default=10000, help="relay media port range start")
-    p.add_argument("--relay-cpu", type=int, default=0, help="CPU the relay is pinned to (0)")
-    p.add_argument("--gen-cpu", type=int, default=1, help="CPU the generator is pinned to (1)")
-    p.add_argument("--no-pin", action="store_true", help="do not use taskset")
-    p.add_argument(
+    g.add_argument(
         "--setup-timeout",
         type=float,
         default=60.0,
         help="seconds allowed for creating (and deleting) a step's sessions",
     )
-    p.add_argument(
-        "--ready-timeout",
+    g.add_argument(
+        "--max-foreign",
         type=float,
-        default=20.0,
-        help="seconds a relay may take to answer V after start",
+        default=10.0,
+        help="a step is 'disturbed' when other processes used more than this %% of a core "
+        "(user time) during its window (default 10)",
     )
+    g.add_argument(
+        "--retry-disturbed",
+        type=int,
+        default=2,
+        help="re-run a disturbed step up to N times, keeping the least disturbed (default 2)",
+    )
+    g.add_argument(
+        "--record-share",
+        type=float,
+        default=0.0,
+        help="after set-up, send R for this share of the sessions (0.1: every 10th); "
+        "relays given -r DIR record them, others answer E50",
+    )
+    g.add_argument("--plot", type=Path, help="write a PNG plot here")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--mode",
+        default="media",
+        help=f"comma-separated modes to run, in this order: {','.join(MODES)} (default media)",
+    )
+    add_common_options(p)
     p.add_argument(
         "--max-wall",
         type=float,
@@ -703,62 +519,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="global wall-clock cap in seconds (default 3 h)",
     )
     p.add_argument(
-        "--max-foreign",
-        type=float,
-        default=10.0,
-        help="a step is 'disturbed' when other processes used more than this %% of a core "
-        "(user time) during its window (default 10)",
-    )
-    p.add_argument(
-        "--retry-disturbed",
-        type=int,
-        default=2,
-        help="re-run a disturbed step up to N times, keeping the least disturbed (default 2)",
-    )
-    p.add_argument("--pause", type=float, default=1.0, help="seconds between steps (1)")
-    p.add_argument(
-        "--record-share",
-        type=float,
-        default=0.0,
-        help="after set-up, send R for this share of the sessions (0.1: every 10th); "
-        "relays given -r DIR record them, others answer E50",
-    )
-    p.add_argument(
         "--netns",
         action="store_true",
         help="run everything in a private network namespace (root; needed for relays that\n"
         "change nftables, such as pyrtpproxy --kernel-forward)",
     )
-    p.add_argument("--plot", type=Path, help="write a PNG plot here")
-    p.add_argument("--out", type=Path, help="raw JSON output (default benchmarks/out/...)")
     p.add_argument(
         "--from-json",
         type=Path,
         metavar="RESULTS",
         help="only print the tables (and --plot) again from a raw results file",
     )
+    add_media_options(p)
+    control.add_options(p)
+    memory.add_options(p)
     args = p.parse_args(argv)
     if not args.relay and not args.from_json:
         p.error("--relay is required")
     if args.repeat < 1 or args.repeat > 50:
         p.error("--repeat must be 1..50")
+    args.modes = [m.strip() for m in args.mode.split(",") if m.strip()]
+    if not args.modes or any(m not in MODES for m in args.modes):
+        p.error(f"--mode takes a comma-separated subset of {','.join(MODES)}")
+    try:
+        args.instance_counts = sorted({int(n) for n in args.instances.split(",") if n.strip()})
+    except ValueError:
+        p.error("--instances takes comma-separated integers")
+    if not args.instance_counts or not all(1 <= n <= 16 for n in args.instance_counts):
+        p.error("--instances takes integers 1..16")
+    if args.record_share > 0 and args.instance_counts != [1]:
+        p.error("--record-share talks to one relay: use it with --instances 1")
+    control.check_options(p, args)
     return args
-
-
-def parse_relays(items: list[str]) -> list[RelaySpec]:
-    relays: list[RelaySpec] = []
-    for item in items:
-        name, sep, cmd = item.partition("=")
-        if not sep or not name or not cmd.strip():
-            raise SystemExit(f"--relay expects NAME=COMMAND, got {item!r}")
-        if any(r.name == name for r in relays):
-            raise SystemExit(f"duplicate relay name {name!r}")
-        relays.append(RelaySpec(name, shlex.split(cmd)))
-    return relays
-
-
-def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise Interrupted(f"signal {signum}")
 
 
 def in_private_namespace(argv: list[str]) -> int:
@@ -774,20 +566,132 @@ def in_private_namespace(argv: list[str]) -> int:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-def report_again(args: argparse.Namespace) -> int:
-    """Summarise a raw results file again (with this version's classification)."""
-    doc = json.loads(args.from_json.read_text())
-    meta = doc["meta"]
-    relays = [RelaySpec(name, shlex.split(cmd)) for name, cmd in meta["relays"].items()]
-    results = doc["results"]
+def media_relays(doc: dict[str, Any]) -> list[RelaySpec]:
+    return [
+        RelaySpec(name, shlex.split(cmd), int(doc["instances"].get(name, 1)))
+        for name, cmd in doc["relays"].items()
+    ]
+
+
+def report_media(args: argparse.Namespace, meta: dict[str, Any], media: dict[str, Any]) -> None:
+    """Summarise a media section again (with this version's classification)."""
+    relays = media_relays(media)
+    results = media["results"]
     for rec in results:
         classify(args, rec)
     repeat = 1 + max(int(r["rep"]) for r in results)
-    summary = summarise(results, relays, meta["steps"], repeat, meta["versions"])
+    summary = summarise(results, relays, media["steps"], repeat, meta["versions"])
     print_tables(summary, relays, args.baseline or relays[0].name)
     if args.plot:
         plot(summary, relays, args.plot, plot_title(meta["machine"]))
+
+
+def report_again(args: argparse.Namespace) -> int:
+    """Print the tables of a raw results file again."""
+    doc = json.loads(args.from_json.read_text())
+    meta = doc["meta"]
+    baseline = args.baseline or next(iter(meta["relays"]))
+    if "control" in doc:
+        control.print_tables(doc["control"]["summary"], baseline)
+    if "memory" in doc:
+        memory.print_table(doc["memory"]["summary"])
+    if "media" in doc:
+        report_media(args, meta, doc["media"])
     return 0
+
+
+def media_ports(args: argparse.Namespace, steps: list[int]) -> tuple[int, int]:
+    """The media port range: from --port-min up to just below the ephemeral range that the
+    generator's own sockets use; each of N instances gets 1/N of it, which must hold
+    2 legs x (RTP+RTCP) for every session of the largest step, and then some."""
+    eph_lo, eph_hi = ephemeral_range()
+    port_lo = args.port_min + (args.port_min % 2)
+    port_hi = eph_lo - 2 if port_lo < eph_lo else min(65534, port_lo + 30000)
+    need = 4 * steps[-1] + 2000
+    if (port_hi - port_lo) // max(args.instance_counts) < need:
+        raise SystemExit(
+            f"relay port range {port_lo}-{port_hi} (below the ephemeral range {eph_lo}-{eph_hi})"
+            f" is too small for {max(args.instance_counts)} instances of {need} ports;"
+            " lower --port-min or the largest --sessions step"
+        )
+    ctl_hi = args.ctl_port + max(args.instance_counts)
+    if port_lo <= ctl_hi and args.ctl_port <= port_hi:
+        raise SystemExit(f"bad port layout: media {port_lo}-{port_hi}, control {args.ctl_port}")
+    return port_lo, port_hi
+
+
+def run_media(args: argparse.Namespace, relays: list[RelaySpec], deadline: float) -> dict[str, Any]:
+    """The media ramp of every relay, --repeat times; the raw records and the summary."""
+    steps = sorted({int(x) for x in args.sessions.split(",") if x.strip()})
+    if not steps or steps[0] < 1:
+        raise SystemExit("--sessions needs positive integers")
+    port_lo, port_hi = media_ports(args, steps)
+    loadgen = build_loadgen()
+    section: dict[str, Any] = {
+        "relays": {r.name: shlex.join(r.command) for r in relays},
+        "instances": {r.name: r.instances for r in relays},
+        "steps": steps, "port_range": [port_lo, port_hi], "relay_L": nofile_limit(),
+        "results": [],
+    }  # fmt: skip
+    results: list[dict[str, Any]] = section["results"]
+    try:
+        for rep in range(args.repeat):
+            # alternate the order so slow drift of the machine does not favour one relay
+            order = relays if rep % 2 == 0 else list(reversed(relays))
+            for spec in order:
+                ramp(args, loadgen, spec, rep, steps, (port_lo, port_hi), deadline, results)
+    finally:
+        section["summary"] = summarise(
+            results, relays, steps, args.repeat, {r.name: r.version() for r in relays}
+        )
+    return section
+
+
+def ramp(
+    args: argparse.Namespace,
+    loadgen: Path,
+    spec: RelaySpec,
+    rep: int,
+    steps: list[int],
+    ports: tuple[int, int],
+    deadline: float,
+    results: list[dict[str, Any]],
+) -> None:
+    fails = 0
+    for n in steps:
+        if time.monotonic() > deadline:
+            log("global wall-clock cap reached; stopping")
+            raise Interrupted("max-wall")
+        rec = run_step(args, loadgen, spec, rep, n, *ports)
+        for attempt in range(args.retry_disturbed):
+            if not rec.get("disturbed") or time.monotonic() > deadline:
+                break
+            log(
+                f"{spec.name} n={n}: other processes used {rec['foreign_pct']}% of a"
+                f" core during the step; retrying ({attempt + 1})"
+            )
+            time.sleep(args.pause * 3)
+            again = run_step(args, loadgen, spec, rep, n, *ports)
+            again["retries"] = attempt + 1
+            if again.get("foreign_pct", 1e9) <= rec.get("foreign_pct", 1e9):
+                rec = again
+        results.append(rec)
+        lg = rec.get("lg") or {}
+        lat = lg.get("lat_us") or {}
+        log(
+            f"rep {rep} {spec.name:>6} n={n:<5} ok={rec['ok']!s:<5} "
+            f"loss={lg.get('loss_pct_total', '-')}% p99={lat.get('p99', '-')}us "
+            f"us/pkt={lg.get('relay_us_per_pkt', '-')} "
+            f"relay={lg.get('relay_cpu_util', '-')} gen={lg.get('gen_cpu_util', '-')}"
+            + (" GENERATOR-BOUND" if rec["generator_bound"] else "")
+            + (f" DISTURBED({rec['foreign_pct']}%)" if rec.get("disturbed") else "")
+            + (f" [{rec['why']}]" if rec["why"] else "")
+        )
+        if not rec["ok"]:
+            fails += 1
+            if fails >= args.fails_to_stop:
+                break
+        time.sleep(args.pause)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -796,39 +700,21 @@ def main(argv: list[str] | None = None) -> int:
         return report_again(args)
     if args.netns:
         return in_private_namespace(sys.argv[1:] if argv is None else argv)
-    relays = parse_relays(args.relay)
-    baseline = args.baseline or relays[0].name
-    steps = sorted({int(x) for x in args.sessions.split(",") if x.strip()})
-    if not steps or steps[0] < 1:
-        raise SystemExit("--sessions needs positive integers")
+    media_specs = parse_relays(args.relay, args.instance_counts)
+    single = parse_relays(args.relay)  # control and memory run one instance of each
+    baseline = args.baseline or single[0].name
     if not args.no_pin and (os.cpu_count() or 1) < 2:
         log("fewer than 2 CPUs: not pinning (--no-pin)")
         args.no_pin = True
 
-    # media port range: 2 legs x (RTP+RTCP) per session, kept below the ephemeral range
-    # that the generator's own sockets use
-    eph_lo, eph_hi = ephemeral_range()
-    port_lo = args.port_min + (args.port_min % 2)
-    port_hi = port_lo + 4 * steps[-1] + 2000
-    if port_hi >= eph_lo and port_lo <= eph_hi:
-        raise SystemExit(
-            f"relay port range {port_lo}-{port_hi} overlaps the ephemeral range {eph_lo}-{eph_hi};"
-            " lower --port-min or the largest --sessions step"
-        )
-    if port_hi > 65535 or port_lo <= args.ctl_port <= port_hi:
-        raise SystemExit(f"bad port layout: media {port_lo}-{port_hi}, control {args.ctl_port}")
-
-    loadgen = build_loadgen()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_path: Path = args.out or OUT_DIR / f"results-{stamp}.json"
     facts = machine_facts()
-    versions = {r.name: relay_version(r) for r in relays}
     meta = {
-        "started": stamp, "machine": facts, "argv": sys.argv,
-        "relays": {r.name: shlex.join(r.command) for r in relays},
-        "versions": versions,
-        "steps": steps, "port_range": [port_lo, port_hi], "relay_L": nofile_limit(),
+        "started": stamp, "machine": facts, "argv": sys.argv, "modes": args.modes,
+        "relays": {r.name: shlex.join(r.command) for r in single},
+        "versions": {r.name: r.version() for r in media_specs + single},
         "pinning": None if args.no_pin else {"relay": args.relay_cpu, "generator": args.gen_cpu},
     }  # fmt: skip
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -836,69 +722,46 @@ def main(argv: list[str] | None = None) -> int:
     # a background job may inherit SIGINT ignored; make ^C / kill -INT always stop us cleanly
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    results: list[dict[str, Any]] = []
+    doc: dict[str, Any] = {"meta": meta, "interrupted": False}
     deadline = time.monotonic() + args.max_wall
-    interrupted = False
     try:
-        for rep in range(args.repeat):
-            # alternate the order so slow drift of the machine does not favour one relay
-            order = relays if rep % 2 == 0 else list(reversed(relays))
-            for spec in order:
-                fails = 0
-                for n in steps:
-                    if time.monotonic() > deadline:
-                        log("global wall-clock cap reached; stopping")
-                        raise Interrupted("max-wall")
-                    rec = run_step(args, loadgen, spec, rep, n, port_lo, port_hi)
-                    for attempt in range(args.retry_disturbed):
-                        if not rec.get("disturbed") or time.monotonic() > deadline:
-                            break
-                        log(
-                            f"{spec.name} n={n}: other processes used {rec['foreign_pct']}% of a"
-                            f" core during the step; retrying ({attempt + 1})"
-                        )
-                        time.sleep(args.pause * 3)
-                        again = run_step(args, loadgen, spec, rep, n, port_lo, port_hi)
-                        again["retries"] = attempt + 1
-                        if again.get("foreign_pct", 1e9) <= rec.get("foreign_pct", 1e9):
-                            rec = again
-                    results.append(rec)
-                    lg = rec.get("lg") or {}
-                    lat = lg.get("lat_us") or {}
-                    log(
-                        f"rep {rep} {spec.name:>6} n={n:<5} ok={rec['ok']!s:<5} "
-                        f"loss={lg.get('loss_pct_total', '-')}% p99={lat.get('p99', '-')}us "
-                        f"us/pkt={lg.get('relay_us_per_pkt', '-')} "
-                        f"relay={lg.get('relay_cpu_util', '-')} gen={lg.get('gen_cpu_util', '-')}"
-                        + (" GENERATOR-BOUND" if rec["generator_bound"] else "")
-                        + (f" DISTURBED({rec['foreign_pct']}%)" if rec.get("disturbed") else "")
-                        + (f" [{rec['why']}]" if rec["why"] else "")
-                    )
-                    if not rec["ok"]:
-                        fails += 1
-                        if fails >= args.fails_to_stop:
-                            break
-                    time.sleep(args.pause)
+        for mode in args.modes:
+            if mode == "control":
+                doc["control"] = control.run(args, single, deadline)
+            elif mode == "memory":
+                doc["memory"] = memory.run(args, single, deadline)
+            else:
+                doc["media"] = run_media(args, media_specs, deadline)
     except (KeyboardInterrupt, Interrupted) as exc:
-        interrupted = True
+        doc["interrupted"] = True
         log(f"interrupted ({exc!r}); writing partial results")
     finally:
         kill_all_started()
 
-    summary = summarise(results, relays, steps, args.repeat, versions)
-    doc = {"meta": meta, "interrupted": interrupted, "results": results, "summary": summary}
     out_path.write_text(json.dumps(doc, indent=1, default=str))
+    pin = "not pinned" if args.no_pin else (
+        f"relay on CPU {args.relay_cpu}, generator/clients on CPU {args.gen_cpu}")  # fmt: skip
     print(
         f"machine: {facts['cpus']} x {facts['cpu_model']}, kernel {facts['kernel']}, "
-        f"{facts['mem_gib']} GiB; relay on CPU {args.relay_cpu}, generator on CPU {args.gen_cpu}"
-        f"{' (not pinned)' if args.no_pin else ''}; {args.step_seconds:g}s per step "
-        f"({args.warmup:g}s warm-up), {args.rate:g} pps per direction, repeat {args.repeat}"
+        f"{facts['mem_gib']} GiB; {pin}; repeat {args.repeat}"
     )
-    print_tables(summary, relays, baseline)
+    for name, version in meta["versions"].items():
+        print(f"  {name}: [{version}]")
+    if "control" in doc:
+        control.print_tables(doc["control"]["summary"], baseline)
+    if "memory" in doc:
+        memory.print_table(doc["memory"]["summary"])
+    if "media" in doc:
+        media = doc["media"]
+        print(
+            f"\n== media: {args.step_seconds:g}s per step ({args.warmup:g}s warm-up), "
+            f"{args.rate:g} pps per direction"
+        )
+        print_tables(media["summary"], media_specs, args.baseline or media_specs[0].name)
+        if args.plot:
+            plot(media["summary"], media_specs, args.plot, plot_title(facts))
     print(f"\nraw results: {out_path}")
-    if args.plot:
-        plot(summary, relays, args.plot, plot_title(facts))
-    return 130 if interrupted else 0
+    return 130 if doc["interrupted"] else 0
 
 
 if __name__ == "__main__":

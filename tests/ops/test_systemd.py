@@ -24,11 +24,11 @@ ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "contrib" / "systemd"
 
 
-def exec_start() -> list[str]:
-    """The service's ExecStart, runnable here: the relay from this checkout, $$ unescaped."""
+def exec_start(unit: str = "pyrtpproxy.service") -> list[str]:
+    """A unit's ExecStart, runnable here: the relay from this checkout, $$ unescaped."""
     line = next(
         line.split("=", 1)[1]
-        for line in (UNITS / "pyrtpproxy.service").read_text().splitlines()
+        for line in (UNITS / unit).read_text().splitlines()
         if line.startswith("ExecStart=")
     )
     argv = shlex.split(line)
@@ -44,10 +44,17 @@ def test_units_verify(tmp_path: Path) -> None:
     man8 = tmp_path / "man" / "man8"
     man8.mkdir(parents=True)
     shutil.copy(ROOT / "man" / "pyrtpproxy.8", man8)  # Documentation=man:pyrtpproxy(8)
-    for unit in ("pyrtpproxy.service", "pyrtpproxy.socket"):
+    for unit in ("pyrtpproxy.service", "pyrtpproxy.socket", "pyrtpproxy@.service"):
         shutil.copy(UNITS / unit, tmp_path)
+    # the template is verified as an instance: systemd finds pyrtpproxy@.service beside it
     result = subprocess.run(
-        ["systemd-analyze", "verify", "pyrtpproxy.service", "pyrtpproxy.socket"],
+        [
+            "systemd-analyze",
+            "verify",
+            "pyrtpproxy.service",
+            "pyrtpproxy.socket",
+            "pyrtpproxy@a.service",
+        ],
         cwd=tmp_path,
         env={**os.environ, "MANPATH": str(tmp_path / "man"), "SYSTEMD_LOG_LEVEL": "notice"},
         capture_output=True,
@@ -56,6 +63,40 @@ def test_units_verify(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr.strip() == "", result.stderr
+
+
+def test_template_instances_run_side_by_side(tmp_path: Path) -> None:
+    """Two instances of pyrtpproxy@.service, each with the control socket and port range of
+    its own configuration file, serve their own sessions from their own ports."""
+    instances = []
+    try:
+        for name, lo in (("a", 31200), ("b", 31300)):
+            port = free_port(socket.SOCK_DGRAM)
+            # -F: the unit runs as User=rtpproxy, the test perhaps as root (UDP control)
+            env = {
+                **os.environ,
+                "CONTROL_SOCK": f"udp:127.0.0.1:{port}",
+                "EXTRA_OPTS": f"-l 127.0.0.1 -m {lo} -M {lo + 99} -d INFO -F",
+            }
+            log = (tmp_path / f"{name}.log").open("wb")
+            process = subprocess.Popen(
+                exec_start("pyrtpproxy@.service"), env=env, stdout=subprocess.DEVNULL, stderr=log
+            )
+            instances.append((process, port, lo))
+        logs = [tmp_path / "a.log", tmp_path / "b.log"]
+        assert wait_for(lambda: all("listening for commands" in f.read_text() for f in logs), 15.0)
+        for _process, port, lo in instances:
+            with ControlClient(ControlSpec.parse(f"udp:127.0.0.1:{port}"), 15.0) as client:
+                assert client.request("V") == "20040107"
+                assert (
+                    lo
+                    <= int(client.request("U same-call 127.0.0.1 5000 ftag").split()[0])
+                    < lo + 100
+                )
+                assert client.request("G nsess_created") == "1"
+    finally:
+        for process, _port, _lo in instances:
+            stop_process(process)
 
 
 def relay_env(tmp_path: Path) -> dict[str, str]:

@@ -1,0 +1,441 @@
+"""What every benchmark mode shares: the relays under test, how to start and stop them, and
+how to read their CPU and memory from /proc (see benchmarks/README.md).
+
+A relay is ``NAME=COMMAND``. COMMAND is an rtpproxy-compatible relay (the reference
+rtpproxy, pyrtpproxy) that gets rtpproxy flags appended, or rtpengine (its executable is
+named ``rtpengine``), which gets the equivalent rtpengine options: user space
+(``--table=-1``), the rtpproxy protocol on a UDP listener (``--listen-udp``), no ng, CLI or
+HTTP listener, no configuration file, loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import resource
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+OUT_DIR = HERE / "out"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+RTPPROXY_VERSION = "20040107"  # what every relay answers to V
+
+
+class Interrupted(Exception):
+    """Raised from the SIGTERM/SIGHUP handler so that cleanup runs."""
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(f"signal {signum}")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class ControlSocket:
+    """A relay's control socket: ``udp`` on 127.0.0.1:port or ``unix`` at path."""
+
+    transport: str
+    port: int = 0
+    path: str = ""
+
+    @property
+    def spec(self) -> str:
+        """rtpproxy's ``-s`` argument."""
+        return f"unix:{self.path}" if self.transport == "unix" else f"udp:127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True)
+class RelaySpec:
+    """One relay under test; ``instances`` > 1 runs that many side by side (media mode)."""
+
+    name: str
+    command: list[str]
+    instances: int = 1
+
+    @property
+    def kind(self) -> str:
+        return "rtpengine" if Path(self.command[0]).name == "rtpengine" else "rtpproxy"
+
+    @property
+    def tag_suffix(self) -> str:
+        """rtpengine takes only Kamailio's ``tag;medianum`` tags; rtpproxy both forms."""
+        return ";1" if self.kind == "rtpengine" else ""
+
+    @property
+    def transports(self) -> tuple[str, ...]:
+        """Control sockets it can serve the rtpproxy protocol on (rtpengine: UDP, TCP)."""
+        return ("udp",) if self.kind == "rtpengine" else ("unix", "udp")
+
+    def argv(self, control: ControlSocket, port_lo: int, port_hi: int, pidfile: Path) -> list[str]:
+        """The command line: COMMAND plus the benchmark's options in this relay's dialect."""
+        if self.kind == "rtpengine":
+            if control.transport != "udp":
+                raise ValueError(
+                    f"{self.name}: rtpengine has no {control.transport} control socket"
+                )
+            return [
+                *self.command, "--config-file=none", "--foreground", "--log-stderr",
+                "--log-level=3", "--table=-1", "--interface=127.0.0.1",
+                f"--listen-udp=127.0.0.1:{control.port}", f"--port-min={port_lo}",
+                f"--port-max={port_hi}", "--timeout=60", "--delete-delay=0",
+                f"--pidfile={pidfile}",
+            ]  # fmt: skip
+        # Not "-p /dev/null": the reference rtpproxy unlink()s its pid file at exit whatever
+        # it is (main.c ehandler), so running it as root with -p /dev/null deletes /dev/null.
+        return [
+            *self.command, "-f", "-F", "-s", control.spec, "-l", "127.0.0.1",
+            "-m", str(port_lo), "-M", str(port_hi), "-T", "60", "-p", str(pidfile),
+            "-d", "ERR", "-L", str(nofile_limit()),
+        ]  # fmt: skip
+
+    def version(self) -> str:
+        """First line of ``COMMAND -V`` (rtpengine: ``--version``)."""
+        flag = "--version" if self.kind == "rtpengine" else "-V"
+        try:
+            res = subprocess.run(
+                [*self.command, flag], capture_output=True, timeout=20, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"? ({exc})"
+        out = (res.stdout or res.stderr).decode(errors="replace").strip().splitlines()
+        return out[0] if out else "?"
+
+
+def parse_relays(items: list[str], instance_counts: list[int] | None = None) -> list[RelaySpec]:
+    """``NAME=COMMAND`` items; with several instance counts, one spec per relay and count
+    (named NAMExN)."""
+    counts = instance_counts or [1]
+    relays: list[RelaySpec] = []
+    for item in items:
+        name, sep, cmd = item.partition("=")
+        if not sep or not name or not cmd.strip():
+            raise SystemExit(f"--relay expects NAME=COMMAND, got {item!r}")
+        for n in counts:
+            label = name if counts == [1] else f"{name}x{n}"
+            if any(r.name == label for r in relays):
+                raise SystemExit(f"duplicate relay name {label!r}")
+            relays.append(RelaySpec(label, shlex.split(cmd), n))
+    return relays
+
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    """The options every mode reads: relays, repeats, pinning, ports, output."""
+    p.add_argument(
+        "--relay",
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND",
+        help="relay to measure (repeatable); COMMAND gets rtpproxy flags appended\n"
+        "(rtpengine, recognised by its executable's name, the equivalent options)",
+    )
+    p.add_argument("--repeat", type=int, default=1, help="repeat every measurement K times")
+    p.add_argument(
+        "--baseline", help="relay NAME used as the denominator of ratios (default: first --relay)"
+    )
+    p.add_argument("--ctl-port", type=int, default=9400, help="relay UDP control port (9400)")
+    p.add_argument("--port-min", type=int, default=10000, help="relay media port range start")
+    p.add_argument(
+        "--relay-cpu",
+        default="0",
+        help="CPU the relay is pinned to (0); a comma-separated list pins instance i to\n"
+        "the i-th CPU of the list, round robin (--instances)",
+    )
+    p.add_argument(
+        "--gen-cpu", type=int, default=1, help="CPU the generator or control clients use (1)"
+    )
+    p.add_argument("--no-pin", action="store_true", help="do not use taskset")
+    p.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=20.0,
+        help="seconds a relay may take to answer V after start",
+    )
+    p.add_argument("--pause", type=float, default=1.0, help="seconds between measurements (1)")
+    p.add_argument("--out", type=Path, help="raw JSON output (default benchmarks/out/...)")
+
+
+def relay_cpus(args: argparse.Namespace) -> list[int] | None:
+    """The CPUs from ``--relay-cpu``, None when not pinning."""
+    if args.no_pin:
+        return None
+    try:
+        return [int(c) for c in str(args.relay_cpu).split(",") if c.strip()]
+    except ValueError:
+        raise SystemExit(f"--relay-cpu takes CPU numbers, got {args.relay_cpu!r}") from None
+
+
+# --------------------------------------------------------------------------- /proc helpers
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # fields after the parenthesised command name; index 0 is field 3 (state)
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """pid plus all its descendant processes."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is not None:
+            parent[int(entry.name)] = int(fields[1])
+    found = [pid]
+    for _ in range(16):  # bounded depth
+        new = [p for p, pp in parent.items() if pp in found and p not in found]
+        if not new:
+            break
+        found.extend(new)
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of a process tree (each process's figure already covers all its threads)."""
+    total = 0.0
+    for p in descendants(pid):
+        fields = _stat_fields(p)
+        if fields is not None:
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def softirq_thread_seconds() -> float:
+    """CPU time of the kernel's softirq threads (ksoftirqd/N), from their schedstat (ns)."""
+    total = 0
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if not comm.read_text().startswith("ksoftirqd/"):
+                continue
+            total += int((comm.parent / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
+def rss_kb(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def machine_facts() -> dict[str, Any]:
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "mem_gib": round(mem_kb / 1048576, 1),
+        "python": platform.python_version(),
+    }
+
+
+def nofile_limit() -> int:
+    """-L value: 65536, or the hard RLIMIT_NOFILE when we may not raise it that far.
+
+    The reference exits with "setrlimit: Operation not permitted" when -L exceeds the
+    hard limit and the process lacks CAP_SYS_RESOURCE (as in unprivileged containers).
+    """
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        return 65536
+    return min(65536, hard)
+
+
+def ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+# --------------------------------------------------------------------------- relay process
+
+_STARTED: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _kill(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """Stop one process we started, by its PID: SIGTERM, then SIGKILL after `grace` seconds."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+    _STARTED.pop(proc.pid, None)
+
+
+def kill_all_started() -> None:
+    for proc in list(_STARTED.values()):
+        _kill(proc, grace=3.0)
+
+
+def control_query(port: int, cmd: str, timeout: float = 0.3) -> str | None:
+    """One cookie-prefixed command over UDP to 127.0.0.1:port; the reply body or None."""
+    cookie = f"rb{os.getpid()}x{time.monotonic_ns()}"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.sendto(f"{cookie} {cmd}".encode(), ("127.0.0.1", port))
+            data = s.recv(2048).decode(errors="replace")
+        except OSError:
+            return None
+    if not data.startswith(cookie + " "):
+        return None
+    return data[len(cookie) + 1 :].strip()
+
+
+def fd_count(pid: int) -> int | None:
+    """Open file descriptors of one process."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def kernel_memory() -> dict[str, int]:
+    """Machine-wide kernel figures that grow with sockets: the slab (kB, /proc/meminfo),
+    UDP sockets in use and their buffer memory (pages, /proc/net/sockstat)."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(("Slab:", "SUnreclaim:")):
+                out[line.split(":")[0].lower() + "_kb"] = int(line.split()[1])
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/net/sockstat").read_text().splitlines():
+            if line.startswith("UDP:"):
+                fields = line.split()[1:]
+                values = dict(zip(fields[::2], fields[1::2], strict=True))
+                out["udp_inuse"] = int(values["inuse"])
+                out["udp_mem_pages"] = int(values["mem"])
+    return out
+
+
+def _raise_nofile() -> None:
+    """In the relay's child: the soft descriptor limit up to the hard one (rtpengine has no -L)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile_limit(), hard))
+
+
+@contextlib.contextmanager
+def relay_process(
+    spec: RelaySpec,
+    control: ControlSocket,
+    port_lo: int,
+    port_hi: int,
+    cpu: int | None,
+    logfile: Path,
+    ready_timeout: float,
+    *,
+    probe: Callable[[], str | None] | None = None,
+    instance: int = 0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start one relay with the benchmark's options; yield it once it answers ``V``; stop it.
+
+    ``probe`` replaces the readiness check (one ``V`` over UDP to ``control.port``).
+    """
+    pidfile = OUT_DIR / "run" / f"{spec.name}-{instance}.pid"
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    argv = spec.argv(control, port_lo, port_hi, pidfile)
+    if cpu is not None:
+        argv = ["taskset", "-c", str(cpu), *argv]
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    with logfile.open("wb") as lf:
+        lf.write(("# " + shlex.join(argv) + "\n").encode())
+        lf.flush()
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
+            start_new_session=True,  # a terminal ^C reaches us; we stop it by PID
+            preexec_fn=_raise_nofile,
+        )  # fmt: skip
+    _STARTED[proc.pid] = proc
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{spec.name} exited with {proc.returncode} (see {logfile})")
+            answer = probe() if probe is not None else control_query(control.port, "V")
+            if answer == RTPPROXY_VERSION:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{spec.name} did not answer V within {ready_timeout}s")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        _kill(proc)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One started relay of a group: its process and control port."""
+
+    proc: subprocess.Popen[bytes]
+    ctl_port: int
+
+
+@contextlib.contextmanager
+def relay_group(
+    spec: RelaySpec,
+    args: argparse.Namespace,
+    port_lo: int,
+    port_hi: int,
+    log_stem: str,
+) -> Iterator[list[Instance]]:
+    """``spec.instances`` relays side by side, as N systemd instances would run: instance i
+    on UDP control port ``--ctl-port`` + i, with the i-th of N disjoint slices of the
+    media port range, pinned to the i-th ``--relay-cpu`` (round robin)."""
+    cpus = relay_cpus(args)
+    span = (port_hi - port_lo) // spec.instances
+    span -= span % 2
+    with contextlib.ExitStack() as stack:
+        group = []
+        for i in range(spec.instances):
+            lo = port_lo + i * span
+            control = ControlSocket("udp", port=args.ctl_port + i)
+            proc = stack.enter_context(
+                relay_process(
+                    spec, control, lo, lo + span - 2, None if cpus is None else cpus[i % len(cpus)],
+                    OUT_DIR / "logs" / f"{log_stem}-i{i}.log", args.ready_timeout, instance=i,
+                )
+            )  # fmt: skip
+            group.append(Instance(proc, control.port))
+        yield group
