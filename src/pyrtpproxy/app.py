@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import Config, ConfigError, ControlKind
@@ -31,6 +31,7 @@ from .engine.events import (
     SessionCreated,
     SessionEnded,
 )
+from .engine.persist import SessionState
 from .engine.ports import PortAllocator
 from .engine.session import Session
 from .engine.taps import RecordingPolicy
@@ -39,13 +40,17 @@ from .media.record import RecordDirs
 from .media.relay import MediaConfig, MediaRelay
 from .names import AdvertisedNames, Resolver, system_resolver
 from .net import probe_bind
-from .observe.metrics import RelayMetrics
+from .state import JournalWriter, StateLock, load
+
+if TYPE_CHECKING:
+    from .observe.metrics import RelayMetrics
 
 log = logging.getLogger("pyrtpproxy")
 
 Handler = Callable[[Any], None]
 
 SOCKETS_PER_SESSION = 4
+SKIPPED_LOGGED = 20  # sessions a restore names one by one before it only counts
 HOUSEKEEPING_INTERVAL = 1.0  # seconds between kernel counter reads and recording flushes
 
 
@@ -186,6 +191,7 @@ class Relay:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._handlers: dict[type, Handler] = {}
+        self.journal: JournalWriter | None = None
 
     # --- events --------------------------------------------------------------------------
 
@@ -240,6 +246,8 @@ class Relay:
     def _after_command(self, events: tuple[Event, ...]) -> None:
         """A command (or the timer) ran: act on it, then the timer and SIGHUP's drain."""
         self.dispatch(events)
+        if events and self.journal is not None:
+            self.journal.soon()
         self._arm_timer()
         engine = self.engine
         assert engine is not None
@@ -274,6 +282,8 @@ class Relay:
         try:
             self.media.refresh_counters()
             self.media.flush_taps()
+            if self.journal is not None and self.engine is not None:
+                self.journal.tick(len(self.engine.table))
         except Exception:
             log.exception("housekeeping failed")
         self._loop.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
@@ -344,8 +354,14 @@ class Relay:
         media.connect_engine(engine.receive, self.dispatch)
         self.notifier = Notifier(self.counters.relay)
         self._handlers = self._event_handlers(media, self.notifier)
+        if config.state_file is not None and not self._open_journal(config.state_file):
+            media.close()
+            return 1
         observe = None
         if config.metrics_listen is not None:
+            # imported here: Prometheus's client costs a restart's media a tenth of a second
+            from .observe.metrics import RelayMetrics
+
             self.metrics = RelayMetrics(
                 engine,
                 self.notifier,
@@ -393,13 +409,65 @@ class Relay:
             if self._timer is not None:
                 self._timer.cancel()
             server.close()
-            self.dispatch(engine.delete_all(loop.time()))
-            media.close()
+            if self.journal is None:
+                self.dispatch(engine.delete_all(loop.time()))
+                media.close()
+            else:  # the sessions stay in the journal for the next start
+                self.journal.write_now()
+                self.journal.close()
+                log.info("%d sessions kept in %s", len(engine.table), self.journal.path)
+                media.close(finish_taps=False)
             self.notifier.close()
             if self.metrics is not None:
                 self.metrics.close()
             log.info("pyrtpproxy stopped")
         return 0
+
+    def _open_journal(self, path: str) -> bool:
+        """Own the journal at ``path``, restore its sessions and start writing it."""
+        assert self.engine is not None and self._loop is not None and self.media is not None
+        self._state_lock = StateLock(path)
+        try:
+            if not self._state_lock.try_acquire():
+                log.critical("--state-file %s: another relay is using it", path)
+                return False
+        except OSError as exc:
+            log.critical("--state-file %s: cannot lock %s: %s", path, exc.filename, exc.strerror)
+            return False
+        engine, loop = self.engine, self._loop
+        self._restore(load(path))
+        self.journal = JournalWriter(path, loop, lambda: engine.export_sessions(loop.time()))
+        self.journal.write_now()  # a bad journal is replaced at once
+        return True
+
+    def _restore(self, states: list[SessionState]) -> None:
+        """Bring the journal's sessions back (the ports bound again, sockets aimed)."""
+        assert self.engine is not None and self._loop is not None and self.media is not None
+        if not states:
+            return
+        try:
+            with self.media.resuming():
+                restored = self.engine.restore(states, self._loop.time())
+                self.dispatch(restored.events)
+        except Exception:  # a journal must never stop the relay from starting
+            log.exception("restoring sessions from the state file failed")
+            return
+        for skipped in restored.skipped[:SKIPPED_LOGGED]:
+            log.error(
+                "session not restored: call-id=%r tag=%r: %s",
+                skipped.call_id.decode("latin-1"),
+                skipped.tag.decode("latin-1"),
+                skipped.reason,
+            )
+        if len(restored.skipped) > SKIPPED_LOGGED:
+            log.error("%d more sessions not restored", len(restored.skipped) - SKIPPED_LOGGED)
+        log.log(
+            logging.WARNING if restored.skipped else logging.INFO,
+            "restored %d sessions from the state file (%d skipped)",
+            restored.restored,
+            len(restored.skipped),
+        )
+        self._arm_timer()
 
     def _kernel_forwarder(self, loop: asyncio.AbstractEventLoop) -> KernelForwarder | None:
         config = self.config

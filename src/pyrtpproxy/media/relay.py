@@ -23,7 +23,7 @@ import logging
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -226,6 +226,7 @@ class MediaRelay:
         self._pending_taps: dict[Leg, TapSink] = {}
         self.taps: dict[Leg, TapSink] = {}
         self._failed_calls: set[bytes] = set()  # calls whose recording failure was logged
+        self._resuming = False  # restoring sessions: recordings continue their files
         self._wall_offset = time.time() - loop.time()  # record times are wall clock
         self.now = loop.time()
         # One epoll set for every media socket, read by a single event-loop callback:
@@ -250,13 +251,28 @@ class MediaRelay:
             if reader is not None:
                 reader()
 
-    def close(self) -> None:
-        """Stop dispatching media (sockets are closed with their legs)."""
+    @contextlib.contextmanager
+    def resuming(self) -> Iterator[None]:
+        """While sessions are restored: recordings are reopened to be appended to."""
+        self._resuming = True
+        try:
+            yield
+        finally:
+            self._resuming = False
+
+    def close(self, finish_taps: bool = True) -> None:
+        """Stop dispatching media (sockets are closed with their legs). Without
+        ``finish_taps`` (the sessions live on in the journal) recordings are written out
+        and left where they are, for the next process to append to."""
         for sink in (*self.taps.values(), *self._pending_taps.values()):
-            sink.close()
+            if finish_taps:
+                sink.close()
+            else:
+                sink.flush()
         self.taps.clear()
         self._pending_taps.clear()
-        self._opener.close_all()
+        if finish_taps:
+            self._opener.close_all()
         for local, port in list(self._bound):
             self._close_bound(local, port)
         self.loop.remove_reader(self._epoll.fileno())
@@ -314,7 +330,7 @@ class MediaRelay:
             pair = self._bound.pop((tap.local, tap.port), None)
             sink = None if pair is None else CopyTap(tap, *pair, self.counters.relay)
         else:
-            sink = self._opener.open_recording(leg, tap, self._local_of)
+            sink = self._opener.open_recording(leg, tap, self._local_of, append=self._resuming)
         if sink is None:
             return False
         self._pending_taps[leg] = sink

@@ -1,0 +1,224 @@
+"""Calls survive a restart of the relay (``--state-file``): after a crash (``kill -9``) the
+next start re-binds the ports and restores the sessions from the journal; a journal
+that cannot be used is logged, set aside and skipped, and the relay starts anyway."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .conftest import Party, Relay, RelayFactory, parse_port, wait_for
+from .test_relay import Listener, setup_call
+
+PartyFactory = Callable[..., Party]
+INTERVAL = 0.02  # one RTP packet every 20 ms each way, as a G.711 call sends
+
+
+class Flow:
+    """RTP both ways through a call, numbered, until :meth:`stop`: each receiver notes
+    every sequence number it got and when."""
+
+    def __init__(self, caller: Party, to_b: int, callee: Party, to_a: int) -> None:
+        self._ways = ((caller, to_b, callee, 0x1111), (callee, to_a, caller, 0x2222))
+        self.sent = [0, 0]
+        self.got: list[dict[int, float]] = [{}, {}]
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._send, daemon=True)]
+        self._threads += [
+            threading.Thread(target=self._receive, args=(way,), daemon=True) for way in (0, 1)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _send(self) -> None:
+        next_at = time.monotonic()
+        seq = 0
+        while not self._stop.is_set():
+            for way, (sender, port, _receiver, ssrc) in enumerate(self._ways):
+                header = struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, seq * 160, ssrc)
+                with contextlib.suppress(OSError):  # ICMP port unreachable while it is down
+                    sender.send(port, header + bytes(160))
+                self.sent[way] = seq + 1
+            seq += 1
+            next_at += INTERVAL
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    def _receive(self, way: int) -> None:
+        receiver = self._ways[way][2]
+        while not self._stop.is_set():
+            item = receiver.recv(0.05)
+            if item is not None:
+                self.got[way][struct.unpack_from("!H", item[0], 2)[0]] = time.monotonic()
+
+    def received(self, way: int) -> int:
+        return len(self.got[way])
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(2)
+
+    def resumed(self, way: int, moment: float) -> tuple[int, float] | None:
+        """The first packet received after ``moment``: its sequence number and arrival."""
+        after = [(seq, at) for seq, at in list(self.got[way].items()) if at > moment]
+        return min(after, key=lambda item: item[1]) if after else None
+
+    def missing(self, way: int) -> list[int]:
+        """Sequence numbers sent but never received (the last few may be in flight)."""
+        got = self.got[way]
+        return [seq for seq in range(self.sent[way] - 5) if seq not in got]
+
+
+def journal_relay(relay_factory: RelayFactory, tmp_path: Path, *flags: str, ttl: int = 60) -> Relay:
+    return relay_factory("--state-file", str(tmp_path / "state.json"), *flags, ttl=ttl)
+
+
+def test_call_survives_kill9(
+    relay_factory: RelayFactory, tmp_path: Path, parties: PartyFactory
+) -> None:
+    relay = journal_relay(relay_factory, tmp_path)
+    caller, callee = parties(), parties()
+    call = setup_call(relay, "crash1", caller, callee)
+    flow = Flow(caller, call.b, callee, call.a)
+    try:
+        assert wait_for(lambda: flow.received(0) > 200 and flow.received(1) > 200, 8.0)
+        before = relay.cmd("Q crash1 ft tt").split()
+        relay.kill()
+        started = time.monotonic()  # the new process starts now
+        again = relay_factory(like=relay)
+        assert wait_for(lambda: flow.resumed(0, started) and flow.resumed(1, started), 3.0)
+        time.sleep(0.5)
+    finally:
+        flow.stop()
+    for way in (0, 1):
+        resumed = flow.resumed(way, started)
+        assert resumed is not None
+        first, resumed_at = resumed
+        # media flows again within 1 s of the new relay's start...
+        assert resumed_at - started <= 1.0, (way, resumed_at - started, again.log_text())
+        # ...and nothing is lost from then on
+        assert [seq for seq in flow.missing(way) if seq >= first] == []
+    # the counters carried over, but for the last second's (the journal is written once a
+    # second): more than the ~40 packets since the restart
+    after = again.cmd("Q crash1 ft tt").split()
+    for name, was, now in zip(("npkts_ina", "npkts_ino"), before[1:3], after[1:3], strict=True):
+        assert int(now) >= int(was) - 1.1 / INTERVAL > 100, (name, before, after)
+    assert "restored 1 sessions from the state file (0 skipped)" in again.log_text()
+    # Kamailio's later commands for the call
+    assert parse_port(again.cmd(f"L crash1 127.0.0.1 {callee.port} ft tt")) == call.b
+    assert parse_port(again.cmd(f"U crash1 127.0.0.1 {caller.port} ft tt")) == call.a
+    assert again.cmd("D crash1 ft tt") == "0"
+    assert again.cmd("Q crash1 ft tt") == "E50"
+    again.stop()
+
+
+def test_sigterm_keeps_sessions_for_the_next_start(
+    relay_factory: RelayFactory, tmp_path: Path, parties: PartyFactory
+) -> None:
+    relay = journal_relay(relay_factory, tmp_path)
+    caller, callee = parties(), parties()
+    call = setup_call(relay, "term1", caller, callee)
+    relay.stop()
+    assert "1 sessions kept in" in relay.log_text()
+    again = relay_factory(like=relay)
+    assert parse_port(again.cmd(f"L term1 127.0.0.1 {callee.port} ft tt")) == call.b
+    caller.send(call.b, b"\x80\x00\x00\x01" + bytes(168))
+    assert callee.recv(1.0) is not None
+
+
+def test_idle_session_times_out_across_crash(
+    relay_factory: RelayFactory, tmp_path: Path, parties: PartyFactory
+) -> None:
+    notify_path = str(tmp_path / "notify.sock")
+    listener = Listener.unix(notify_path)
+    try:
+        relay = journal_relay(relay_factory, tmp_path, "-n", f"unix:{notify_path}", ttl=3)
+        created = time.monotonic()
+        parse_port(relay.cmd(f"U idle1 127.0.0.1 5000 ft unix:{notify_path} idle_tag"))
+        parse_port(relay.cmd("L idle1 127.0.0.1 5002 ft tt"))
+        assert wait_for(lambda: b"idle1" in (tmp_path / "state.json").read_bytes(), 2.0)
+        relay.kill()
+        time.sleep(1.0)  # down for a second: the timer keeps running meanwhile
+        again = relay_factory(like=relay)
+        assert wait_for(lambda: listener.data == b"idle_tag\n", 6.0), again.log_text()
+        # -T 3 lives T + 1 = 4 s after the L, wherever the seconds were spent
+        elapsed = time.monotonic() - created
+        assert 3.5 <= elapsed <= 5.5, elapsed
+        assert again.cmd("Q idle1 ft tt") == "E50"
+        assert "session timeout: call-id='idle1'" in again.log_text()
+    finally:
+        listener.close()
+
+
+def crashed_journal(relay_factory: RelayFactory, tmp_path: Path) -> tuple[Relay, int]:
+    """A relay killed with one call in its journal; the call's leg A port."""
+    relay = journal_relay(relay_factory, tmp_path)
+    port = parse_port(relay.cmd("U bad1 127.0.0.1 5000 ft"))
+    parse_port(relay.cmd("L bad1 127.0.0.1 5002 ft tt"))
+    assert wait_for(lambda: b"bad1" in (tmp_path / "state.json").read_bytes(), 2.0)
+    relay.kill()
+    return relay, port
+
+
+def starts_without_the_call(relay_factory: RelayFactory, crashed: Relay) -> Relay:
+    again = relay_factory(like=crashed)
+    assert again.cmd("Q bad1 ft tt") == "E50"
+    assert parse_port(again.cmd("U new1 127.0.0.1 5000 ft")) > 0  # serves new calls
+    return again
+
+
+def test_corrupt_journal_is_set_aside(relay_factory: RelayFactory, tmp_path: Path) -> None:
+    crashed, _port = crashed_journal(relay_factory, tmp_path)
+    state = tmp_path / "state.json"
+    state.write_bytes(state.read_bytes()[:100])  # as a bad disk could leave it
+    again = starts_without_the_call(relay_factory, crashed)
+    assert re.search(r"state file .*state\.json: not a journal \(corrupt\)", again.log_text())
+    assert (tmp_path / "state.json.bad").read_bytes().startswith(b'{"format"')
+    # the journal is the new relay's own again
+    assert wait_for(lambda: b"new1" in state.read_bytes(), 2.0)
+
+
+def test_journal_of_another_version_is_skipped(relay_factory: RelayFactory, tmp_path: Path) -> None:
+    crashed, _port = crashed_journal(relay_factory, tmp_path)
+    state = tmp_path / "state.json"
+    document = json.loads(state.read_bytes())
+    document["version"] = 99
+    state.write_text(json.dumps(document))
+    again = starts_without_the_call(relay_factory, crashed)
+    assert "journal version 99, this relay reads version 1" in again.log_text()
+
+
+def test_bad_entry_is_skipped_alone(relay_factory: RelayFactory, tmp_path: Path) -> None:
+    relay = journal_relay(relay_factory, tmp_path)
+    parse_port(relay.cmd("U good1 127.0.0.1 5000 ft"))
+    parse_port(relay.cmd("U bad1 127.0.0.1 5000 ft"))
+    relay.stop()
+    state = tmp_path / "state.json"
+    document = json.loads(state.read_bytes())
+    for entry in document["sessions"]:
+        if entry["call_id"] == "bad1":
+            del entry["legs"]
+    state.write_text(json.dumps(document))
+    again = starts_without_the_call(relay_factory, relay)
+    assert again.cmd("Q good1 ft").split()[0].isdigit()
+    assert "skipped entry" in again.log_text() and "call-id='bad1'" in again.log_text()
+
+
+def test_session_whose_port_is_busy_is_skipped(relay_factory: RelayFactory, tmp_path: Path) -> None:
+    crashed, port = crashed_journal(relay_factory, tmp_path)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind(("127.0.0.1", port))
+        again = starts_without_the_call(relay_factory, crashed)
+    assert re.search(
+        rf"session not restored: call-id='bad1' tag='ft': port {port} or {port + 1} "
+        r"on 127\.0\.0\.1 is busy",
+        again.log_text(),
+    )
+    assert "restored 0 sessions from the state file (1 skipped)" in again.log_text()
