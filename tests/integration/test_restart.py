@@ -222,3 +222,93 @@ def test_session_whose_port_is_busy_is_skipped(relay_factory: RelayFactory, tmp_
         again.log_text(),
     )
     assert "restored 0 sessions from the state file (1 skipped)" in again.log_text()
+
+
+class Commands:
+    """Kamailio's side during a hand-over: commands back to back over the unix and the
+    UDP socket until :meth:`stop`, every reply noted."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.replies: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for send in (self.relay.cmd, lambda c: self.relay.udp(c).split(" ", 1)[1]):
+                command = "U busy 127.0.0.1 5000 ft"  # the same session each time
+                try:
+                    reply = send(command)
+                except OSError as exc:
+                    self.failures.append(f"{command}: {exc!r}")
+                    continue
+                (self.replies if reply.split()[0].isdigit() else self.failures).append(reply)
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_planned_restart_loses_no_packet_and_no_command(
+    relay_factory: RelayFactory, tmp_path: Path, parties: PartyFactory
+) -> None:
+    relay = journal_relay(relay_factory, tmp_path)
+    caller, callee = parties(), parties()
+    call = setup_call(relay, "hand1", caller, callee)
+    flow = Flow(caller, call.b, callee, call.a)
+    commands = Commands(relay)
+    relays = [relay]
+    try:
+        assert wait_for(lambda: flow.received(0) > 25 and flow.received(1) > 25, 5.0)
+        for _generation in range(2):  # the successor hands over again
+            old = relays[-1]
+            relays.append(relay_factory(like=old))
+            assert old.wait_exit() == 0
+            old.stopped = True  # its sockets and files are the successor's now
+            sent = list(flow.sent)
+            assert wait_for(lambda s=sent: flow.sent[0] > s[0] + 25, 3.0)
+        time.sleep(0.3)
+    finally:
+        commands.stop()
+        flow.stop()
+    new = relays[-1]
+    for way in (0, 1):
+        assert flow.missing(way) == [], (way, flow.missing(way)[:10])
+    assert commands.failures == [] and len(commands.replies) > 20
+    for old in relays[:-1]:
+        assert "the new relay serves our sockets and sessions now; exiting" in old.log_text()
+    assert "took over from the previous relay" in new.log_text()
+    assert parse_port(new.cmd(f"L hand1 127.0.0.1 {callee.port} ft tt")) == call.b
+    assert new.cmd("D hand1 ft tt") == "0"
+
+
+def test_a_successor_that_goes_away_leaves_the_relay_serving(
+    relay_factory: RelayFactory, tmp_path: Path, parties: PartyFactory
+) -> None:
+    relay = journal_relay(relay_factory, tmp_path)
+    caller, callee = parties(), parties()
+    call = setup_call(relay, "stay1", caller, callee)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as quitter:
+        quitter.settimeout(5)
+        quitter.connect(str(tmp_path / "state.json.handover"))
+        quitter.send(json.dumps({"hello": 1, "pid": 1}).encode())
+        while True:  # take the sockets, then leave without confirming
+            data, fds, _flags, _addr = socket.recv_fds(quitter, 65536, 256)
+            for fd in fds:
+                socket.socket(fileno=fd).close()
+            if json.loads(data).get("done"):
+                break
+    assert wait_for(lambda: "serving again" in relay.log_text(), 5.0), relay.log_text()
+    caller.send(call.b, b"\x80\x00\x00\x01" + bytes(168))
+    assert callee.recv(1.0) is not None
+    assert relay.cmd("Q stay1 ft tt").split()[0].isdigit()
+    assert relay.udp("Q stay1 ft tt").split()[1].isdigit()
+    # and it hands over properly later
+    again = relay_factory(like=relay)
+    assert relay.wait_exit() == 0
+    relay.stopped = True
+    assert parse_port(again.cmd(f"L stay1 127.0.0.1 {callee.port} ft tt")) == call.b

@@ -135,6 +135,10 @@ class CopyTap:
     def flush(self) -> None:
         return None
 
+    def sockets(self) -> tuple[socket.socket, socket.socket]:
+        """The pair the copies leave from (a hand-over passes them on)."""
+        return self._rtp, self._rtcp
+
     def close(self) -> None:
         self._rtp.close()
         self._rtcp.close()
