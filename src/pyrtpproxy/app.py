@@ -142,10 +142,17 @@ def raise_file_limit(config: Config) -> None:
         )
 
 
-def daemonize(config: Config) -> None:
-    """Classic double fork; the parent exits 0 once the child is detached."""
+def daemonize(config: Config) -> Callable[[], None]:
+    """Classic double fork. The parent waits until the daemon serves its sockets (the
+    function returned here says so) and exits 0, or 1 if the daemon died before: the
+    start's exit status tells, and a takeover (``systemctl reload``) is complete when
+    the command returns."""
+    read_end, write_end = os.pipe()
     if os.fork() > 0:
-        os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as ready:
+            os._exit(0 if ready.read(1) == b"1" else 1)
+    os.close(read_end)
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
@@ -156,6 +163,13 @@ def daemonize(config: Config) -> None:
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
         os.close(devnull)
+
+    def serving() -> None:
+        with contextlib.suppress(OSError):
+            os.write(write_end, b"1")
+            os.close(write_end)
+
+    return serving
 
 
 def write_pidfile(path: str | None) -> None:
@@ -195,8 +209,14 @@ class Relay:
     engine's timer is one ``loop.call_at``, re-armed only when its deadline moves.
     """
 
-    def __init__(self, config: Config, resolver: Resolver = system_resolver) -> None:
+    def __init__(
+        self,
+        config: Config,
+        resolver: Resolver = system_resolver,
+        on_serving: Callable[[], None] | None = None,
+    ) -> None:
         self.config = config
+        self._on_serving = on_serving  # a daemon's parent waits for this
         self.names = AdvertisedNames(config.advertised_names, resolver)
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -483,19 +503,22 @@ class Relay:
         return True
 
     def _started_serving(self) -> None:
-        """Every socket is served: tell systemd, and a predecessor that it may exit."""
+        """Every socket is served: tell systemd, a predecessor that it may exit, and a
+        daemon's parent that the start is complete."""
         predecessor = self._predecessor
         if predecessor is None:
             sd_notify("READY=1")
             if self.config.state_file is not None:
                 self._listen_for_successor()
-            return
-        # systemd follows us from now on (ExecReload started us; NotifyAccess=all)
-        sd_notify(f"MAINPID={os.getpid()}\nREADY=1")
-        confirm(predecessor)
-        self._predecessor = None
-        log.warning("took over from the previous relay: serving its sockets and sessions")
-        self._wait_for_lock()
+        else:
+            # systemd follows us from now on (ExecReload started us; NotifyAccess=all)
+            sd_notify(f"MAINPID={os.getpid()}\nREADY=1")
+            confirm(predecessor)
+            self._predecessor = None
+            log.warning("took over from the previous relay: serving its sockets and sessions")
+            self._wait_for_lock()
+        if self._on_serving is not None:
+            self._on_serving()
 
     def _wait_for_lock(self) -> None:
         """After a takeover: the journal's lock is ours once the predecessor exited."""
@@ -713,12 +736,11 @@ def run(config: Config) -> int:
 
     prepare(config)
     daemon = not config.foreground
-    if daemon:
-        daemonize(config)
+    serving = daemonize(config) if daemon else None
     setup_logging(config, daemon)
     raise_file_limit(config)
     write_pidfile(config.pidfile)
-    relay = Relay(config)
+    relay = Relay(config, on_serving=serving)
     try:
         return uvloop.run(relay.run())
     finally:
