@@ -55,7 +55,7 @@ from .media.record import RecordDirs
 from .media.relay import MediaConfig, MediaRelay
 from .names import AdvertisedNames, Resolver, system_resolver
 from .net import probe_bind
-from .state import JournalWriter, StateLock, load
+from .state import JournalWriter, StateLock, load, without_gc
 
 if TYPE_CHECKING:
     from .observe.metrics import RelayMetrics
@@ -644,7 +644,7 @@ class Relay:
         if not states:
             return
         try:
-            with self.media.resuming():
+            with self.media.resuming(), without_gc():
                 restored = self.engine.restore(states, self._loop.time())
                 self.dispatch(restored.events)
         except Exception:  # a journal must never stop the relay from starting

@@ -20,11 +20,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import fcntl
+import gc
+import ipaddress
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -37,6 +39,9 @@ log = logging.getLogger("pyrtpproxy.state")
 FORMAT = "pyrtpproxy-state"
 VERSION = 1
 SOON = 0.1  # seconds from a command that changed sessions to the write that keeps it
+PERIOD = 1.0  # seconds between writes while sessions exist (counters, packet times move)
+COST_SHARE = 20  # a write's cost in seconds, times this, is the least time to the next
+TICK_SLACK = 0.1  # a tick this early still writes (the once-a-second timer jitters)
 BAD_SUFFIX = ".bad"
 
 Json = Any  # a decoded JSON value
@@ -47,10 +52,61 @@ class JournalError(ValueError):
 
 
 # --- values <-> JSON ------------------------------------------------------------------
+#
+# The engine's values are tuples and go out as JSON arrays as they are (a journal of
+# thousands of sessions is written every second or so); the document names the fields
+# of each array ("layout"), and one that differs is another version. Bytes (call-ids,
+# tags) are latin-1 text. Times are seconds relative to "written_at", the wall clock
+# at the export: a deadline is written_at + its offset, in wall-clock time.
 
 
-def _text(raw: bytes | None) -> str | None:
-    return None if raw is None else raw.decode("latin-1")
+def _json_default(value: object) -> Json:
+    """What JSON has no type for: bytes, addresses, taps."""
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if isinstance(value, LocalAddress):
+        return [value.host, value.ipv6, value.advertised, value.label]
+    if isinstance(value, UdpCopy):
+        return ["copy", value.dest, value.local, value.port, value.rtcp]
+    if isinstance(value, Recording):
+        return [
+            "recording",
+            value.call_id,
+            value.tag,
+            None if value.direction is None else value.direction.value,
+            value.name,
+            value.single_file,
+            value.pcap,
+            value.rtcp,
+        ]
+    raise TypeError(f"cannot store {type(value).__name__}")
+
+
+LAYOUT = {
+    "session": list(SessionState._fields),
+    "leg": list(LegState._fields),
+    "stream": list(StreamState._fields),
+    "counters": list(STREAM_COUNTERS),
+}
+
+
+def encode(sessions: list[SessionState], written_at: float) -> bytes:
+    """The journal's bytes for ``sessions`` exported at wall-clock time ``written_at``."""
+    document = {
+        "format": FORMAT,
+        "version": VERSION,
+        "layout": LAYOUT,
+        "written_at": written_at,
+        "pid": os.getpid(),
+        "sessions": sessions,
+    }
+    return json.dumps(document, separators=(",", ":"), default=_json_default).encode("ascii")
+
+
+def _fields(value: Json, count: int, what: str) -> list[Json]:
+    if not isinstance(value, list) or len(value) != count:
+        raise ValueError(f"{what}: expected {count} fields")
+    return value
 
 
 def _raw(text: Json) -> bytes | None:
@@ -61,199 +117,138 @@ def _raw(text: Json) -> bytes | None:
     return text.encode("latin-1")
 
 
-def _wall(offset: float | None, written_at: float) -> float | None:
-    return None if offset is None else written_at + offset
+def _int(value: Json) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
 
 
-def _offset(wall: Json, wall_now: float) -> float | None:
-    if wall is None:
-        return None
-    return float(wall) - wall_now
+def _host(value: Json, wildcard: bool = False) -> str:
+    """A numeric address, as sockets give them (``""``: the wildcard, where allowed)."""
+    if not isinstance(value, str):
+        raise TypeError("expected an address")
+    if value == "" and wildcard:
+        return value
+    return ipaddress.ip_address(value).compressed  # ValueError for anything else
 
 
 def _endpoint(value: Json) -> Endpoint | None:
     if value is None:
         return None
-    host, port = value
-    if not isinstance(host, str) or not isinstance(port, int):
-        raise TypeError("bad endpoint")
-    return Endpoint(host, port)
+    host, port = _fields(value, 2, "endpoint")
+    if not 0 <= _int(port) <= 65535:
+        raise ValueError(f"bad port {port}")
+    return Endpoint(_host(host), port)
 
 
-def _local_json(local: LocalAddress) -> Json:
-    return {
-        "host": local.host,
-        "ipv6": local.ipv6,
-        "advertised": local.advertised,
-        "label": local.label,
-    }
+def _optional_text(value: Json) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError("expected a string")
+    return value
 
 
-def _local(value: Json) -> LocalAddress:
+def _local(value: Json) -> LocalAddress | None:
+    if value is None:
+        return None
+    host, ipv6, advertised, label = _fields(value, 4, "address")
     return LocalAddress(
-        str(value["host"]),
-        ipv6=bool(value["ipv6"]),
-        advertised=value["advertised"],
-        label=value["label"],
+        _host(host, wildcard=True),
+        ipv6=bool(ipv6),
+        advertised=_optional_text(advertised),
+        label=_optional_text(label),
     )
-
-
-def _tap_json(tap: Tap) -> Json:
-    if isinstance(tap, UdpCopy):
-        return {
-            "kind": "copy",
-            "dest": list(tap.dest),
-            "local": _local_json(tap.local),
-            "port": tap.port,
-            "rtcp": tap.rtcp,
-        }
-    return {
-        "kind": "recording",
-        "call_id": _text(tap.call_id),
-        "tag": _text(tap.tag),
-        "direction": None if tap.direction is None else tap.direction.value,
-        "name": _text(tap.name),
-        "single_file": tap.single_file,
-        "pcap": tap.pcap,
-        "rtcp": tap.rtcp,
-    }
 
 
 def _tap(value: Json) -> Tap | None:
     if value is None:
         return None
-    if value["kind"] == "copy":
-        dest = _endpoint(value["dest"])
-        assert dest is not None
-        return UdpCopy(dest, _local(value["local"]), int(value["port"]), bool(value["rtcp"]))
-    if value["kind"] != "recording":
-        raise ValueError(f"unknown tap kind {value['kind']!r}")
-    call_id, tag = _raw(value["call_id"]), _raw(value["tag"])
-    if call_id is None or tag is None:
+    if not isinstance(value, list) or not value:
+        raise ValueError("bad tap")
+    if value[0] == "copy":
+        _kind, dest, local, port, rtcp = _fields(value, 5, "copy")
+        endpoint, address = _endpoint(dest), _local(local)
+        if endpoint is None or address is None:
+            raise ValueError("a copy needs a destination and a local address")
+        return UdpCopy(endpoint, address, _int(port), bool(rtcp))
+    if value[0] != "recording":
+        raise ValueError(f"unknown tap kind {value[0]!r}")
+    _kind, call_id, tag, direction, name, single_file, pcap, rtcp = _fields(value, 8, "tap")
+    call, creating = _raw(call_id), _raw(tag)
+    if call is None or creating is None:
         raise ValueError("a recording needs call-id and tag")
-    direction = value["direction"]
     return Recording(
-        call_id=call_id,
-        tag=tag,
+        call_id=call,
+        tag=creating,
         direction=None if direction is None else Direction(direction),
-        name=_raw(value["name"]),
-        single_file=bool(value["single_file"]),
-        pcap=bool(value["pcap"]),
-        rtcp=bool(value["rtcp"]),
+        name=_raw(name),
+        single_file=bool(single_file),
+        pcap=bool(pcap),
+        rtcp=bool(rtcp),
     )
 
 
-def _stream_json(stream: StreamState, written_at: float) -> Json:
-    return {
-        "remote": None if stream.remote is None else list(stream.remote),
-        "latched": stream.latched,
-        "from_media": stream.from_media,
-        "last_ssrc": stream.last_ssrc,
-        "last_seq": stream.last_seq,
-        "signalled_at": _wall(stream.signalled_at, written_at),
-        "sampled_at": _wall(stream.sampled_at, written_at),
-        "seen_at": _wall(stream.seen_at, written_at),
-        "relatch_count": stream.relatch_count,
-        "counters": dict(zip(STREAM_COUNTERS, stream.counters, strict=True)),
-    }
+def _time(offset: Json, shift: float) -> float | None:
+    return None if offset is None else float(offset) + shift
 
 
-def _stream(value: Json, wall_now: float) -> StreamState:
-    counters = value["counters"]
-    ssrc = value["last_ssrc"]
+def _stream(value: Json, shift: float) -> StreamState:
+    remote, latched, from_media, ssrc, seq, signalled, sampled, seen, relatches, counters = _fields(
+        value, len(StreamState._fields), "stream"
+    )
     return StreamState(
-        remote=_endpoint(value["remote"]),
-        latched=bool(value["latched"]),
-        from_media=bool(value["from_media"]),
-        last_ssrc=None if ssrc is None else int(ssrc),
-        last_seq=int(value["last_seq"]),
-        signalled_at=_offset(value["signalled_at"], wall_now),
-        sampled_at=_offset(value["sampled_at"], wall_now),
-        seen_at=_offset(value["seen_at"], wall_now),
-        relatch_count=int(value["relatch_count"]),
-        counters=tuple(int(counters[name]) for name in STREAM_COUNTERS),
+        remote=_endpoint(remote),
+        latched=bool(latched),
+        from_media=bool(from_media),
+        last_ssrc=None if ssrc is None else _int(ssrc),
+        last_seq=_int(seq),
+        signalled_at=_time(signalled, shift),
+        sampled_at=_time(sampled, shift),
+        seen_at=_time(seen, shift),
+        relatch_count=_int(relatches),
+        counters=tuple(_int(c) for c in _fields(counters, len(STREAM_COUNTERS), "counters")),
     )
 
 
-def _leg_json(leg: LegState, written_at: float) -> Json:
-    return {
-        "port": leg.port,
-        "local": None if leg.local is None else _local_json(leg.local),
-        "asymmetric": leg.asymmetric,
-        "weak": leg.weak,
-        "on_hold": leg.on_hold,
-        "codecs": _text(leg.codecs),
-        "expires_at": _wall(leg.expires_at, written_at),
-        "ttl": leg.ttl,
-        "tap": None if leg.tap is None else _tap_json(leg.tap),
-        "rtp": _stream_json(leg.rtp, written_at),
-        "rtcp": _stream_json(leg.rtcp, written_at),
-    }
-
-
-def _leg(value: Json, wall_now: float) -> LegState:
-    port = int(value["port"])
-    if not 0 <= port <= 65534:
+def _leg(value: Json, shift: float) -> LegState:
+    port, local, asymmetric, weak, on_hold, codecs, expires_at, ttl, tap, rtp, rtcp = _fields(
+        value, len(LegState._fields), "leg"
+    )
+    if not 0 <= _int(port) <= 65534:
         raise ValueError(f"bad port {port}")
-    ttl = value["ttl"]
     return LegState(
         port=port,
-        local=None if value["local"] is None else _local(value["local"]),
-        asymmetric=bool(value["asymmetric"]),
-        weak=bool(value["weak"]),
-        on_hold=bool(value["on_hold"]),
-        codecs=_raw(value["codecs"]),
-        expires_at=_offset(value["expires_at"], wall_now),
-        ttl=None if ttl is None else int(ttl),
-        tap=_tap(value["tap"]),
-        rtp=_stream(value["rtp"], wall_now),
-        rtcp=_stream(value["rtcp"], wall_now),
+        local=_local(local),
+        asymmetric=bool(asymmetric),
+        weak=bool(weak),
+        on_hold=bool(on_hold),
+        codecs=_raw(codecs),
+        expires_at=_time(expires_at, shift),
+        ttl=None if ttl is None else _int(ttl),
+        tap=_tap(tap),
+        rtp=_stream(rtp, shift),
+        rtcp=_stream(rtcp, shift),
     )
 
 
-def _session_json(session: SessionState, written_at: float) -> Json:
-    return {
-        "call_id": _text(session.call_id),
-        "tag": _text(session.tag),
-        "created_at": written_at + session.created_at,
-        "complete": session.complete,
-        "strong": session.strong,
-        "notify_target": _text(session.notify_target),
-        "notify_tag": _text(session.notify_tag),
-        "notify_source": session.notify_source,
-        "legs": [_leg_json(leg, written_at) for leg in session.legs],
-    }
-
-
-def _session(value: Json, wall_now: float) -> SessionState:
-    call_id, tag = _raw(value["call_id"]), _raw(value["tag"])
-    if not call_id or not tag:
+def _session(value: Json, shift: float) -> SessionState:
+    call_id, tag, created_at, complete, strong, target, notify_tag, source, legs = _fields(
+        value, len(SessionState._fields), "session"
+    )
+    call, creating = _raw(call_id), _raw(tag)
+    if not call or not creating:
         raise ValueError("a session needs a call-id and a tag")
-    a, b = value["legs"]
-    source = value["notify_source"]
+    a, b = _fields(legs, 2, "legs")
     return SessionState(
-        call_id=call_id,
-        tag=tag,
-        created_at=float(value["created_at"]) - wall_now,
-        complete=bool(value["complete"]),
-        strong=bool(value["strong"]),
-        notify_target=_raw(value["notify_target"]),
-        notify_tag=_raw(value["notify_tag"]),
+        call_id=call,
+        tag=creating,
+        created_at=float(created_at) + shift,
+        complete=bool(complete),
+        strong=bool(strong),
+        notify_target=_raw(target),
+        notify_tag=_raw(notify_tag),
         notify_source=None if source is None else str(source),
-        legs=(_leg(a, wall_now), _leg(b, wall_now)),
+        legs=(_leg(a, shift), _leg(b, shift)),
     )
-
-
-def encode(sessions: list[SessionState], written_at: float) -> bytes:
-    """The journal's bytes for ``sessions`` exported at wall-clock time ``written_at``."""
-    document = {
-        "format": FORMAT,
-        "version": VERSION,
-        "written_at": written_at,
-        "pid": os.getpid(),
-        "sessions": [_session_json(session, written_at) for session in sessions],
-    }
-    return json.dumps(document, separators=(",", ":")).encode("ascii")
 
 
 class Decoded(NamedTuple):
@@ -272,22 +267,37 @@ def decode(data: bytes, wall_now: float) -> Decoded:
         raise JournalError(f"not a journal (corrupt): {exc}") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise JournalError("not a pyrtpproxy state journal")
-    if document.get("version") != VERSION:
+    if document.get("version") != VERSION or document.get("layout") != LAYOUT:
         raise JournalError(
             f"journal version {document.get('version')!r}, this relay reads version {VERSION}"
         )
     entries = document.get("sessions")
-    if not isinstance(entries, list):
+    written_at = document.get("written_at")
+    if not isinstance(entries, list) or not isinstance(written_at, (int, float)):
         raise JournalError("the journal has no session list")
+    shift = written_at - wall_now  # how long ago it was written, negated
     sessions: list[SessionState] = []
     bad: list[str] = []
     for index, entry in enumerate(entries):
         try:
-            sessions.append(_session(entry, wall_now))
-        except (KeyError, TypeError, ValueError, AttributeError, AssertionError) as exc:
-            call_id = entry.get("call_id") if isinstance(entry, dict) else None
-            bad.append(f"entry {index} (call-id={call_id!r}): {type(exc).__name__}: {exc}")
+            sessions.append(_session(entry, shift))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            call_id = entry[0] if isinstance(entry, list) and entry else None
+            bad.append(f"entry {index} (call-id={call_id!r}): {exc}")
     return Decoded(sessions, bad)
+
+
+@contextlib.contextmanager
+def without_gc() -> Iterator[None]:
+    """Building or reading thousands of sessions' tuples would run the cyclic garbage
+    collector over every object many times; they hold no cycles, so pause it."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # --- the file -------------------------------------------------------------------------
@@ -324,7 +334,8 @@ def load(path: str, wall_now: float | None = None) -> list[SessionState]:
         log.error("cannot read the state file %s: %s; no sessions restored", path, exc.strerror)
         return []
     try:
-        decoded = decode(data, time.time() if wall_now is None else wall_now)
+        with without_gc():
+            decoded = decode(data, time.time() if wall_now is None else wall_now)
     except JournalError as exc:
         aside = path + BAD_SUFFIX
         try:
@@ -374,16 +385,20 @@ class JournalStats:
 
     writes: int = 0
     failures: int = 0
-    last_seconds: float = 0.0
+    last_seconds: float = 0.0  # the last write's cost: export on the loop + encode + file
 
 
 class JournalWriter:
     """Writes the journal off the packet path: :meth:`soon` after a command changed
-    sessions, :meth:`tick` once a second while there are sessions (latched addresses,
-    counters and packet times move without commands), :meth:`write_now` at exit.
+    sessions, :meth:`tick` (once a second) while there are sessions, since latched
+    addresses, counters and packet times move without commands, :meth:`write_now` at
+    exit.
 
     Sessions are exported on the event loop (a consistent view); encoding and the file
-    work run in one worker thread, one write at a time, later requests coalesced.
+    work run in one worker thread, one write at a time, later requests coalesced. The
+    writes are spaced by at least :data:`COST_SHARE` times the last one's cost, so the
+    journal takes at most about 5 % of the relay's time however many sessions it holds
+    (a second apart up to a few thousand sessions on a small machine, more beyond).
     """
 
     def __init__(
@@ -397,24 +412,34 @@ class JournalWriter:
         self._loop = loop
         self._export = export
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
-        self._soon: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last = float("-inf")  # loop time of the last write's start
         self._busy = False
         self._again = False
         self._failing = False
         self._empty_written = False
 
-    def soon(self) -> None:
-        """Sessions changed: write within :data:`SOON` seconds."""
-        if self._soon is None:
-            self._soon = self._loop.call_later(SOON, self._write_soon)
+    @property
+    def spacing(self) -> float:
+        """The least time between two writes now."""
+        return max(SOON, COST_SHARE * self.stats.last_seconds)
 
-    def _write_soon(self) -> None:
-        self._soon = None
+    def soon(self) -> None:
+        """Sessions changed: write within :data:`SOON` seconds (or once the spacing
+        allows)."""
+        if self._timer is None:
+            wait = max(SOON, self._last + self.spacing - self._loop.time())
+            self._timer = self._loop.call_later(wait, self._write_due)
+
+    def _write_due(self) -> None:
+        self._timer = None
         self.write()
 
     def tick(self, sessions: int) -> None:
-        """The once-a-second write; nothing to do when there were and are no sessions."""
-        if sessions or not self._empty_written:
+        """The periodic write; nothing to do when there were and are no sessions."""
+        if not sessions and self._empty_written:
+            return
+        if self._loop.time() + TICK_SLACK >= self._last + max(PERIOD, self.spacing):
             self.write()
 
     def write(self) -> None:
@@ -422,23 +447,29 @@ class JournalWriter:
         if self._busy:
             self._again = True
             return
-        sessions = self._export()
+        started = time.perf_counter()
+        self._last = self._loop.time()
+        with without_gc():
+            sessions = self._export()
+        exported = time.perf_counter() - started
         self._empty_written = not sessions
         self._busy = True
         future = self._pool.submit(self._write_file, sessions, time.time())
-        future.add_done_callback(lambda done: self._loop.call_soon_threadsafe(self._written, done))
+        future.add_done_callback(
+            lambda done: self._loop.call_soon_threadsafe(self._written, done, exported)
+        )
 
     def _write_file(self, sessions: list[SessionState], written_at: float) -> float:
         started = time.perf_counter()
         write_atomically(self.path, encode(sessions, written_at))
         return time.perf_counter() - started
 
-    def _written(self, done: concurrent.futures.Future[float]) -> None:
+    def _written(self, done: concurrent.futures.Future[float], exported: float) -> None:
         self._busy = False
         exc = done.exception()
         if exc is None:
             self.stats.writes += 1
-            self.stats.last_seconds = done.result()
+            self.stats.last_seconds = exported + done.result()
             if self._failing:
                 log.warning("state file %s is written again", self.path)
             self._failing = False
@@ -449,27 +480,30 @@ class JournalWriter:
             self._failing = True
         if self._again:
             self._again = False
-            self.write()
+            self.soon()
 
     def write_now(self) -> None:
         """The final write, on the caller's thread, after the one in progress."""
-        if self._soon is not None:
-            self._soon.cancel()
-            self._soon = None
+        self._cancel()
         self._pool.shutdown(wait=True)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
         self._busy = self._again = False
         try:
-            self._write_file(self._export(), time.time())
+            with without_gc():
+                sessions = self._export()
+            self._write_file(sessions, time.time())
             self.stats.writes += 1
         except OSError as exc:
             self.stats.failures += 1
             log.error("cannot write the state file %s: %s", self.path, exc)
 
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def close(self) -> None:
         """Stop the worker (after the write in progress)."""
-        if self._soon is not None:
-            self._soon.cancel()
-            self._soon = None
+        self._cancel()
         with contextlib.suppress(RuntimeError):
             self._pool.shutdown(wait=True)

@@ -203,8 +203,8 @@ def test_bad_entry_is_skipped_alone(relay_factory: RelayFactory, tmp_path: Path)
     state = tmp_path / "state.json"
     document = json.loads(state.read_bytes())
     for entry in document["sessions"]:
-        if entry["call_id"] == "bad1":
-            del entry["legs"]
+        if entry[0] == "bad1":  # its call-id
+            del entry[-1]  # its legs
     state.write_text(json.dumps(document))
     again = starts_without_the_call(relay_factory, relay)
     assert again.cmd("Q good1 ft").split()[0].isdigit()

@@ -17,7 +17,6 @@ analysis (jitter, loss; it restarts with the next packet) and the global counter
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from .addresses import Endpoint, LocalAddress, NotifyTarget
@@ -40,8 +39,7 @@ STREAM_COUNTERS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class StreamState:
+class StreamState(NamedTuple):
     """One stream's party address, latching state and counters."""
 
     remote: Endpoint | None
@@ -56,8 +54,7 @@ class StreamState:
     counters: tuple[int, ...]  # in the order of STREAM_COUNTERS
 
 
-@dataclass(frozen=True, slots=True)
-class LegState:
+class LegState(NamedTuple):
     """One leg: its port pair, rules, timer and tap."""
 
     port: int
@@ -73,9 +70,11 @@ class LegState:
     rtcp: StreamState
 
 
-@dataclass(frozen=True, slots=True)
-class SessionState:
-    """A session as a value; times relative to the ``now`` it was exported at."""
+class SessionState(NamedTuple):
+    """A session as a value; times relative to the ``now`` it was exported at.
+
+    Plain tuples (these and the two below), so that exporting every session once a
+    second is cheap and the journal can store them as JSON arrays as they are."""
 
     call_id: bytes
     tag: bytes
@@ -104,42 +103,48 @@ class Restored(NamedTuple):
     skipped: tuple[Skipped, ...]
 
 
-def _relative(moment: float, now: float) -> float | None:
-    return None if moment == NEVER else moment - now
-
-
 def _absolute(offset: float | None, now: float) -> float:
     return NEVER if offset is None else now + offset
 
 
 def _export_stream(stream: Stream, now: float) -> StreamState:
+    # positional and without loops: this runs for every stream once a second
     return StreamState(
-        remote=stream.remote,
-        latched=stream.latched,
-        from_media=stream.from_media,
-        last_ssrc=stream.last_ssrc,
-        last_seq=stream.last_seq,
-        signalled_at=_relative(stream.signalled_at, now),
-        sampled_at=_relative(stream.sampled_at, now),
-        seen_at=_relative(stream.seen_at, now),
-        relatch_count=stream.relatch_count,
-        counters=tuple(getattr(stream, name) for name in STREAM_COUNTERS),
+        stream.remote,
+        stream.latched,
+        stream.from_media,
+        stream.last_ssrc,
+        stream.last_seq,
+        None if stream.signalled_at == NEVER else stream.signalled_at - now,
+        None if stream.sampled_at == NEVER else stream.sampled_at - now,
+        None if stream.seen_at == NEVER else stream.seen_at - now,
+        stream.relatch_count,
+        (
+            stream.fast_count,
+            stream.fast_bytes,
+            stream.relayed_bytes,
+            stream.accepted,
+            stream.relayed,
+            stream.dropped,
+            stream.ignored,
+            stream.incomplete,
+        ),
     )
 
 
 def _export_leg(leg: Leg, now: float) -> LegState:
     return LegState(
-        port=leg.port,
-        local=leg.local,
-        asymmetric=leg.asymmetric,
-        weak=leg.weak,
-        on_hold=leg.on_hold,
-        codecs=leg.codecs,
-        expires_at=_relative(leg.expires_at, now),
-        ttl=leg.ttl,
-        tap=leg.tap,
-        rtp=_export_stream(leg.rtp, now),
-        rtcp=_export_stream(leg.rtcp, now),
+        leg.port,
+        leg.local,
+        leg.asymmetric,
+        leg.weak,
+        leg.on_hold,
+        leg.codecs,
+        None if leg.expires_at == NEVER else leg.expires_at - now,
+        leg.ttl,
+        leg.tap,
+        _export_stream(leg.rtp, now),
+        _export_stream(leg.rtcp, now),
     )
 
 
@@ -219,7 +224,12 @@ class SessionRestorer:
         """Take ``port`` for a restored leg or copy: None, or why it cannot be had."""
         if not self._ports.claim(port):
             return f"port {port} is outside the port range or already in use"
-        if not self._probe.try_bind(local, port):
+        try:
+            bound = self._probe.try_bind(local, port)
+        except OSError as exc:  # an address the host no longer has, say
+            self._ports.release(port)
+            return f"port {port} on {local.bind_host}: {exc.strerror or exc}"
+        if not bound:
             self._ports.release(port)
             return f"port {port} or {port + 1} on {local.bind_host} is busy"
         return None
