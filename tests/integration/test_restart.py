@@ -14,7 +14,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .conftest import Party, Relay, RelayFactory, parse_port, wait_for
+from pyrtpproxy.media.record import RecordFormat, detect_format, read_file
+
+from .conftest import Party, Relay, RelayFactory, parse_port, rtp_packet, wait_for
 from .test_relay import Listener, setup_call
 
 PartyFactory = Callable[..., Party]
@@ -312,3 +314,38 @@ def test_a_successor_that_goes_away_leaves_the_relay_serving(
     assert relay.wait_exit() == 0
     relay.stopped = True
     assert parse_port(again.cmd(f"L stay1 127.0.0.1 {callee.port} ft tt")) == call.b
+
+
+def test_recordings_continue_in_the_same_files(
+    relay_factory: RelayFactory, tmp_path: Path, parties: PartyFactory
+) -> None:
+    """A recording goes on across a takeover and a crash: the same pcap file (one
+    header), every packet in it, moved out of the spool when the recording ends."""
+    record, spool = tmp_path / "rec", tmp_path / "spool"
+    record.mkdir()
+    spool.mkdir()
+    relay = journal_relay(relay_factory, tmp_path, "-r", str(record), "-S", str(spool), "-P")
+    caller, callee = parties(), parties()
+    call = setup_call(relay, "rec9", caller, callee)
+    assert relay.cmd("Rs rec9 ft tt") == "0"
+    sent = [rtp_packet(seq) for seq in range(30)]
+
+    def talk(seqs: range) -> None:
+        for seq in seqs:
+            caller.send(call.b, sent[seq])
+            assert callee.recv(1.0) is not None, seq
+
+    talk(range(10))
+    taker = relay_factory(like=relay)
+    assert relay.wait_exit() == 0
+    relay.stopped = True
+    talk(range(10, 20))
+    time.sleep(1.2)  # in the journal, flushed
+    taker.kill()
+    again = relay_factory(like=taker)
+    talk(range(20, 30))
+    assert [p.name for p in spool.iterdir()] == ["rec9=ft.pcap"]  # still being written
+    assert again.cmd("D rec9 ft tt") == "0"
+    path = record / "rec9=ft.pcap"
+    assert detect_format(path.read_bytes()) is RecordFormat.PCAP
+    assert [r.payload for r in read_file(path)] == sent
