@@ -231,6 +231,7 @@ class Relay:
         self.journal: JournalWriter | None = None
         self.server: ControlServer | None = None
         self.handed_over = False  # a successor serves our sockets now: leave them be
+        self._handing_over = False  # the sockets are on their way to a successor
         self._state_lock: StateLock | None = None
         self._inherited: Inherited | None = None  # what a predecessor handed over
         self._predecessor: socket.socket | None = None  # waits for our "ready"
@@ -453,8 +454,9 @@ class Relay:
             if self._timer is not None:
                 self._timer.cancel()
             self._close_listener()
-            server.close(unlink=not self.handed_over)
-            if self.handed_over:  # the successor serves the sockets, taps and kernel path
+            passed_on = self.handed_over or self._handing_over  # (a signal mid-transfer)
+            server.close(unlink=not passed_on)
+            if passed_on:  # the successor serves the sockets, taps and kernel path
                 media.close(finish_taps=False, delete_kernel_table=False)
             elif self.journal is None:
                 self.dispatch(engine.delete_all(loop.time()))
@@ -532,7 +534,10 @@ class Relay:
             self._loop.call_later(LOCK_RETRY, self._wait_for_lock)
             return
         if self.metrics is not None:
-            self._serve_metrics()
+            try:
+                self._serve_metrics()
+            except OSError as exc:
+                log.error("cannot serve metrics on %s: %s", self.config.metrics_listen, exc)
         self._listen_for_successor()
 
     def _serve_metrics(self) -> None:
@@ -611,6 +616,7 @@ class Relay:
         journal, self.journal = self.journal, None
         assert journal is not None
         journal.write_now()
+        self._handing_over = True
         ready = False
         try:
             send_sockets(conn, [(MEDIA, fd) for fd in media.handover_sockets()] + control)
@@ -621,6 +627,7 @@ class Relay:
         except (OSError, HandoverError) as exc:
             log.error("hand-over failed: %s", exc)
         conn.close()
+        self._handing_over = False
         if ready:
             self.handed_over = True
             for _name, fd in control:
