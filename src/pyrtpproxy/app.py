@@ -500,7 +500,9 @@ class Relay:
         unused = self.media.drop_unadopted()
         if unused:
             log.warning("%d media sockets of the previous relay served no session", unused)
-        self.journal = JournalWriter(path, loop, lambda: engine.export_sessions(loop.time()))
+        self.journal = JournalWriter(
+            path, loop, lambda: engine.export_sessions(loop.time()), self.counters.relay
+        )
         self.journal.write_now()  # a bad journal is replaced at once
         return True
 
@@ -657,6 +659,8 @@ class Relay:
         except Exception:  # a journal must never stop the relay from starting
             log.exception("restoring sessions from the state file failed")
             return
+        self.counters.relay.sessions_restored += restored.restored
+        self.counters.relay.sessions_not_restored += len(restored.skipped)
         for skipped in restored.skipped[:SKIPPED_LOGGED]:
             log.error(
                 "session not restored: call-id=%r tag=%r: %s",

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .engine.addresses import Endpoint, LocalAddress
+from .engine.counters import RelayCounters
 from .engine.persist import STREAM_COUNTERS, LegState, SessionState, StreamState
 from .engine.taps import Direction, Recording, Tap, UdpCopy
 
@@ -406,9 +407,11 @@ class JournalWriter:
         path: str,
         loop: asyncio.AbstractEventLoop,
         export: Callable[[], list[SessionState]],
+        counters: RelayCounters | None = None,
     ) -> None:
         self.path = path
         self.stats = JournalStats()
+        self._counters = counters or RelayCounters()
         self._loop = loop
         self._export = export
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
@@ -475,6 +478,7 @@ class JournalWriter:
             self._failing = False
         else:
             self.stats.failures += 1
+            self._counters.state_write_failures += 1
             if not self._failing:  # once per failing spell, not once a second
                 log.error("cannot write the state file %s: %s", self.path, exc)
             self._failing = True
@@ -495,6 +499,7 @@ class JournalWriter:
             self.stats.writes += 1
         except OSError as exc:
             self.stats.failures += 1
+            self._counters.state_write_failures += 1
             log.error("cannot write the state file %s: %s", self.path, exc)
 
     def _cancel(self) -> None:

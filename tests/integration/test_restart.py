@@ -11,12 +11,13 @@ import socket
 import struct
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from pyrtpproxy.media.record import RecordFormat, detect_format, read_file
 
-from .conftest import Party, Relay, RelayFactory, parse_port, rtp_packet, wait_for
+from .conftest import Party, Relay, RelayFactory, free_port, parse_port, rtp_packet, wait_for
 from .test_relay import Listener, setup_call
 
 PartyFactory = Callable[..., Party]
@@ -159,9 +160,9 @@ def test_idle_session_times_out_across_crash(
         listener.close()
 
 
-def crashed_journal(relay_factory: RelayFactory, tmp_path: Path) -> tuple[Relay, int]:
+def crashed_journal(relay_factory: RelayFactory, tmp_path: Path, *flags: str) -> tuple[Relay, int]:
     """A relay killed with one call in its journal; the call's leg A port."""
-    relay = journal_relay(relay_factory, tmp_path)
+    relay = journal_relay(relay_factory, tmp_path, *flags)
     port = parse_port(relay.cmd("U bad1 127.0.0.1 5000 ft"))
     parse_port(relay.cmd("L bad1 127.0.0.1 5002 ft tt"))
     assert wait_for(lambda: b"bad1" in (tmp_path / "state.json").read_bytes(), 2.0)
@@ -214,7 +215,10 @@ def test_bad_entry_is_skipped_alone(relay_factory: RelayFactory, tmp_path: Path)
 
 
 def test_session_whose_port_is_busy_is_skipped(relay_factory: RelayFactory, tmp_path: Path) -> None:
-    crashed, port = crashed_journal(relay_factory, tmp_path)
+    metrics_port = free_port()
+    crashed, port = crashed_journal(
+        relay_factory, tmp_path, "--metrics-listen", f"127.0.0.1:{metrics_port}"
+    )
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
         squatter.bind(("127.0.0.1", port))
         again = starts_without_the_call(relay_factory, crashed)
@@ -224,6 +228,10 @@ def test_session_whose_port_is_busy_is_skipped(relay_factory: RelayFactory, tmp_
         again.log_text(),
     )
     assert "restored 0 sessions from the state file (1 skipped)" in again.log_text()
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as page:
+        scraped = page.read().decode()
+    assert "pyrtpproxy_sessions_not_restored_total 1.0" in scraped
+    assert "pyrtpproxy_sessions_restored_total 0.0" in scraped
 
 
 class Commands:
