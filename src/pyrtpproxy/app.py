@@ -9,10 +9,11 @@ import logging.handlers
 import os
 import resource
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import Config, ConfigError, ControlKind
@@ -31,21 +32,42 @@ from .engine.events import (
     SessionCreated,
     SessionEnded,
 )
+from .engine.persist import SessionState
 from .engine.ports import PortAllocator
 from .engine.session import Session
 from .engine.taps import RecordingPolicy
+from .handover import (
+    MEDIA,
+    PROTOCOL,
+    TRANSFER_TIMEOUT,
+    HandoverError,
+    Inherited,
+    confirm,
+    receive_message,
+    sd_notify,
+    send_message,
+    send_sockets,
+    socket_path,
+    take_over,
+)
 from .media.kernel import KernelForwarder, Nftables, NftError
 from .media.record import RecordDirs
 from .media.relay import MediaConfig, MediaRelay
 from .names import AdvertisedNames, Resolver, system_resolver
 from .net import probe_bind
-from .observe.metrics import RelayMetrics
+from .state import JournalWriter, StateLock, load, without_gc
+
+if TYPE_CHECKING:
+    from .observe.metrics import RelayMetrics
 
 log = logging.getLogger("pyrtpproxy")
 
 Handler = Callable[[Any], None]
 
 SOCKETS_PER_SESSION = 4
+SKIPPED_LOGGED = 20  # sessions a restore names one by one before it only counts
+HANDOVER_DRAIN = 0.05  # seconds a handing-over relay serves the commands it accepted
+LOCK_RETRY = 0.05  # seconds between tries for the journal's lock after a takeover
 HOUSEKEEPING_INTERVAL = 1.0  # seconds between kernel counter reads and recording flushes
 
 
@@ -120,10 +142,17 @@ def raise_file_limit(config: Config) -> None:
         )
 
 
-def daemonize(config: Config) -> None:
-    """Classic double fork; the parent exits 0 once the child is detached."""
+def daemonize(config: Config) -> Callable[[], None]:
+    """Classic double fork. The parent waits until the daemon serves its sockets (the
+    function returned here says so) and exits 0, or 1 if the daemon died before: the
+    start's exit status tells, and a takeover (``systemctl reload``) is complete when
+    the command returns."""
+    read_end, write_end = os.pipe()
     if os.fork() > 0:
-        os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as ready:
+            os._exit(0 if ready.read(1) == b"1" else 1)
+    os.close(read_end)
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
@@ -134,6 +163,13 @@ def daemonize(config: Config) -> None:
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
         os.close(devnull)
+
+    def serving() -> None:
+        with contextlib.suppress(OSError):
+            os.write(write_end, b"1")
+            os.close(write_end)
+
+    return serving
 
 
 def write_pidfile(path: str | None) -> None:
@@ -174,8 +210,14 @@ class Relay:
     (a later one is found when the armed timer fires).
     """
 
-    def __init__(self, config: Config, resolver: Resolver = system_resolver) -> None:
+    def __init__(
+        self,
+        config: Config,
+        resolver: Resolver = system_resolver,
+        on_serving: Callable[[], None] | None = None,
+    ) -> None:
         self.config = config
+        self._on_serving = on_serving  # a daemon's parent waits for this
         self.names = AdvertisedNames(config.advertised_names, resolver)
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -187,6 +229,14 @@ class Relay:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._handlers: dict[type, Handler] = {}
+        self.journal: JournalWriter | None = None
+        self.server: ControlServer | None = None
+        self.handed_over = False  # a successor serves our sockets now: leave them be
+        self._handing_over = False  # the sockets are on their way to a successor
+        self._state_lock: StateLock | None = None
+        self._inherited: Inherited | None = None  # what a predecessor handed over
+        self._predecessor: socket.socket | None = None  # waits for our "ready"
+        self._listener: socket.socket | None = None  # where a successor asks (handover.py)
 
     # --- events --------------------------------------------------------------------------
 
@@ -244,6 +294,8 @@ class Relay:
     def _after_command(self, events: tuple[Event, ...]) -> None:
         """A command (or the timer) ran: act on it, then the timer and SIGHUP's drain."""
         self.dispatch(events)
+        if events and self.journal is not None:
+            self.journal.soon()
         self._arm_timer()
         engine = self.engine
         assert engine is not None
@@ -279,6 +331,8 @@ class Relay:
         try:
             self.media.refresh_counters()
             self.media.flush_taps()
+            if self.journal is not None and self.engine is not None:
+                self.journal.tick(len(self.engine.table))
         except Exception:
             log.exception("housekeeping failed")
         self._loop.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
@@ -349,8 +403,14 @@ class Relay:
         media.connect_engine(engine.receive, self.dispatch)
         self.notifier = Notifier(self.counters.relay)
         self._handlers = self._event_handlers(media, self.notifier)
+        if config.state_file is not None and not self._open_journal(config.state_file):
+            media.close()
+            return 1
         observe = None
         if config.metrics_listen is not None:
+            # imported here: Prometheus's client costs a restart's media a tenth of a second
+            from .observe.metrics import RelayMetrics
+
             self.metrics = RelayMetrics(
                 engine,
                 self.notifier,
@@ -358,8 +418,8 @@ class Relay:
                 None if kernel is None else lambda: kernel.forwarded_streams,
                 media.refresh_counters,
             )
-            host, port = self.metrics.serve(*config.metrics_listen)
-            log.info("serving metrics on http://%s:%d/metrics", host, port)
+            if self._predecessor is None:  # after a takeover: once the predecessor is gone
+                self._serve_metrics()
             observe = self.metrics.observe
         processor = CommandProcessor(
             engine,
@@ -369,7 +429,7 @@ class Relay:
             **({} if observe is None else {"observe": observe}),
         )
         stdio_only = all(s.kind in (ControlKind.STDIO, ControlKind.STDIOC) for s in config.control)
-        server = ControlServer(
+        self.server = server = ControlServer(
             processor,
             config.control,
             uid=config.uid,
@@ -379,8 +439,9 @@ class Relay:
         )
         # Signals first: a command answered on the first socket must already be governed by them.
         self._install_signals(loop)
-        await server.start()
+        await server.start(None if self._inherited is None else self._inherited.control)
         self._drop_privileges()
+        self._started_serving()
         log.info(
             "pyrtpproxy %s started, media ports %d-%d",
             __version__,
@@ -397,14 +458,230 @@ class Relay:
         finally:
             if self._timer is not None:
                 self._timer.cancel()
-            server.close()
-            self.dispatch(engine.delete_all(loop.time()))
-            media.close()
+            self._close_listener()
+            passed_on = self.handed_over or self._handing_over  # (a signal mid-transfer)
+            server.close(unlink=not passed_on)
+            if passed_on:  # the successor serves the sockets, taps and kernel path
+                media.close(finish_taps=False, delete_kernel_table=False)
+            elif self.journal is None:
+                self.dispatch(engine.delete_all(loop.time()))
+                media.close()
+            else:  # the sessions stay in the journal for the next start
+                self.journal.write_now()
+                self.journal.close()
+                log.info("%d sessions kept in %s", len(engine.table), self.journal.path)
+                media.close(finish_taps=False)
             self.notifier.close()
             if self.metrics is not None:
                 self.metrics.close()
             log.info("pyrtpproxy stopped")
         return 0
+
+    def _open_journal(self, path: str) -> bool:
+        """Own the journal at ``path`` (or take it over from the relay that owns it:
+        its sockets are adopted), restore its sessions and start writing it."""
+        assert self.engine is not None and self._loop is not None and self.media is not None
+        self._state_lock = StateLock(path)
+        try:
+            owned = self._state_lock.try_acquire()
+        except OSError as exc:
+            log.critical("--state-file %s: cannot lock %s: %s", path, exc.filename, exc.strerror)
+            return False
+        if not owned:
+            try:
+                taken = take_over(socket_path(path))
+            except HandoverError as exc:
+                log.critical("--state-file %s: taking over from the running relay failed: %s",
+                             path, exc)  # fmt: skip
+                return False
+            if taken is None:
+                log.critical("--state-file %s: another relay is using it", path)
+                return False
+            self._predecessor, self._inherited = taken
+            self.media.adopt(self._inherited.media)
+            self._inherited.media.clear()
+        engine, loop = self.engine, self._loop
+        self._restore(load(path))
+        unused = self.media.drop_unadopted()
+        if unused:
+            log.warning("%d media sockets of the previous relay served no session", unused)
+        self.journal = JournalWriter(
+            path, loop, lambda: engine.export_sessions(loop.time()), self.counters.relay
+        )
+        self.journal.write_now()  # a bad journal is replaced at once
+        return True
+
+    def _started_serving(self) -> None:
+        """Every socket is served: tell systemd, a predecessor that it may exit, and a
+        daemon's parent that the start is complete."""
+        predecessor = self._predecessor
+        if predecessor is None:
+            sd_notify("READY=1")
+            if self.config.state_file is not None:
+                self._listen_for_successor()
+        else:
+            # systemd follows us from now on (ExecReload started us; NotifyAccess=all)
+            sd_notify(f"MAINPID={os.getpid()}\nREADY=1")
+            confirm(predecessor)
+            self._predecessor = None
+            log.warning("took over from the previous relay: serving its sockets and sessions")
+            self._wait_for_lock()
+        if self._on_serving is not None:
+            self._on_serving()
+
+    def _wait_for_lock(self) -> None:
+        """After a takeover: the journal's lock is ours once the predecessor exited."""
+        assert self._state_lock is not None and self._loop is not None
+        try:
+            owned = self._state_lock.try_acquire()
+        except OSError as exc:
+            log.error("cannot lock the state file: %s", exc)
+            return
+        if not owned:
+            self._loop.call_later(LOCK_RETRY, self._wait_for_lock)
+            return
+        if self.metrics is not None:
+            try:
+                self._serve_metrics()
+            except OSError as exc:
+                log.error("cannot serve metrics on %s: %s", self.config.metrics_listen, exc)
+        self._listen_for_successor()
+
+    def _serve_metrics(self) -> None:
+        assert self.metrics is not None and self.config.metrics_listen is not None
+        host, port = self.metrics.serve(*self.config.metrics_listen)
+        log.info("serving metrics on http://%s:%d/metrics", host, port)
+
+    def _listen_for_successor(self) -> None:
+        """Listen where a relay started with our ``--state-file`` asks for our sockets."""
+        assert self.config.state_file is not None and self._loop is not None
+        path = socket_path(self.config.state_file)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            listener.bind(path)
+            os.chmod(path, 0o600)
+            listener.listen(1)
+        except OSError as exc:
+            listener.close()
+            log.error("cannot listen for a successor on %s: %s (restarts lose media)",
+                      path, exc.strerror)  # fmt: skip
+            return
+        listener.setblocking(False)
+        self._listener = listener
+        self._loop.add_reader(listener.fileno(), self._on_successor)
+
+    def _close_listener(self) -> None:
+        listener = self._listener
+        if listener is None or self._loop is None:
+            return
+        self._listener = None
+        self._loop.remove_reader(listener.fileno())
+        listener.close()
+        assert self.config.state_file is not None
+        with contextlib.suppress(OSError):
+            os.unlink(socket_path(self.config.state_file))
+
+    def _on_successor(self) -> None:
+        assert self._listener is not None and self._loop is not None
+        try:
+            conn, _ = self._listener.accept()
+        except BlockingIOError:
+            return
+        conn.setblocking(True)
+        conn.settimeout(TRANSFER_TIMEOUT)
+        self._loop.create_task(self._hand_over(conn))
+
+    async def _hand_over(self, conn: socket.socket) -> None:
+        """Give our sockets and sessions to the relay on ``conn``, then exit; serve on
+        if it does not confirm (handover.py has the steps)."""
+        loop, media, server = self._loop, self.media, self.server
+        assert loop is not None and media is not None and server is not None
+        try:
+            hello, fds = await loop.run_in_executor(None, receive_message, conn)
+        except (OSError, HandoverError) as exc:
+            log.warning("a successor went away before its hello: %s", exc)
+            conn.close()
+            return
+        for fd in fds:
+            os.close(fd)
+        if hello.get("hello") != PROTOCOL:
+            with contextlib.suppress(OSError):
+                send_message(conn, {"error": f"this relay hands over with protocol {PROTOCOL}"})
+            conn.close()
+            return
+        log.warning("handing over to a new relay (pid %s)", hello.get("pid"))
+        self._close_listener()
+        control = server.hand_over()
+        await asyncio.sleep(HANDOVER_DRAIN)  # answer the commands already accepted
+        media.suspend()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._timer_at = None
+        media.refresh_counters()
+        journal, self.journal = self.journal, None
+        assert journal is not None
+        journal.write_now()
+        self._handing_over = True
+        ready = False
+        try:
+            send_sockets(conn, [(MEDIA, fd) for fd in media.handover_sockets()] + control)
+            answer, fds = await loop.run_in_executor(None, receive_message, conn)
+            for fd in fds:
+                os.close(fd)
+            ready = answer.get("ready") is True
+        except (OSError, HandoverError) as exc:
+            log.error("hand-over failed: %s", exc)
+        conn.close()
+        self._handing_over = False
+        if ready:
+            self.handed_over = True
+            for _name, fd in control:
+                os.close(fd)
+            log.warning("the new relay serves our sockets and sessions now; exiting")
+            self.stop()
+            return
+        log.error("the new relay did not take over; serving again")
+        self.journal = journal
+        media.resume()
+        sockets: dict[str, list[socket.socket]] = {}
+        for name, fd in control:
+            sockets.setdefault(name, []).append(socket.socket(fileno=fd))
+        await server.start(sockets)
+        self._arm_timer()
+        self._listen_for_successor()
+
+    def _restore(self, states: list[SessionState]) -> None:
+        """Bring the journal's sessions back (the ports bound again, sockets aimed)."""
+        assert self.engine is not None and self._loop is not None and self.media is not None
+        if not states:
+            return
+        try:
+            with self.media.resuming(), without_gc():
+                restored = self.engine.restore(states, self._loop.time())
+                self.dispatch(restored.events)
+        except Exception:  # a journal must never stop the relay from starting
+            log.exception("restoring sessions from the state file failed")
+            return
+        self.counters.relay.sessions_restored += restored.restored
+        self.counters.relay.sessions_not_restored += len(restored.skipped)
+        for skipped in restored.skipped[:SKIPPED_LOGGED]:
+            log.error(
+                "session not restored: call-id=%r tag=%r: %s",
+                skipped.call_id.decode("latin-1"),
+                skipped.tag.decode("latin-1"),
+                skipped.reason,
+            )
+        if len(restored.skipped) > SKIPPED_LOGGED:
+            log.error("%d more sessions not restored", len(restored.skipped) - SKIPPED_LOGGED)
+        log.log(
+            logging.WARNING if restored.skipped else logging.INFO,
+            "restored %d sessions from the state file (%d skipped)",
+            restored.restored,
+            len(restored.skipped),
+        )
+        self._arm_timer()
 
     def _kernel_forwarder(self, loop: asyncio.AbstractEventLoop) -> KernelForwarder | None:
         config = self.config
@@ -475,12 +752,13 @@ def run(config: Config) -> int:
 
     prepare(config)
     daemon = not config.foreground
-    if daemon:
-        daemonize(config)
+    serving = daemonize(config) if daemon else None
     setup_logging(config, daemon)
     raise_file_limit(config)
     write_pidfile(config.pidfile)
+    relay = Relay(config, on_serving=serving)
     try:
-        return uvloop.run(Relay(config).run())
+        return uvloop.run(relay.run())
     finally:
-        remove_pidfile(config.pidfile)
+        if not relay.handed_over:  # the successor has written its own
+            remove_pidfile(config.pidfile)

@@ -147,6 +147,7 @@ def build_config(opts: dict[str, Any]) -> Config:
         resolve_interval=opts["resolve_interval"],
         kernel_forward=opts["kernel_forward"],
         nft_table=opts["nft_table"],
+        state_file=opts["state_file"],
         runtime_dir=runtime if uses_runtime and runtime != "/var/run" else None,
     )
     config.validate()
@@ -393,6 +394,14 @@ def _flag(*names: str, help: str) -> Callable[[_F], _F]:
     show_default=True,
     metavar="NAME",
     help="The nftables table (family ip) that --kernel-forward owns.",
+)
+@click.option(
+    "--state-file",
+    "state_file",
+    metavar="PATH",
+    help="Keep the sessions in this journal so that a restart or crash keeps the calls; "
+    "a relay started while another runs with the same PATH takes over its sockets "
+    "(off by default).",
 )
 def relay_command(**opts: Any) -> None:
     """pyrtpproxy: a media relay for VoIP, a drop-in replacement for rtpproxy.

@@ -238,6 +238,7 @@ class Config:
     resolve_interval: float = 60.0
     kernel_forward: bool = False
     nft_table: str = "pyrtpproxy"
+    state_file: str | None = None  # --state-file: the session journal (state.py)
     runtime_dir: str | None = None  # made (0700) at start-up: a default path lives in it
 
     @property

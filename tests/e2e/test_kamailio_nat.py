@@ -205,3 +205,36 @@ def test_failover_between_two_relays(make_stack: Callable[..., Stack]) -> None:
     check_media(stack, call_ids(run, 6), min_packets=10)
     after = stack.counters(0, "nsess_created")["nsess_created"]
     assert after - before == 6
+
+
+@pytest.mark.parametrize("how", ["handover", "kill"])
+def test_relay_restart_mid_call_keeps_the_call(
+    lab: Lab, make_stack: Callable[..., Stack], how: str
+) -> None:
+    """--state-file: the relay restarts during a call (a planned takeover by a new
+    process, or kill -9 and a new start); media goes on and Kamailio's BYE afterwards
+    deletes the session on the new relay."""
+    stack = make_stack(relay_flags=["--state-file", str(lab.workdir / f"state-{how}.json")])
+    relay = stack.relays[0]
+    run = stack.calls(calls=1, pause_ms=6000, timeout=40)
+    wait_for(lambda: stack.info(0).get("active sessions", 0) == 1, 10, "the call's session")
+    time.sleep(1.5)  # media flows
+    old = relay.proc
+    assert old is not None
+    if how == "kill":
+        old.popen.kill()
+        old.popen.wait(5)
+        stack.start_relay(0)
+    else:
+        relay.proc = stack.lab.spawn("pub", f"{relay.name}-next", stack.relay_args(0))
+        assert old.wait(10) == 0, old.output()[-3000:]
+    new = relay.proc
+    assert new is not None and new.alive()
+    assert stack.info(0).get("active sessions") == 1
+    finish(stack, run)
+    check_media(stack, call_ids(run, 1), min_packets=20)
+    wait_for(lambda: stack.info(0).get("active sessions") == 0, 5, "the BYE's delete")
+    log = new.output()
+    assert "restored 1 sessions from the state file (0 skipped)" in log
+    assert re.search(r"session deleted: call-id='1-\d+@", log), log[-3000:]
+    assert stack.counters(0, "nsess_timeout")["nsess_timeout"] == 0

@@ -8,6 +8,7 @@ SIGTERM (its PID only); the test fails unless it exits 0 and removes its socket 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import signal
@@ -210,6 +211,13 @@ class Relay:
             self.proc.wait(5)
             pytest.fail(f"relay {self.pid} did not exit within {timeout}s\n{self.log_text()}")
 
+    def kill(self) -> None:
+        """SIGKILL our relay's PID (a crash): nothing of its shutdown runs."""
+        assert self.proc is not None
+        self.stopped = True
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+
     def stop(self) -> int:
         """SIGTERM our relay's PID, wait, and require a clean exit and socket removal."""
         if self.stopped:
@@ -239,37 +247,49 @@ def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
         ttl: int = 60,
         ports: int = 200,
         wrapper: tuple[str, ...] = (),
+        like: Relay | None = None,
     ) -> Relay:
-        """``wrapper`` goes before the command (``ip netns exec NS``, say); it must exec."""
+        """``wrapper`` goes before the command (``ip netns exec NS``, say); it must exec.
+        ``like``: a relay with the same command line (sockets, ports, flags) as that one,
+        started again after it was killed or stopped, or next to it (a takeover)."""
         index = len(started)
-        port_min, port_max = next_port_block(ports)
-        relay = Relay(
-            tmp=tmp_path,
-            args=[],
-            unix_path=str(tmp_path / f"r{index}.sock"),
-            cunix_path=str(tmp_path / f"c{index}.sock"),
-            udp_port=free_port(socket.SOCK_DGRAM),
-            tcp_port=free_port(),
-            port_min=port_min,
-            port_max=port_max,
-            log_path=tmp_path / f"relay{index}.log",
-            pidfile=tmp_path / f"relay{index}.pid",
-        )
-        args = ["-f", "-F", "-p", str(relay.pidfile), "-d", "INFO", "-T", str(ttl),
-                "-m", str(port_min), "-M", str(port_max)]  # fmt: skip
-        if listen:
-            args += ["-l", listen]
-        args += [
-            "-s", f"unix:{relay.unix_path}",
-            "-s", f"cunix:{relay.cunix_path}",
-            "-s", f"udp:127.0.0.1:{relay.udp_port}",
-            "-s", f"tcp:127.0.0.1:{relay.tcp_port}",
-        ]  # fmt: skip
-        args += list(extra)
-        relay.args = args
+        if like is None:
+            port_min, port_max = next_port_block(ports)
+            relay = Relay(
+                tmp=tmp_path,
+                args=[],
+                unix_path=str(tmp_path / f"r{index}.sock"),
+                cunix_path=str(tmp_path / f"c{index}.sock"),
+                udp_port=free_port(socket.SOCK_DGRAM),
+                tcp_port=free_port(),
+                port_min=port_min,
+                port_max=port_max,
+                log_path=tmp_path / f"relay{index}.log",
+                pidfile=tmp_path / f"relay{index}.pid",
+            )
+            args = ["-f", "-F", "-p", str(relay.pidfile), "-d", "INFO", "-T", str(ttl),
+                    "-m", str(port_min), "-M", str(port_max)]  # fmt: skip
+            if listen:
+                args += ["-l", listen]
+            args += [
+                "-s", f"unix:{relay.unix_path}",
+                "-s", f"cunix:{relay.cunix_path}",
+                "-s", f"udp:127.0.0.1:{relay.udp_port}",
+                "-s", f"tcp:127.0.0.1:{relay.tcp_port}",
+            ]  # fmt: skip
+            args += list(extra)
+            relay.args = args
+        else:
+            relay = dataclasses.replace(
+                like,
+                log_path=tmp_path / f"relay{index}.log",
+                proc=None,
+                stopped=False,
+                _cookies=itertools.count(),
+            )
         with relay.log_path.open("wb") as log:
             relay.proc = subprocess.Popen(
-                [*wrapper, *PYRTPPROXY, *args],
+                [*wrapper, *PYRTPPROXY, *relay.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -6,6 +6,7 @@ import contextlib
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -24,12 +25,13 @@ ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "contrib" / "systemd"
 
 
-def exec_start(unit: str = "pyrtpproxy.service") -> list[str]:
-    """A unit's ExecStart, runnable here: the relay from this checkout, $$ unescaped."""
+def exec_start(unit: str = "pyrtpproxy.service", setting: str = "ExecStart") -> list[str]:
+    """A unit's ExecStart (or ExecReload), runnable here: the relay from this checkout,
+    $$ unescaped."""
     line = next(
         line.split("=", 1)[1]
         for line in (UNITS / unit).read_text().splitlines()
-        if line.startswith("ExecStart=")
+        if line.startswith(f"{setting}=")
     )
     argv = shlex.split(line)
     assert argv[:2] == ["/bin/sh", "-c"]
@@ -105,6 +107,8 @@ def relay_env(tmp_path: Path) -> dict[str, str]:
         **os.environ,
         "CONTROL_SOCK": f"unix:{tmp_path}/not-used.sock",
         "EXTRA_OPTS": "-l 127.0.0.1 -m 31000 -M 31100 -d INFO",
+        "STATE_FILE": f"{tmp_path}/state.json",
+        "RUNTIME_DIRECTORY": str(tmp_path),
     }
 
 
@@ -136,7 +140,7 @@ def socket_activated(
     log = tmp_path / "relay.log"
     process = subprocess.Popen(
         ["systemd-socket-activate", *listen, "-E", "CONTROL_SOCK", "-E", "EXTRA_OPTS",
-         *exec_start()],
+         "-E", "STATE_FILE", "-E", "RUNTIME_DIRECTORY", *exec_start()],
         env=relay_env(tmp_path),
         stdout=subprocess.DEVNULL,
         stderr=log.open("wb"),
@@ -216,3 +220,34 @@ def test_listen_fds_from_a_python_launcher(tmp_path: Path, sock_path: str) -> No
         check_relay(f"cunix:{sock_path}", tmp_path)
     finally:
         stop_process(process)
+
+
+def test_reload_hands_over_to_a_new_relay(tmp_path: Path) -> None:
+    """ExecReload starts a new relay that takes over the running one's sockets and
+    session; the new one tells systemd (NOTIFY_SOCKET) it is the main process now."""
+    notify_path = str(tmp_path / "notify.sock")
+    spec = f"unix:{tmp_path}/ctl.sock"
+    env = {**relay_env(tmp_path), "CONTROL_SOCK": spec, "NOTIFY_SOCKET": notify_path}
+    log = (tmp_path / "relay.log").open("wb")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(notify_path)
+        notify.settimeout(15.0)
+        first = subprocess.Popen(exec_start(), env=env, stdout=log, stderr=log)
+        new_pid = 0
+        try:
+            assert notify.recv(4096) == b"READY=1"
+            with ControlClient(ControlSpec.parse(spec), 5.0) as client:
+                port = client.request("U kept 127.0.0.1 5000 ft").split()[0]
+            reload = subprocess.run(exec_start(setting="ExecReload"), env=env, timeout=30)
+            assert reload.returncode == 0  # returns once the new relay serves
+            message = notify.recv(4096).decode()
+            assert message.startswith("MAINPID=") and message.endswith("\nREADY=1"), message
+            new_pid = int(message.split("\n")[0].removeprefix("MAINPID="))
+            assert first.wait(10) == 0
+            with ControlClient(ControlSpec.parse(spec), 5.0) as client:
+                assert client.request("U kept 127.0.0.1 5000 ft").split()[0] == port
+        finally:
+            stop_process(first)
+            if new_pid:
+                os.kill(new_pid, signal.SIGTERM)
+                assert wait_for(lambda: not Path(f"/proc/{new_pid}").exists(), 10.0)

@@ -151,45 +151,79 @@ class ControlServer:
         self._closers: list[Callable[[], None]] = []
         self._unix_paths: list[str] = []
         self._connections: set[LineProtocol] = set()
+        self._listening: list[tuple[str, Callable[[], int]]] = []  # -s value, its fd
 
-    async def start(self) -> None:
-        """Bind and listen on every control socket."""
+    async def start(self, inherited: dict[str, list[socket.socket]] | None = None) -> None:
+        """Bind and listen on every control socket. ``inherited``: listening sockets a
+        previous relay handed over, by the ``-s`` value they serve; they are served
+        instead of binding anew (a path or port stays the same socket, so nothing that
+        was queued on it is lost), those no ``-s`` names any more too."""
+        passed = dict(inherited or {})
         for spec in self._specs:
-            await self._open(spec)
+            await self._open(spec, passed.pop(str(spec), None))
             log.info("listening for commands on %s", spec)
+        for name, socks in passed.items():
+            await self._open(ControlSpec.parse(name), socks)
+            log.warning("serving the previous relay's control socket %s as well", name)
 
-    async def _open(self, spec: ControlSpec) -> None:
+    def hand_over(self) -> list[tuple[str, int]]:
+        """For a successor: a duplicate of every listening socket with the ``-s`` value
+        it serves; then stop serving them, leaving socket files in place. The kernel
+        keeps queueing connections and datagrams on them meanwhile."""
+        sockets = [(name, os.dup(fileno())) for name, fileno in self._listening]
+        self.close(unlink=False)
+        return sockets
+
+    async def _open(self, spec: ControlSpec, passed: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
         kind = spec.kind
+        name = str(spec)
         if kind in (ControlKind.UNIX, ControlKind.CUNIX):
-            sock = self._unix_listener(spec.path)
+            sock = passed[0] if passed else self._unix_listener(spec.path)
+            if passed:
+                self._unix_paths.append(spec.path)
             factory: Callable[[], asyncio.Protocol] = (
                 (lambda: OneShotProtocol(self._processor))
                 if kind is ControlKind.UNIX
                 else self._line_protocol
             )
             server = await loop.create_unix_server(factory, sock=sock)
-            self._closers.append(server.close)
+            self._serving(name, server)
         elif kind in (ControlKind.TCP, ControlKind.TCP6):
-            server = await loop.create_server(
-                self._line_protocol,
-                spec.bind_host,
-                spec.port,
-                family=family_of(spec.bind_host),
-                reuse_address=True,
-            )
-            self._closers.append(server.close)
+            if passed:
+                server = await loop.create_server(self._line_protocol, sock=passed[0])
+            else:
+                server = await loop.create_server(
+                    self._line_protocol,
+                    spec.bind_host,
+                    spec.port,
+                    family=family_of(spec.bind_host),
+                    reuse_address=True,
+                )
+            self._serving(name, server)
         elif kind.datagram:
             transport, _ = await loop.create_datagram_endpoint(
                 lambda: DatagramProtocol(self._processor),
-                local_addr=(spec.bind_host, spec.port),
-                family=family_of(spec.bind_host),
+                **(
+                    {"sock": passed[0]}
+                    if passed
+                    else {
+                        "local_addr": (spec.bind_host, spec.port),
+                        "family": family_of(spec.bind_host),
+                    }
+                ),
             )
             self._closers.append(transport.close)
+            self._listening.append((name, transport.get_extra_info("socket").fileno))
         elif kind in (ControlKind.STDIO, ControlKind.STDIOC):
             await self._open_stdio()
         elif kind is ControlKind.SYSTEMD:
-            await self._open_systemd()
+            await self._open_systemd(passed)
+
+    def _serving(self, name: str, server: asyncio.AbstractServer) -> None:
+        self._closers.append(server.close)
+        for sock in getattr(server, "sockets", ()):
+            self._listening.append((name, sock.fileno))
 
     def _line_protocol(self) -> LineProtocol:
         return LineProtocol(self._processor, self._connections)
@@ -229,40 +263,49 @@ class ControlServer:
         protocol = StdioProtocol(self._processor, set(), on_eof=self._on_stdin_eof)
         await loop.connect_read_pipe(lambda: protocol, sys.stdin.buffer)
 
-    async def _open_systemd(self) -> None:
+    async def _open_systemd(self, passed: list[socket.socket] | None = None) -> None:
         """Serve the sockets systemd passed: a UDP one speaks the cookie protocol like
-        ``udp:``, a Unix or TCP stream one the line protocol like ``cunix:``/``tcp:``."""
-        count = int(os.environ.get("LISTEN_FDS", "0"))
-        if os.environ.get("LISTEN_PID") not in (None, str(os.getpid())) or count < 1:
-            raise OSError("systemd: no socket was passed (LISTEN_FDS)")
+        ``udp:``, a Unix or TCP stream one the line protocol like ``cunix:``/``tcp:``.
+        After a hand-over the previous relay's systemd sockets come as ``passed``."""
+        if passed is None:
+            count = int(os.environ.get("LISTEN_FDS", "0"))
+            if os.environ.get("LISTEN_PID") not in (None, str(os.getpid())) or count < 1:
+                raise OSError("systemd: no socket was passed (LISTEN_FDS)")
+            fds = range(SYSTEMD_FIRST_FD, SYSTEMD_FIRST_FD + count)
+            passed = [socket.socket(fileno=fd) for fd in fds]
         loop = asyncio.get_running_loop()
-        for fd in range(SYSTEMD_FIRST_FD, SYSTEMD_FIRST_FD + count):
-            sock = socket.socket(fileno=fd)
+        name = str(ControlSpec(ControlKind.SYSTEMD))
+        for sock in passed:
             inet = sock.family in (socket.AF_INET, socket.AF_INET6)
             if sock.type == socket.SOCK_DGRAM and inet:
                 transport, _ = await loop.create_datagram_endpoint(
                     lambda: DatagramProtocol(self._processor), sock=sock
                 )
                 self._closers.append(transport.close)
+                self._listening.append((name, sock.fileno))
             elif sock.type == socket.SOCK_STREAM and (inet or sock.family == socket.AF_UNIX):
                 if inet:
                     server = await loop.create_server(self._line_protocol, sock=sock)
                 else:
                     server = await loop.create_unix_server(self._line_protocol, sock=sock)
-                self._closers.append(server.close)
+                self._serving(name, server)
             else:  # no transport of protocol.md §1 is like it (Unix datagram, seqpacket, ...)
                 kind = f"{sock.family.name} {sock.type.name}"
-                raise OSError(f"systemd: socket {fd} is {kind}, not UDP, TCP or Unix stream")
+                raise OSError(
+                    f"systemd: socket {sock.fileno()} is {kind}, not UDP, TCP or Unix stream"
+                )
 
-    def close(self) -> None:
-        """Stop listening, drop connections and remove the socket files."""
+    def close(self, unlink: bool = True) -> None:
+        """Stop listening, drop connections and remove the socket files (unless a
+        successor serves them now)."""
         for closer in self._closers:
             closer()
         self._closers.clear()
+        self._listening.clear()
         for connection in list(self._connections):
             if connection._transport is not None:
                 connection._transport.close()
-        for path in self._unix_paths:
+        for path in self._unix_paths if unlink else ():
             with contextlib.suppress(OSError):
                 os.unlink(path)
         self._unix_paths.clear()

@@ -86,6 +86,9 @@ class RelayCounters:
     notifications_dropped: int = 0  # given up: queue full
     recording_errors: int = 0  # recording files that failed to write (disk full...)
     resolve_failures: int = 0  # lookups of advertised DNS names that failed
+    sessions_restored: int = 0  # brought back from the --state-file journal at start
+    sessions_not_restored: int = 0  # in the journal, but their ports could not be had
+    state_write_failures: int = 0  # journal writes that failed (disk full...)
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,7 @@ from .events import (
     TapStopped,
     TosChanged,
 )
+from .persist import Restored, SessionRestorer, SessionState, export_session
 from .ports import HostProbe, PortAllocator, PortsExhausted
 from .session import Leg, Session, Side, Stream
 from .table import SessionTable
@@ -201,6 +202,24 @@ class Engine:
     def snapshot(self, now: float) -> Snapshot:
         """Every counter, live sessions included."""
         return self.counters.snapshot(self.table, now)
+
+    def export_sessions(self, now: float) -> list[SessionState]:
+        """Every live session as a value, times relative to ``now`` (``--state-file``)."""
+        return [export_session(session, now) for session in self.table]
+
+    def restore(self, states: list[SessionState], now: float) -> Restored:
+        """Rebuild exported sessions (after a restart), with the events a U would have
+        caused for their legs and taps; those whose ports cannot be had are skipped."""
+        restorer = SessionRestorer(
+            self.table,
+            self.timers,
+            self.ports,
+            self.probe,
+            self.outbox,
+            self.config.addresses.all(),
+            self._match_notify_target,
+        )
+        return restorer.restore(states, now)
 
     # --- dispatch ----------------------------------------------------------------------
 

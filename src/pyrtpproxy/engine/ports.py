@@ -98,6 +98,15 @@ class PortAllocator:
             return self._allocate_random(try_bind)
         return self._allocate_sequential(try_bind)
 
+    def claim(self, port: int) -> bool:
+        """Mark a given ``port`` in use (a restored session's); False if it is outside
+        the range or taken already."""
+        if port not in self._free_set:
+            return False
+        # the list keeps a stale entry, skipped when drawn (a restore claims thousands)
+        self._free_set.discard(port)
+        return True
+
     def release(self, port: int) -> None:
         """Give ``port`` back; releasing a port not in use is ignored."""
         if port in self._known and port not in self._free_set:
@@ -113,7 +122,7 @@ class PortAllocator:
                 self._free[i], self._free[-1] = self._free[-1], self._free[i]
                 port = self._free.pop()
                 if port not in self._free_set:
-                    continue  # stale entry; cannot happen but costs nothing to tolerate
+                    continue  # stale entry (a port claimed by a restore)
                 if try_bind(port):
                     self._free_set.discard(port)
                     return port

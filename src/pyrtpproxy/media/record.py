@@ -321,6 +321,7 @@ class Recording:
         on_error: ErrorCallback | None = None,
         ids: IpIdCounter = PROCESS_IP_IDS,
         buffer_size: int = BUFFER_SIZE,
+        header: bool = True,
     ) -> None:
         """Wrap an open ``sink`` at ``path``; :meth:`close` renames it to ``final_path``
         if given. Most callers want :meth:`open`. A pcap file's header is written here."""
@@ -334,7 +335,7 @@ class Recording:
         self._buffer = bytearray()
         self._error: OSError | None = None
         self._move_error: OSError | None = None
-        if fmt is RecordFormat.PCAP:
+        if fmt is RecordFormat.PCAP and header:
             self._buffer += pcap_file_header()
 
     @classmethod
@@ -345,8 +346,10 @@ class Recording:
         fmt: RecordFormat,
         *,
         on_error: ErrorCallback | None = None,
+        append: bool = False,
     ) -> Recording:
-        """Create (or truncate) ``name`` in the spool directory, else the record directory.
+        """Create (or truncate) ``name`` in the spool directory, else the record directory;
+        with ``append``, continue it (a pcap file that has its header keeps it).
 
         ``name`` comes from :func:`leg_file_names` and friends. Raises ``OSError`` when the
         file cannot be created (the command then fails: ``E50`` for R, ``E65`` for C).
@@ -356,8 +359,9 @@ class Recording:
         directory = dirs.spool_dir if dirs.spool_dir is not None else dirs.record_dir
         path = directory / name
         final = dirs.record_dir / name if dirs.spool_dir is not None else None
-        sink = open(path, "wb", buffering=0)  # noqa: SIM115 -- closed by close()
-        return cls(sink, fmt, path, final_path=final, on_error=on_error)
+        sink = open(path, "ab" if append else "wb", buffering=0)  # noqa: SIM115 -- closed by close()
+        header = sink.tell() == 0
+        return cls(sink, fmt, path, final_path=final, on_error=on_error, header=header)
 
     @property
     def path(self) -> Path:

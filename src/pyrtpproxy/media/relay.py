@@ -25,7 +25,7 @@ import logging
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -230,6 +230,17 @@ class StreamSocket:
             return
         self.relay.take_slow_path(self, data, src)
 
+    def adopt_connected(self, connected: socket.socket) -> None:
+        """Serve a connected twin a previous relay made (a hand-over): what the kernel
+        queued on it is read, not lost."""
+        host, port = connected.getpeername()[:2]
+        if self.forward is _never_forwarded:
+            self.forward = self.relay.forwarder(self.stream)
+        self.connected = connected
+        self.connected_to = Endpoint(host, port)
+        self.relay.watch(connected, self.relay.connected_reader(self))
+        self.send = connected.send
+
     def _drop_connected(self) -> None:
         if self.connected is not None:
             self.relay.unwatch(self.connected)
@@ -275,6 +286,10 @@ class MediaRelay:
         self._pending_taps: dict[Leg, TapSink] = {}
         self.taps: dict[Leg, TapSink] = {}
         self._failed_calls: set[bytes] = set()  # calls whose recording failure was logged
+        self._resuming = False  # restoring sessions: recordings continue their files
+        # sockets a previous relay handed over, by port, until a restored leg takes them
+        self._adopted: dict[int, socket.socket] = {}
+        self._adopted_connected: dict[int, socket.socket] = {}
         self._wall_offset = time.time() - loop.time()  # record times are wall clock
         self.now = loop.time()
         # One epoll set for every media socket, read by a single event-loop callback:
@@ -300,24 +315,94 @@ class MediaRelay:
             if reader is not None:
                 reader()
 
-    def close(self) -> None:
-        """Stop dispatching media (sockets are closed with their legs)."""
+    @contextlib.contextmanager
+    def resuming(self) -> Iterator[None]:
+        """While sessions are restored: recordings are reopened to be appended to."""
+        self._resuming = True
+        try:
+            yield
+        finally:
+            self._resuming = False
+
+    # --- hand-over (handover.py) ---------------------------------------------------------
+
+    def suspend(self) -> None:
+        """Stop reading media; the kernel queues the packets on the sockets meanwhile.
+        Recordings are written out for the successor to append to."""
+        self.loop.remove_reader(self._epoll.fileno())
+        self.flush_taps()
+
+    def resume(self) -> None:
+        """Read media again (a hand-over that failed)."""
+        self.loop.add_reader(self._epoll.fileno(), self._dispatch)
+
+    def handover_sockets(self) -> list[int]:
+        """The descriptors of every media socket, for a successor: each stream's
+        unconnected and connected ones, and the port pairs copies send from."""
+        fds = list(self._readers)
+        for sink in self.taps.values():
+            if isinstance(sink, CopyTap):
+                fds.extend(sock.fileno() for sock in sink.sockets())
+        return fds
+
+    def adopt(self, sockets: list[socket.socket]) -> None:
+        """Sockets a previous relay handed over: :meth:`try_bind` takes them for their
+        port instead of binding, a restored stream takes its connected twin."""
+        for sock in sockets:
+            port = sock.getsockname()[1]
+            try:
+                sock.getpeername()
+            except OSError:
+                self._adopted[port] = sock
+            else:
+                self._adopted_connected[port] = sock
+
+    def drop_unadopted(self) -> int:
+        """Close the handed-over sockets no restored session took; how many."""
+        left = [*self._adopted.values(), *self._adopted_connected.values()]
+        for sock in left:
+            sock.close()
+        self._adopted.clear()
+        self._adopted_connected.clear()
+        return len(left)
+
+    def _take_adopted(self, local: LocalAddress, port: int) -> bool:
+        rtp, rtcp = self._adopted.get(port), self._adopted.get(port + 1)
+        if rtp is None or rtcp is None:
+            return False
+        if any(sock.getsockname()[0] != local.bind_host for sock in (rtp, rtcp)):
+            return False  # another address now: bind anew
+        del self._adopted[port], self._adopted[port + 1]
+        self._bound[(local, port)] = (rtp, rtcp)
+        return True
+
+    def close(self, finish_taps: bool = True, delete_kernel_table: bool = True) -> None:
+        """Stop dispatching media (sockets are closed with their legs). Without
+        ``finish_taps`` (the sessions live on in the journal) recordings are written out
+        and left where they are, for the next process to append to; without
+        ``delete_kernel_table`` (a successor runs) the kernel path is left alone."""
         for sink in (*self.taps.values(), *self._pending_taps.values()):
-            sink.close()
+            if finish_taps:
+                sink.close()
+            else:
+                sink.flush()
         self.taps.clear()
         self._pending_taps.clear()
-        self._opener.close_all()
+        if finish_taps:
+            self._opener.close_all()
         for local, port in list(self._bound):
             self._close_bound(local, port)
         self.loop.remove_reader(self._epoll.fileno())
         self._epoll.close()
-        if self.kernel is not None:
+        if self.kernel is not None and delete_kernel_table:
             self.kernel.stop()
 
     # --- the host probe (engine.ports.HostProbe) -----------------------------------------
 
     def try_bind(self, local: LocalAddress, port: int) -> bool:
         """Bind RTP on ``port`` and RTCP on ``port + 1``; kept until ``LegOpened``."""
+        if self._adopted and self._take_adopted(local, port):
+            return True
         sockets: list[socket.socket] = []
         try:
             for number in (port, port + 1):
@@ -364,7 +449,7 @@ class MediaRelay:
             pair = self._bound.pop((tap.local, tap.port), None)
             sink = None if pair is None else CopyTap(tap, *pair, self.counters.relay)
         else:
-            sink = self._opener.open_recording(leg, tap, self._local_of)
+            sink = self._opener.open_recording(leg, tap, self._local_of, append=self._resuming)
         if sink is None:
             return False
         self._pending_taps[leg] = sink
@@ -502,6 +587,9 @@ class MediaRelay:
             transport = StreamSocket(self, sock=sock, stream=stream, local=local, port=number)
             stream.transport = transport
             self.watch(sock, transport.read)
+            connected = self._adopted_connected.pop(number, None)
+            if connected is not None:
+                transport.adopt_connected(connected)
             self._stream_changed(stream)
 
     def _close_leg(self, leg: Leg, local: LocalAddress, port: int) -> None:

@@ -135,6 +135,10 @@ class CopyTap:
     def flush(self) -> None:
         return None
 
+    def sockets(self) -> tuple[socket.socket, socket.socket]:
+        """The pair the copies leave from (a hand-over passes them on)."""
+        return self._rtp, self._rtcp
+
     def close(self) -> None:
         self._rtp.close()
         self._rtcp.close()
@@ -148,8 +152,11 @@ class TapOpener:
         self._on_error = on_error
         self._shared: dict[str, SharedFile] = {}
 
-    def open_recording(self, leg: Leg, tap: Recording, local_of: LocalOf) -> FileTap | None:
-        """The files of ``tap`` for ``leg``, or None if one cannot be created."""
+    def open_recording(
+        self, leg: Leg, tap: Recording, local_of: LocalOf, append: bool = False
+    ) -> FileTap | None:
+        """The files of ``tap`` for ``leg``, or None if one cannot be created;
+        ``append``: continue files a previous process wrote (a restored session)."""
         dirs = self._dirs
         if dirs is None:
             return None
@@ -162,7 +169,7 @@ class TapOpener:
             )
             shared = self._shared.get(name)
             if shared is None:
-                file = self._open(dirs, name, fmt, leg)
+                file = self._open(dirs, name, fmt, leg, append)
                 if file is None:
                     return None
                 shared = self._shared[name] = SharedFile(name, file)
@@ -173,23 +180,23 @@ class TapOpener:
         else:
             assert tap.direction is not None  # per-leg files name their direction
             rtp_name, rtcp_name = leg_file_names(tap.call_id, tap.tag, tap.direction)
-        rtp = self._open(dirs, rtp_name, fmt, leg)
+        rtp = self._open(dirs, rtp_name, fmt, leg, append)
         if rtp is None:
             return None
         rtcp = None
         if tap.rtcp:
-            rtcp = self._open(dirs, rtcp_name, fmt, leg)
+            rtcp = self._open(dirs, rtcp_name, fmt, leg, append)
             if rtcp is None:
                 rtp.close()
                 return None
         return FileTap(leg, tap, rtp, rtcp, local_of, self._release)
 
     def _open(
-        self, dirs: RecordDirs, name: str, fmt: RecordFormat, leg: Leg
+        self, dirs: RecordDirs, name: str, fmt: RecordFormat, leg: Leg, append: bool
     ) -> RecordingFile | None:
         try:
             return RecordingFile.open(
-                dirs, name, fmt, on_error=lambda file, exc: self._on_error(leg, exc)
+                dirs, name, fmt, on_error=lambda file, exc: self._on_error(leg, exc), append=append
             )
         except (OSError, ValueError) as exc:
             log.warning(

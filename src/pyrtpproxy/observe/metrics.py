@@ -208,6 +208,19 @@ RELAY_COUNTER_METRICS: dict[str, tuple[str, str]] = {
         "Lookups of advertised DNS names (-A NAME) that failed; the last good address "
         "stays in replies.",
     ),
+    "sessions_restored": (
+        "sessions_restored_total",
+        "Sessions brought back from the --state-file journal at start (crash or restart).",
+    ),
+    "sessions_not_restored": (
+        "sessions_not_restored_total",
+        "Sessions in the journal that could not be restored (ports busy or outside -m/-M).",
+    ),
+    "state_write_failures": (
+        "state_write_failures_total",
+        "Writes of the --state-file journal that failed; a crash would lose the changes "
+        "since the last good one.",
+    ),
     "sessions_deleted": (
         "sessions_deleted_total",
         "Sessions destroyed by D, X or shutdown (not by timeout).",
