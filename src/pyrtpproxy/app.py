@@ -273,9 +273,9 @@ class Relay:
 
     @staticmethod
     def _log_session(event: SessionCreated | SessionCompleted | SessionEnded) -> None:
-        if not log.isEnabledFor(logging.INFO):  # the label costs more than the check
-            if not (isinstance(event, SessionEnded) and event.reason is EndReason.FAILED):
-                return
+        failed = isinstance(event, SessionEnded) and event.reason is EndReason.FAILED
+        if not failed and not log.isEnabledFor(logging.INFO):
+            return  # making the label costs more than this check
         if isinstance(event, SessionEnded):
             level = logging.WARNING if event.reason is EndReason.FAILED else logging.INFO
             log.log(level, "session %s: %s", event.reason.value, _session_label(event.session))
