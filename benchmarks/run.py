@@ -231,11 +231,15 @@ def relay_process(
     *,
     control: str | None = None,
     probe: Callable[[], str | None] | None = None,
+    ipv6: bool = False,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start one relay with the benchmark's flags; yield it once it answers ``V``; stop it.
 
     ``control`` replaces the ``-s`` argument (default ``udp:127.0.0.1:<ctl_port>``) and
     ``probe`` the readiness check (one ``V`` sent over that socket; returns the reply).
+    ``ipv6`` adds ``-6 ::1`` (media on IPv6). pyrtpproxy runs with
+    ``PYRTPPROXY_KERNEL_FORWARD=off`` unless the environment says otherwise: a relay
+    uses the kernel path only when its command asks for it (``--kernel-forward``).
     """
     # Not "-p /dev/null": the reference rtpproxy unlink()s its pid file at exit whatever
     # it is (main.c ehandler), so running it as root with -p /dev/null deletes /dev/null.
@@ -246,6 +250,8 @@ def relay_process(
         "-m", str(port_lo), "-M", str(port_hi), "-T", "60", "-p", str(pidfile),
         "-d", "ERR", "-L", str(nofile_limit()),
     ]  # fmt: skip
+    if ipv6:
+        flags += ["-6", "::1"]
     argv = [*spec.command, *flags]
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu), *argv]
@@ -256,6 +262,7 @@ def relay_process(
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
             start_new_session=True,  # a terminal ^C reaches us; we stop it by PID
+            env={"PYRTPPROXY_KERNEL_FORWARD": "off", **os.environ},
         )  # fmt: skip
     _STARTED[proc.pid] = proc
     try:
@@ -292,8 +299,9 @@ def run_step(
     gen_cpu = None if args.no_pin else args.gen_cpu
     try:
         with relay_process(
-            spec, args.ctl_port, port_lo, port_hi, relay_cpu, logfile, args.ready_timeout
-        ) as proc:
+            spec, args.ctl_port, port_lo, port_hi, relay_cpu, logfile, args.ready_timeout,
+            ipv6=args.ipv6,
+        ) as proc:  # fmt: skip
             cpu0 = cpu_seconds(proc.pid)
             tag = f"bn{rep}x{sessions}x{os.getpid()}"
             recorder = start_recording_share(args, tag, sessions, rec)
@@ -303,7 +311,7 @@ def run_step(
                 "--warmup", str(args.warmup), "--drain", str(args.drain),
                 "--rate", str(args.rate), "--relay-pid", str(proc.pid),
                 "--setup-timeout", str(args.setup_timeout), "--tick-us", str(args.tick_us),
-                "--shared", str(args.gen_shared),
+                "--shared", str(args.gen_shared), *(["--ipv6"] if args.ipv6 else []),
             ]  # fmt: skip
             if gen_cpu is not None:
                 argv = ["taskset", "-c", str(gen_cpu), *argv]
@@ -724,6 +732,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "relays given -r DIR record them, others answer E50",
     )
     p.add_argument(
+        "--ipv6",
+        action="store_true",
+        help="media over IPv6: relays get -6 ::1 and the parties sit on ::1 (control stays "
+        "on 127.0.0.1; not with --gen-shared)",
+    )
+    p.add_argument(
         "--netns",
         action="store_true",
         help="run everything in a private network namespace (root; needed for relays that\n"
@@ -742,6 +756,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--relay is required")
     if args.repeat < 1 or args.repeat > 50:
         p.error("--repeat must be 1..50")
+    if args.ipv6 and args.gen_shared:
+        p.error("--ipv6 does not work with --gen-shared")
     return args
 
 
@@ -829,6 +845,7 @@ def main(argv: list[str] | None = None) -> int:
         "relays": {r.name: shlex.join(r.command) for r in relays},
         "versions": versions,
         "steps": steps, "port_range": [port_lo, port_hi], "relay_L": nofile_limit(),
+        "media_family": "ipv6" if args.ipv6 else "ipv4",
         "pinning": None if args.no_pin else {"relay": args.relay_cpu, "generator": args.gen_cpu},
     }  # fmt: skip
     for sig in (signal.SIGTERM, signal.SIGHUP):

@@ -339,3 +339,16 @@ def test_a_stale_table_is_replaced_and_a_running_relays_is_left_alone(
     assert done.returncode == 1
     assert "--kernel-forward on: cannot use nftables: table inet shared belongs to" in done.stderr
     assert first.alive() and "flags owner" in netns.run("nft", "list", "table", "inet", "shared")
+
+
+def test_a_firewall_reload_leaves_forwarded_calls_alone(
+    kernel_relay: Callable[..., Relay], ns_parties: Callable[..., Party], netns: NetNamespace
+) -> None:
+    relay = kernel_relay()
+    call = setup_call(relay, "kfr", ns_parties(), ns_parties())
+    settle(call, netns)
+    netns.run("nft", "flush", "ruleset")  # what `systemctl reload nftables` starts with
+    for seq in range(1, 11):
+        assert relay_ok(call.caller, call.b, call.callee, seq) == ("127.0.0.1", call.a)
+    assert kernel_counts(netns, relay)[(call.caller.port, call.b)] == 10
+    assert relay.cmd("Q kfr ft tt").split()[1:3] == ["11", "1"]

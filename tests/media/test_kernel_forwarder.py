@@ -266,7 +266,7 @@ def test_a_table_that_vanished_sends_every_stream_back_to_user_space(
     kernel.offload(first, CALLER, 30000, CALLEE, OUT)
     kernel.offload(second, CALLER6, 30004, CALLEE6, OUT6)
     scheduled[0]()
-    nft.table_gone = True  # nft flush ruleset, say
+    nft.table_gone = True  # nftables no longer answers for it
     with caplog.at_level(logging.ERROR, "pyrtpproxy.kernel"):
         kernel.sync()
         kernel.sync()

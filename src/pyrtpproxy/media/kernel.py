@@ -26,8 +26,9 @@ host leave them alone. Counters are folded into the streams' own counters by
 
 The table is created with the ``owner`` flag: it belongs to the relay's netlink socket,
 no other process can change it, and the kernel deletes it when the relay exits, however
-it exits. So every relay process has a table of its own (``pyrtpproxy_<pid>`` by
-default), and a table of that name that outlives its relay cannot exist.
+it exits; ``nft flush ruleset`` (a firewall reload) leaves it alone. So every relay
+process has a table of its own (``pyrtpproxy_<pid>`` by default), and a table of that name
+that outlives its relay cannot exist.
 """
 
 from __future__ import annotations
