@@ -107,11 +107,15 @@ def scrape(netns: NetNamespace, port: int) -> str:
     )
 
 
-@pytest.mark.parametrize(
+# address family (the nftables sets' suffix), the parties' address, the relay's -l/-6
+BOTH_FAMILIES = pytest.mark.parametrize(
     ("family", "host", "listen"),
     [("4", "127.0.0.1", ("-l", "127.0.0.1")), ("6", "::1", ("-6", "::1"))],
     ids=["ipv4", "ipv6"],
 )
+
+
+@BOTH_FAMILIES
 def test_settled_streams_are_relayed_by_the_kernel(
     kernel_relay: Callable[..., Relay],
     ns_parties: Callable[..., Party],
@@ -152,13 +156,23 @@ def test_settled_streams_are_relayed_by_the_kernel(
     assert "pyrtpproxy" not in netns.run("nft", "list", "tables")
 
 
+@BOTH_FAMILIES
 def test_strangers_and_relatching_stay_with_the_relay(
-    kernel_relay: Callable[..., Relay], ns_parties: Callable[..., Party], netns: NetNamespace
+    kernel_relay: Callable[..., Relay],
+    ns_parties: Callable[..., Party],
+    netns: NetNamespace,
+    family: str,
+    host: str,
+    listen: tuple[str, str],
 ) -> None:
-    relay = kernel_relay()
-    caller, callee, stranger = ns_parties(), ns_parties(), ns_parties()
+    relay = kernel_relay(*listen, listen="")
+    caller, callee, stranger = ns_parties(host), ns_parties(host), ns_parties(host)
     call = setup_call(relay, "kf2", caller, callee)
-    settle(call, netns)
+    settle(call, netns, family=family)
+
+    def counts() -> dict[tuple[int, int], int]:
+        return kernel_counts(netns, relay, family)
+
     # 600 packets in the kernel: re-latching by SSRC must still find the sequence close
     for first in range(1, 601, 100):  # in bursts the callee's socket buffer can hold
         for seq in range(first, first + 100):
@@ -167,18 +181,20 @@ def test_strangers_and_relatching_stay_with_the_relay(
     stranger.send(call.b, rtp_packet(5, ssrc=0x99))
     assert callee.recv(0.3) is None
     # the caller's NAT moves it to a new port, same SSRC, next sequence number
-    moved = ns_parties()
-    assert relay_ok(moved, call.b, callee, 601) == ("127.0.0.1", call.a)
-    assert wait_for(lambda: (moved.port, call.b) in kernel_counts(netns, relay), 3.0)
-    assert (caller.port, call.b) not in kernel_counts(netns, relay)
-    assert relay_ok(moved, call.b, callee, 602) == ("127.0.0.1", call.a)
+    moved = ns_parties(host)
+    assert relay_ok(moved, call.b, callee, 601) == (host, call.a)
+    assert wait_for(lambda: (moved.port, call.b) in counts(), 3.0)
+    assert (caller.port, call.b) not in counts()
+    assert relay_ok(moved, call.b, callee, 602) == (host, call.a)
     stranger.send(call.b, rtp_packet(6, ssrc=0x99))
     assert callee.recv(0.3) is None
-    # hold (0.0.0.0 in SDP) does not stop latched media, in the kernel as in the relay
-    assert parse_port(relay.cmd("L kf2 0.0.0.0 0 ft tt")) == call.b
-    before = kernel_counts(netns, relay)[(moved.port, call.b)]
-    assert relay_ok(moved, call.b, callee, 603) == ("127.0.0.1", call.a)
-    assert kernel_counts(netns, relay)[(moved.port, call.b)] == before + 1
+    # hold (the unspecified address in SDP) does not stop latched media, in the kernel
+    # as in the relay
+    hold = "L kf2 0.0.0.0 0 ft tt" if family == "4" else "L6 kf2 :: 0 ft tt"
+    assert parse_port(relay.cmd(hold)) == call.b
+    before = counts()[(moved.port, call.b)]
+    assert relay_ok(moved, call.b, callee, 603) == (host, call.a)
+    assert counts()[(moved.port, call.b)] == before + 1
 
 
 def test_kernel_traffic_keeps_the_session_alive(
