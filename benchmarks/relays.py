@@ -372,6 +372,9 @@ def relay_process(
     """Start one relay with the benchmark's options; yield it once it answers ``V``; stop it.
 
     ``probe`` replaces the readiness check (one ``V`` over UDP to ``control.port``).
+    pyrtpproxy runs with ``PYRTPPROXY_KERNEL_FORWARD=off`` unless the environment says
+    otherwise: a relay uses the kernel path only when its command asks for it
+    (``--kernel-forward``), so user-space figures stay user space when run as root.
     """
     pidfile = OUT_DIR / "run" / f"{spec.name}-{instance}.pid"
     pidfile.parent.mkdir(parents=True, exist_ok=True)
@@ -386,6 +389,7 @@ def relay_process(
             argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
             start_new_session=True,  # a terminal ^C reaches us; we stop it by PID
             preexec_fn=_raise_nofile,
+            env={"PYRTPPROXY_KERNEL_FORWARD": "off", **os.environ},
         )  # fmt: skip
     _STARTED[proc.pid] = proc
     try:

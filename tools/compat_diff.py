@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import shlex
 import shutil
@@ -903,6 +904,9 @@ class Relay:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
+                # pyrtpproxy in user space, like the reference (and the host's nftables
+                # untouched), unless its command line asks for --kernel-forward
+                env={"PYRTPPROXY_KERNEL_FORWARD": "off", **os.environ},
             )
         LIVE_RELAYS[self.proc.pid] = self.proc
         deadline = time.monotonic() + 10.0

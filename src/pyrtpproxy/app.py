@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import Config, ConfigError, ControlKind
+from .config import Config, ConfigError, ControlKind, KernelMode
 from .control.notify import Notifier
 from .control.processor import CommandProcessor
 from .control.server import ControlServer
@@ -50,7 +50,13 @@ from .handover import (
     socket_path,
     take_over,
 )
-from .media.kernel import KernelForwarder, Nftables, NftError
+from .media.kernel import (
+    KernelForwarder,
+    MissingCapability,
+    NftError,
+    default_table_name,
+    open_forwarder,
+)
 from .media.record import RecordDirs
 from .media.relay import MediaConfig, MediaRelay
 from .names import AdvertisedNames, Resolver, system_resolver
@@ -71,10 +77,25 @@ LOCK_RETRY = 0.05  # seconds between tries for the journal's lock after a takeov
 HOUSEKEEPING_INTERVAL = 1.0  # seconds between kernel counter reads and recording flushes
 
 
+def kernel_refusal(exc: NftError) -> str:
+    """Why ``--kernel-forward on`` cannot start, and what to do about it."""
+    hint = (
+        " (run as root, or grant CAP_NET_ADMIN; --kernel-forward auto falls back to user space)"
+        if isinstance(exc, MissingCapability)
+        else ""
+    )
+    return f"--kernel-forward on: cannot use nftables: {exc}{hint}"
+
+
+def _unscheduled(callback: Callable[[], None]) -> None:
+    return None
+
+
 def prepare(config: Config, resolver: Resolver = system_resolver) -> None:
     """The start-up's checks and changes outside the process, before daemonising so that a
-    failure still reaches the terminal: make the runtime directory, and check that every
-    media address can be bound. Raises :class:`ConfigError` naming the flag."""
+    failure still reaches the terminal: make the runtime directory, check that every
+    media address can be bound, and with ``--kernel-forward on`` that the table can be
+    created (and deleted again). Raises :class:`ConfigError` naming the flag."""
     if config.runtime_dir is not None:
         try:
             os.makedirs(config.runtime_dir, mode=0o700, exist_ok=True)
@@ -95,6 +116,12 @@ def prepare(config: Config, resolver: Resolver = system_resolver) -> None:
             raise ConfigError(
                 f"{flag} {local.bind_host}: cannot use this listen address: {exc.strerror}"
             ) from None
+    if config.kernel_forward is KernelMode.ON:
+        table = config.nft_table or default_table_name()
+        try:
+            open_forwarder(table, config.tos, _unscheduled, Counters(), lambda: 0.0).stop()
+        except NftError as exc:
+            raise ConfigError(kernel_refusal(exc)) from None
 
 
 def setup_logging(config: Config, daemon: bool) -> None:
@@ -368,7 +395,7 @@ class Relay:
         try:
             kernel = self._kernel_forwarder(loop)
         except NftError as exc:
-            log.critical("cannot set up kernel forwarding (--kernel-forward): %s", exc)
+            log.critical("%s", kernel_refusal(exc))
             return 1
         record_dirs = None
         if config.record_dir is not None:
@@ -415,7 +442,7 @@ class Relay:
                 engine,
                 self.notifier,
                 loop,
-                None if kernel is None else lambda: kernel.forwarded_streams,
+                kernel,
                 media.refresh_counters,
             )
             if self._predecessor is None:  # after a takeover: once the predecessor is gone
@@ -684,21 +711,36 @@ class Relay:
         self._arm_timer()
 
     def _kernel_forwarder(self, loop: asyncio.AbstractEventLoop) -> KernelForwarder | None:
+        """The kernel path as ``--kernel-forward`` asks, and the one start-up line that
+        says which path media takes and why. Raises :class:`NftError` when ``on``
+        cannot be honoured."""
         config = self.config
-        if not config.kernel_forward:
+        mode = config.kernel_forward
+        if mode is KernelMode.OFF:
+            log.info("kernel forwarding: off (--kernel-forward off)")
             return None
-        kernel = KernelForwarder(
-            Nftables(), config.nft_table, config.tos, loop.call_soon, self.counters, loop.time
-        )
-        kernel.start()
+        if mode is KernelMode.AUTO and config.uid is not None:
+            log.info("kernel forwarding: off (auto: -u USER gives up CAP_NET_ADMIN)")
+            return None
+        table = config.nft_table or default_table_name()
+        try:
+            kernel = open_forwarder(table, config.tos, loop.call_soon, self.counters, loop.time)
+        except NftError as exc:
+            if mode is KernelMode.ON:
+                raise
+            # no capability is a choice of the operator's; a failing nftables is not
+            level = logging.INFO if isinstance(exc, MissingCapability) else logging.WARNING
+            log.log(level, "kernel forwarding: off (auto: %s)", exc)
+            return None
+        unrouted = kernel.unrouted_families()
         log.info(
-            "kernel forwarding on: settled IPv4 streams go through nftables table ip %s",
-            config.nft_table,
+            "kernel forwarding: on (nftables table inet %s%s)",
+            table,
+            ""
+            if not unrouted
+            else "; media between two other hosts stays in user space where "
+            + " and ".join(f"{name}=0" for name in unrouted),
         )
-        if not kernel.routes_between_hosts:
-            log.warning(
-                "net.ipv4.ip_forward is 0: streams between two other hosts stay in user space"
-            )
         return kernel
 
     def _stdin_eof(self, stdio_only: bool) -> Callable[[], None]:

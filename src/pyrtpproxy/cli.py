@@ -16,6 +16,7 @@ from .config import (
     Config,
     ConfigError,
     ControlSpec,
+    KernelMode,
     build_address_plan,
     default_runtime_dir,
     parse_log_level,
@@ -145,7 +146,7 @@ def build_config(opts: dict[str, Any]) -> Config:
         no_redirect=opts["no_redirect"],
         metrics_listen=_parse_metrics_listen(opts["metrics_listen"]),
         resolve_interval=opts["resolve_interval"],
-        kernel_forward=opts["kernel_forward"],
+        kernel_forward=KernelMode(opts["kernel_forward"]),
         nft_table=opts["nft_table"],
         state_file=opts["state_file"],
         runtime_dir=runtime if uses_runtime and runtime != "/var/run" else None,
@@ -382,18 +383,24 @@ def _flag(*names: str, help: str) -> Callable[[_F], _F]:
     metavar="HOST:PORT",
     help="Serve Prometheus metrics on HOST:PORT (off by default).",
 )
-@_flag(
+@click.option(
     "--kernel-forward",
     "kernel_forward",
-    help="Let the kernel (nftables) relay settled IPv4 streams; needs CAP_NET_ADMIN.",
+    type=click.Choice([mode.value for mode in KernelMode]),
+    is_flag=False,
+    flag_value=KernelMode.ON.value,
+    default=KernelMode.AUTO.value,
+    show_default=True,
+    envvar="PYRTPPROXY_KERNEL_FORWARD",
+    show_envvar=True,
+    help="Let the kernel (nftables) relay settled streams: auto when the process has "
+    "CAP_NET_ADMIN, on (or fail to start; the bare flag), off.",
 )
 @click.option(
     "--nft-table",
     "nft_table",
-    default="pyrtpproxy",
-    show_default=True,
     metavar="NAME",
-    help="The nftables table (family ip) that --kernel-forward owns.",
+    help="The nftables table (family inet) the kernel path owns [default: pyrtpproxy_PID].",
 )
 @click.option(
     "--state-file",

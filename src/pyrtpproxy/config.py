@@ -22,6 +22,14 @@ class ConfigError(ValueError):
     """A bad option value; the CLI prints it on one line and exits with status 1."""
 
 
+class KernelMode(Enum):
+    """``--kernel-forward``: whether settled streams go through nftables."""
+
+    AUTO = "auto"  # when the process may change nftables (CAP_NET_ADMIN), else user space
+    ON = "on"  # or refuse to start
+    OFF = "off"  # never touch nftables
+
+
 class ControlKind(Enum):
     """Control socket transports (protocol.md §1)."""
 
@@ -236,8 +244,9 @@ class Config:
     no_redirect: bool = False
     metrics_listen: tuple[str, int] | None = None
     resolve_interval: float = 60.0
-    kernel_forward: bool = False
-    nft_table: str = "pyrtpproxy"
+    # the command line's default is auto; a Config made in code asks for the kernel itself
+    kernel_forward: KernelMode = KernelMode.OFF
+    nft_table: str | None = None  # None: pyrtpproxy_<pid>, the process's own
     state_file: str | None = None  # --state-file: the session journal (state.py)
     runtime_dir: str | None = None  # made (0700) at start-up: a default path lives in it
 
@@ -292,11 +301,13 @@ class Config:
             raise ConfigError("-S requires -r")
         if self.socket_mode is not None and not 0 <= self.socket_mode <= 4095:
             raise ConfigError("-w must be between 0 and 4095")
-        if self.kernel_forward and self.uid is not None:
+        if self.kernel_forward is KernelMode.ON and self.uid is not None:
             raise ConfigError(
-                "--kernel-forward changes nftables for the whole run; it cannot drop to -u USER"
+                "--kernel-forward on changes nftables for the whole run; it cannot drop to "
+                "-u USER (grant the user CAP_NET_ADMIN instead, or use auto)"
             )
-        try:
-            check_table_name(self.nft_table)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        if self.nft_table is not None:
+            try:
+                check_table_name(self.nft_table)
+            except ValueError as exc:
+                raise ConfigError(f"--nft-table: {exc}") from None

@@ -146,7 +146,8 @@ def test_call_through_nat_kernel_forwarded(lab: Lab, make_stack: Callable[..., S
     packets, or it would time the call out in the middle."""
     lab.exec_in("pub", "sysctl", "-qw", "net.ipv4.ip_forward=1")  # read at relay start
     try:
-        run_kernel_forwarded_call(make_stack(ttl=3, relay_flags=("--kernel-forward",)))
+        flags = ("--kernel-forward", "--nft-table", "pyrtpproxy")
+        run_kernel_forwarded_call(make_stack(ttl=3, relay_flags=flags))
     finally:
         lab.exec_in("pub", "sysctl", "-qw", "net.ipv4.ip_forward=0")
 
@@ -156,7 +157,7 @@ def run_kernel_forwarded_call(stack: Stack) -> None:
     run = stack.calls(calls=1, pause_ms=6000)
 
     def forwarded() -> list[int]:
-        listing = lab.exec_in("pub", "nft", "list", "set", "ip", "pyrtpproxy", "inbound")
+        listing = lab.exec_in("pub", "nft", "list", "set", "inet", "pyrtpproxy", "inbound4")
         return [int(n) for n in re.findall(r"counter packets (\d+)", listing)]
 
     try:

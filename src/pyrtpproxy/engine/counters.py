@@ -67,6 +67,7 @@ class GlobalCounters:
 COUNTER_NAMES: frozenset[str] = frozenset(f.name for f in fields(GlobalCounters))
 DROP_REASONS = ("no_destination", "wrong_source", "incomplete_session")
 PROTOCOLS = ("rtp", "rtcp")
+FORWARDING_PATHS = ("kernel", "user")  # who relayed a packet: nftables, or this process
 
 
 @dataclass(slots=True)
@@ -81,6 +82,7 @@ class RelayCounters:
     drops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     send_errors: int = 0  # media sends the kernel refused
     kernel_failures: int = 0  # nftables batches refused
+    kernel_packets: int = 0  # relayed by nftables (the rest of npkts_relayed by us)
     notifications_sent: int = 0
     notifications_failed: int = 0  # delivery attempts that failed (each is retried)
     notifications_dropped: int = 0  # given up: queue full
@@ -102,6 +104,13 @@ class Snapshot:
     sessions_active: int
     sessions_incomplete: int
     streams_latched: int
+
+    @property
+    def relayed_by_path(self) -> dict[str, int]:
+        """``npkts_relayed`` split by :data:`FORWARDING_PATHS`: the kernel's share is
+        counted as its counters are folded in, the same moment they reach the streams."""
+        kernel = self.relay.kernel_packets
+        return {"kernel": kernel, "user": self.g.npkts_relayed - kernel}
 
 
 class SessionTotals(NamedTuple):
@@ -228,6 +237,7 @@ class Counters:
         """Packets the kernel relayed for ``stream`` (see ``Stream.note_forwarded``); if
         its session has already ended, they go straight into the totals."""
         stream.note_forwarded(packets, size, seq, now)
+        self.relay.kernel_packets += packets
         if stream.leg.session.ended and stream.leg.session.created:
             self.g.npkts_rcvd += packets
             self.g.npkts_relayed += packets

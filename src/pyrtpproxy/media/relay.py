@@ -621,11 +621,13 @@ class MediaRelay:
             self.kernel.withdraw(stream.peer)
 
     def _offer_to_kernel(self, stream: Stream) -> None:
-        """Hand a settled stream to the kernel when it qualifies (IPv4, symmetric, latched,
-        peer address known, nothing tapping the media; for a packet between two other
-        hosts, only when the host forwards IPv4)."""
+        """Hand a settled stream to the kernel when it qualifies (both legs of one address
+        family, symmetric, latched, peer address known, nothing tapping the media; for a
+        packet between two other hosts, only when the host routes that family)."""
         kernel = self.kernel
         assert kernel is not None
+        if not kernel.enabled:
+            return
         source, peer = stream.remote, stream.peer
         dest = peer.remote
         inbound, outbound = stream.transport, peer.transport
@@ -638,26 +640,28 @@ class MediaRelay:
             or self.config.send_small_twice
             or not isinstance(inbound, StreamSocket)
             or not isinstance(outbound, StreamSocket)
-            or inbound.local.ipv6
-            or outbound.local.ipv6
+            or inbound.local.ipv6 != outbound.local.ipv6  # the kernel does not translate
+            or "%" in source.host  # a scoped (link-local) address: no nftables key
+            or "%" in dest.host
             or outbound.connected is None
             or outbound.connected_to != dest
             or dest.port == 0
             or ipaddress.ip_address(dest.host).is_unspecified
         ):
             return
+        ipv6 = inbound.local.ipv6
         if not (
-            kernel.routes_between_hosts
-            or self._is_local_host(source.host)
-            or self._is_local_host(dest.host)
+            kernel.routes_between_hosts(ipv6)
+            or self._is_local_host(source.host, ipv6)
+            or self._is_local_host(dest.host, ipv6)
         ):
             return
         host, port = outbound.connected.getsockname()[:2]
         stream.take_sample(self.now)  # the kernel's sequence estimate starts from here
         kernel.offload(stream, source, inbound.port, dest, Endpoint(host, port))
 
-    def _is_local_host(self, host: str) -> bool:
-        return _remember(self._local_hosts, host, lambda: self.is_local_address(host, False))
+    def _is_local_host(self, host: str, ipv6: bool) -> bool:
+        return _remember(self._local_hosts, host, lambda: self.is_local_address(host, ipv6))
 
     # --- sockets and readers ---------------------------------------------------------
 

@@ -32,7 +32,7 @@ import resource
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -47,13 +47,26 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .. import __version__
-from ..engine.counters import DROP_REASONS, PROTOCOLS
+from ..engine.counters import DROP_REASONS, FORWARDING_PATHS, PROTOCOLS
 
 if TYPE_CHECKING:
     from ..control.notify import Notifier
     from ..engine.engine import Engine
 
 NAMESPACE = "pyrtpproxy"
+
+
+class KernelPath(Protocol):
+    """What a scrape reads of the kernel path (``media.kernel.KernelForwarder``)."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether streams are offloaded now (False after a fallback at run time)."""
+
+    @property
+    def forwarded_streams(self) -> int:
+        """Stream directions the kernel relays now."""
+
 
 # rtpproxy ``G`` counter -> (metric name without namespace, type, help). One to one.
 G_COUNTER_METRICS: dict[str, tuple[str, str, str]] = {
@@ -192,7 +205,8 @@ G_COUNTER_METRICS: dict[str, tuple[str, str, str]] = {
 RELAY_COUNTER_METRICS: dict[str, tuple[str, str]] = {
     "kernel_failures": (
         "kernel_failures_total",
-        "nftables changes refused (--kernel-forward); the streams stay in user space.",
+        "nftables changes or reads refused (kernel path); those streams stay in, or go "
+        "back to, user space.",
     ),
     "send_errors": (
         "media_send_errors_total",
@@ -275,13 +289,13 @@ class RelayCollector(Collector):
         engine: Engine,
         notifier: Notifier | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
-        kernel_streams: Callable[[], int] | None = None,
+        kernel: KernelPath | None = None,
         refresh: Callable[[], None] = _nothing,
     ) -> None:
         self._engine = engine
         self._notifier = notifier
         self._loop = loop
-        self._kernel_streams = kernel_streams
+        self._kernel = kernel
         self._refresh = refresh
 
     def collect(self) -> Iterable[Metric]:
@@ -331,12 +345,30 @@ class RelayCollector(Collector):
             "Sessions still waiting for their second leg.",
             value=snap.sessions_incomplete,
         )
-        if self._kernel_streams is not None:
+        kernel = self._kernel
+        yield GaugeMetricFamily(
+            _name("kernel_forwarding_enabled"),
+            "1 while settled streams are relayed by the kernel (nftables), 0 when media "
+            "stays in user space (--kernel-forward off, auto without CAP_NET_ADMIN, or a "
+            "fallback after an nftables failure).",
+            value=int(kernel is not None and kernel.enabled),
+        )
+        if kernel is not None:
             yield GaugeMetricFamily(
                 _name("kernel_forwarded_streams"),
-                "Stream directions the kernel relays now (--kernel-forward).",
-                value=self._kernel_streams(),
+                "Stream directions the kernel relays now.",
+                value=kernel.forwarded_streams,
             )
+        family = CounterMetricFamily(
+            _name("forwarded_packets_total"),
+            "Packets relayed (packets_relayed_total), by who relayed them: kernel "
+            "(nftables) or user (this process).",
+            labels=["path"],
+        )
+        by_path = snap.relayed_by_path
+        for path in FORWARDING_PATHS:
+            family.add_metric([path], by_path[path])
+        yield family
         for field_name, (short, help_text) in RELAY_COUNTER_METRICS.items():
             yield CounterMetricFamily(_name(short), help_text, value=getattr(relay, field_name))
         for short, help_text, counts in (
@@ -422,12 +454,12 @@ class RelayMetrics:
         engine: Engine,
         notifier: Notifier | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
-        kernel_streams: Callable[[], int] | None = None,
+        kernel: KernelPath | None = None,
         refresh: Callable[[], None] = _nothing,
     ) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(RelayCollector(engine, notifier, loop, kernel_streams, refresh))
+        self.registry.register(RelayCollector(engine, notifier, loop, kernel, refresh))
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory
         self.commands = Counter(
             "commands",
