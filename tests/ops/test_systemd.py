@@ -79,7 +79,9 @@ def test_template_instances_run_side_by_side(tmp_path: Path) -> None:
                 **os.environ,
                 "CONTROL_SOCK": f"udp:127.0.0.1:{port}",
                 "EXTRA_OPTS": f"-l 127.0.0.1 -m {lo} -M {lo + 99} -d INFO -F",
+                "STATE_FILE": f"{tmp_path}/{name}/state.json",
             }
+            (tmp_path / name).mkdir()
             log = (tmp_path / f"{name}.log").open("wb")
             process = subprocess.Popen(
                 exec_start("pyrtpproxy@.service"), env=env, stdout=subprocess.DEVNULL, stderr=log
@@ -99,6 +101,8 @@ def test_template_instances_run_side_by_side(tmp_path: Path) -> None:
     finally:
         for process, _port, _lo in instances:
             stop_process(process)
+    for name in ("a", "b"):  # each instance journals its own call
+        assert "same-call" in (tmp_path / name / "state.json").read_text()
 
 
 def relay_env(tmp_path: Path) -> dict[str, str]:
