@@ -20,7 +20,7 @@ from enum import Enum
 from .addresses import Endpoint
 
 DEFAULT_WINDOW = 0.2  # seconds a source other than the signalled host waits
-CANDIDATE_SLOTS = 4  # sources a learning window keeps count of
+CANDIDATE_SLOTS = 8  # sources a learning window keeps count of
 
 
 class LatchingPolicy(Enum):
@@ -62,9 +62,9 @@ class Candidates:
     """Sources heard during one learning window, with how many packets each sent.
 
     At most :data:`CANDIDATE_SLOTS` are kept: a newcomer takes the place of the quietest
-    one and its count plus one (the "space-saving" count), so a source that sends a fair
-    share of the window's packets (a phone at 50 packets a second) is never forgotten,
-    however many one-off sources (a scan over the port range) come and go.
+    one and its count plus one (the "space-saving" count), so a source that sends more
+    than one packet in :data:`CANDIDATE_SLOTS` of the window's (a phone at 50 packets a
+    second) is never forgotten, however many one-off sources come and go.
     """
 
     __slots__ = ("_counts", "ends_at")

@@ -380,10 +380,11 @@ class Stream:
 
     def _note_signalled(self, remote: Endpoint, now: float) -> None:
         """Remember the signalled host for ``--latching safe``, even where media's
-        address prevails, and when a U/L last named a host other than the one before."""
-        previous = self.signalled
+        address prevails, and when a U/L last named a host other than the one known
+        before (signalled, or latched to when nothing was signalled)."""
+        known = self.signalled or (self.remote if self.latched else None)
         self.signalled = remote
-        if previous is None or previous.host != remote.host:
+        if known is not None and known.host != remote.host:
             self.readdressed_at = now
 
 
