@@ -89,8 +89,9 @@ def test_the_window_length_is_configurable() -> None:
     engine = setup(b"10.0.0.5 4000", latching=Latching(window=1.5))
     caller = caller_rtp(engine)
     assert caller.receive(rtp(1), PHONE, 10.0) is None
-    assert caller.receive(rtp(2), PHONE, 11.4) is None
-    assert caller.receive(rtp(3), PHONE, 11.5) == CALLEE
+    assert caller.receive(rtp(2), PHONE, 11.0) is None
+    assert caller.receive(rtp(3), PHONE, 11.4) is None
+    assert caller.receive(rtp(4), PHONE, 11.5) == CALLEE
 
 
 def test_the_signalled_host_wins_during_the_window_and_the_candidate_is_refused() -> None:
@@ -145,10 +146,11 @@ def test_an_unknown_address_is_learned_after_the_window() -> None:
     caller, callee = caller_rtp(engine), _session(engine).legs[Side.A].rtp
     assert caller.remote is None
     assert caller.receive(rtp(1), PHONE, 1.0) is None
+    assert caller.receive(rtp(2), PHONE, 1.02) is None
     # the other direction has no destination yet: dropped as rtpproxy does
     assert callee.receive(rtp(1, ssrc=5), CALLEE, 1.1) is None
     assert callee.dropped == 1
-    assert caller.receive(rtp(2), PHONE, 1.2) == CALLEE
+    assert caller.receive(rtp(3), PHONE, 1.2) == CALLEE
     assert caller.remote == PHONE and caller.from_media
     assert caller.leg.rtcp.remote == Endpoint(PHONE_NAT, 61235)  # RTCP guessed as usual
     assert callee.receive(rtp(2, ssrc=5), CALLEE, 1.3) == PHONE
@@ -157,9 +159,10 @@ def test_an_unknown_address_is_learned_after_the_window() -> None:
 def test_the_signalled_host_takes_over_from_a_learned_source() -> None:
     engine = setup()
     caller = caller_rtp(engine)
-    # the phone is silent at first: the attacker's spray outlasts the window and wins ...
+    # the phone is silent at first: sweeps that come back after the window win ...
     caller.receive(rtp(1, ssrc=0xBAD), ATTACKER, 1.0)
-    assert send(engine, caller, rtp(2, ssrc=0xBAD), ATTACKER, 1.3)[0] == CALLEE
+    assert caller.receive(rtp(2, ssrc=0xBAD), ATTACKER, 1.3) is None  # one is not enough
+    assert send(engine, caller, rtp(3, ssrc=0xBAD), ATTACKER, 1.6)[0] == CALLEE
     assert caller.remote == ATTACKER
     # ... until the signalled host speaks: it latches at once, whatever the SSRC
     dest, settled, events = send(engine, caller, rtp(500), PHONE, 1.4)
@@ -230,7 +233,8 @@ def test_rtcp_trusts_the_host_its_rtp_latched_to() -> None:
     engine = setup(b"10.0.0.5 4000")
     leg = _session(engine).legs[Side.B]
     send(engine, leg.rtp, rtp(1), PHONE, 1.0)
-    assert send(engine, leg.rtp, rtp(2), PHONE, 1.2)[0] == CALLEE  # learned after the window
+    send(engine, leg.rtp, rtp(2), PHONE, 1.1)
+    assert send(engine, leg.rtp, rtp(3), PHONE, 1.2)[0] == CALLEE  # learned after the window
     # RTCP from the phone's host on a port the NAT chose: latched at once
     rtcp_src = (PHONE_NAT, 61300)
     dest, settled, events = send(engine, leg.rtcp, rtcp(), rtcp_src, 1.3)
@@ -238,10 +242,13 @@ def test_rtcp_trusts_the_host_its_rtp_latched_to() -> None:
     (latched,) = latches(events, leg.rtcp)
     assert latched.cause is LatchCause.MEDIA_HOST
     assert leg.rtcp.remote == rtcp_src
-    # RTCP from another host waits like RTP would
+    # RTCP from another host: refused where the leg's RTP latched (RTCP is too rare to
+    # outvote a scan), held for a window where it did not
+    assert leg.rtcp.receive(rtcp(), ATTACKER, 1.4) is None
+    assert (leg.rtcp.foreign, leg.rtcp.held) == (1, 0)
     other = _session(engine).legs[Side.A].rtcp
     assert other.receive(rtcp(), ATTACKER, 1.4) is None
-    assert other.held == 1
+    assert (other.foreign, other.held) == (0, 1)
 
 
 def test_asymmetric_legs_count_other_hosts_as_foreign() -> None:

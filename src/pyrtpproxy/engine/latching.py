@@ -21,6 +21,10 @@ from .addresses import Endpoint
 
 DEFAULT_WINDOW = 0.2  # seconds a source other than the signalled host waits
 CANDIDATE_SLOTS = 8  # sources a learning window keeps count of
+# A winner has sent at least this many packets since its window began (its deciding one
+# included): a phone sends 5 to 10 in 200 ms, a scan over the port range hits a port once
+# per sweep, so a sweep has to come back twice after the window to win a silent leg.
+MIN_CANDIDATE_PACKETS = 3
 
 
 class LatchingPolicy(Enum):
@@ -83,6 +87,7 @@ class Candidates:
         counts[src] = counts.pop(quietest) + 1
 
     def leads(self, src: Endpoint) -> bool:
-        """Whether ``src`` has sent at least as many packets as any other source."""
-        counts = self._counts
-        return src in counts and counts[src] == max(counts.values())
+        """Whether ``src`` has sent :data:`MIN_CANDIDATE_PACKETS` or more, and at least
+        as many as any other source."""
+        count = self._counts.get(src, 0)
+        return count >= MIN_CANDIDATE_PACKETS and count == max(self._counts.values())

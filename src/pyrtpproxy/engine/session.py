@@ -210,6 +210,10 @@ class Stream:
         latching = self.leg.session.latching
         trusted = self._trusted(src.host)
         if trusted is None and latching.safe:
+            if self.is_rtcp and self.leg.rtp.latched:
+                # a party's RTCP comes from its RTP's host; it is too rare to outvote a scan
+                self._refuse(src)
+                return False
             return self._candidate(src, packet, now, latching)
         self._learn(src, packet, now, trusted or LatchCause.FIRST_SOURCE)
         return True
@@ -218,7 +222,8 @@ class Stream:
         """``safe``: ``src`` is on no trusted host. Its packets are counted and held back
         (not relayed) for the learning window, which starts with the first of them; a
         trusted host that speaks meanwhile latches at once. After the window the source
-        that has sent the most packets since it began wins with its next packet."""
+        that has sent the most packets since it began (and a few at least) wins with its
+        next packet."""
         candidates = self.candidates
         if candidates is None:
             self.candidates = candidates = Candidates(now + latching.window)
