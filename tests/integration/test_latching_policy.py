@@ -142,7 +142,7 @@ def test_a_scan_of_the_port_range_gets_nothing_and_injects_nothing(
 
 
 @pytest.mark.parametrize("policy", ["safe", "rtpproxy"])
-def test_with_rtpproxy_rules_the_first_source_wins(
+def test_a_scan_that_reaches_a_silent_leg_first(
     relay_factory: RelayFactory, parties: PartyFactory, policy: str
 ) -> None:
     """The callee speaks first; a scan reaches the caller's port before the caller does.
