@@ -26,15 +26,17 @@ from .engine.events import (
     EndReason,
     Event,
     Latched,
+    LearningStarted,
     NotifyTargetUnknown,
     NotifyWanted,
     SessionCompleted,
     SessionCreated,
     SessionEnded,
+    SourceRefused,
 )
 from .engine.persist import SessionState
 from .engine.ports import PortAllocator
-from .engine.session import Session
+from .engine.session import Session, Stream
 from .engine.taps import RecordingPolicy
 from .handover import (
     MEDIA,
@@ -229,6 +231,14 @@ def _session_label(session: Session) -> str:
     return f"call-id={session.call_id.decode('latin-1')!r} tag={session.tag.decode('latin-1')!r}"
 
 
+def _stream_label(stream: Stream) -> str:
+    """``call-id=... tag=... leg B RTP``."""
+    leg = stream.leg
+    return (
+        f"{_session_label(leg.session)} leg {leg.side.name} {'RTCP' if stream.is_rtcp else 'RTP'}"
+    )
+
+
 class Relay:
     """The running relay: engine, media, control sockets, one timer, notifier.
 
@@ -278,6 +288,8 @@ class Relay:
         return {
             **media.handlers(),
             Latched: self._log_latched,
+            LearningStarted: self._log_learning,
+            SourceRefused: self._log_refused,
             SessionCreated: self._log_session,
             SessionCompleted: self._log_session,
             SessionEnded: self._log_session,
@@ -287,15 +299,41 @@ class Relay:
 
     @staticmethod
     def _log_latched(event: Latched) -> None:
-        stream = event.stream
-        leg = stream.leg
         log.info(
-            "session %s: %s leg %s %s to %s",
+            "session %s: %s to %s (%s)",
             "re-latched" if event.relatched else "latched",
-            _session_label(leg.session),
-            leg.side.name,
-            "RTCP" if stream.is_rtcp else "RTP",
-            stream.remote,
+            _stream_label(event.stream),
+            event.stream.remote,
+            event.cause.value,
+        )
+
+    @staticmethod
+    def _log_learning(event: LearningStarted) -> None:
+        stream = event.stream
+        signalled = stream.signalled.host if stream.signalled is not None else "none"
+        log.info(
+            "session learning: %s: %s:%d is not on the signalled host (%s); packets from "
+            "other hosts are held for %.0f ms, the signalled host wins at once",
+            _stream_label(stream),
+            event.source.host,
+            event.source.port,
+            signalled,
+            stream.leg.session.latching.window * 1000,
+        )
+
+    @staticmethod
+    def _log_refused(event: SourceRefused) -> None:
+        stream = event.stream
+        remote = stream.remote
+        log.log(
+            logging.WARNING if event.foreign else logging.INFO,
+            "session source-refused: %s latched to %s refuses %s:%d (%s; further "
+            "refusals are only counted)",
+            _stream_label(stream),
+            f"{remote.host}:{remote.port}" if remote is not None else "nothing",
+            event.source.host,
+            event.source.port,
+            "another host: a scan of the port range?" if event.foreign else "not its stream",
         )
 
     @staticmethod
@@ -422,6 +460,7 @@ class Relay:
                 notify_targets=config.notify_targets,
                 recording=recording_policy(config),
                 copy_rtcp=config.record_rtcp,
+                latching=config.latching,
             ),
             ports,
             media,

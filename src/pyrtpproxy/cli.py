@@ -22,6 +22,7 @@ from .config import (
     parse_log_level,
 )
 from .engine.addresses import NotifyTarget
+from .engine.latching import DEFAULT_WINDOW, Latching, LatchingPolicy
 from .protocol.capabilities import BASE_VERSION, CAPABILITIES
 
 EPILOG = """\b
@@ -80,6 +81,15 @@ def _parse_notify_targets(values: tuple[str, ...]) -> tuple[NotifyTarget, ...]:
     return tuple(targets)
 
 
+def _latching(policy: str, window_ms: int | None) -> Latching:
+    chosen = LatchingPolicy(policy)
+    if window_ms is None:
+        return Latching(chosen)
+    if chosen is not LatchingPolicy.SAFE:
+        raise ConfigError("--latching-window applies to --latching safe only")
+    return Latching(chosen, window_ms / 1000)
+
+
 def _parse_metrics_listen(text: str | None) -> tuple[str, int] | None:
     if not text:
         return None
@@ -136,6 +146,7 @@ def build_config(opts: dict[str, Any]) -> Config:
         sequential_ports=opts["sequential"],
         force_asymmetric=opts["force_asymmetric"],
         bridge_symmetric=opts["bridge_symmetric"],
+        latching=_latching(opts["latching"], opts["latching_window"]),
         record_dir=opts["record_dir"],
         spool_dir=opts["spool_dir"],
         pcap_record=opts["pcap_record"] or opts["record_both"],
@@ -360,6 +371,25 @@ def _flag(*names: str, help: str) -> Callable[[_F], _F]:
 )
 @_flag("--force_asymmetric", "force_asymmetric", help="Make every session asymmetric.")
 @_flag("--bridge_symmetric", "bridge_symmetric", help="Keep sessions symmetric in bridge mode.")
+@click.option(
+    "--latching",
+    "latching",
+    type=click.Choice([policy.value for policy in LatchingPolicy]),
+    default=LatchingPolicy.SAFE.value,
+    show_default=True,
+    help="Whose packets a port relays: safe = the host the SIP proxy signalled at once, "
+    "another host only after --latching-window without it (against RTP Bleed); "
+    "rtpproxy = the first source wins, as the reference does.",
+)
+@click.option(
+    "--latching-window",
+    "latching_window",
+    type=click.IntRange(min=0),
+    metavar="MS",
+    help=f"How long a source on another host than the signalled one waits, counted from "
+    f"its first packet, before it may win (--latching safe) "
+    f"[default: {DEFAULT_WINDOW * 1000:.0f}].",
+)
 @_flag("--no_resolve", "no_resolve", help="Numeric addresses only (always the case here).")
 @_flag("--no_redirect", "no_redirect", help="Keep stdio open when daemonising.")
 @click.option("--nice", "nice", type=int, help="Process niceness.")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .engine.addresses import AddressPlan, LocalAddress, NotifyTarget
+from .engine.latching import SAFE, Latching
 from .engine.ports import port_range
 from .media.kernel import check_table_name
 from .names import is_name
@@ -15,6 +16,7 @@ from .names import is_name
 DEFAULT_UDP_PORT = 22222
 MAX_NOTIFY_TARGETS = 64
 MAX_NOTIFY_WILDCARDS = 2  # tcp:%%CC_SELF%%:PORT targets, as in rtpproxy
+MAX_LATCHING_WINDOW = 10.0  # seconds; longer only loses more of every NAT'ed call's start
 LOG_LEVELS = {"DBUG": 10, "INFO": 20, "WARN": 30, "ERR": 40, "CRIT": 50}
 
 
@@ -234,6 +236,7 @@ class Config:
     sequential_ports: bool = False
     force_asymmetric: bool = False
     bridge_symmetric: bool = False
+    latching: Latching = SAFE
     record_dir: str | None = None
     spool_dir: str | None = None
     pcap_record: bool = False
@@ -295,6 +298,10 @@ class Config:
             raise ConfigError("stdio command mode requires -f switch")
         if len(stdio) > 1:
             raise ConfigError("only one stdio control socket is possible")
+        if not 0 <= self.latching.window <= MAX_LATCHING_WINDOW:
+            raise ConfigError(
+                f"--latching-window must be between 0 and {MAX_LATCHING_WINDOW * 1000:.0f} ms"
+            )
         if self.record_both and not self.record_dir:
             raise ConfigError("--record-both requires -r")
         if self.spool_dir and not self.record_dir:

@@ -35,6 +35,12 @@ def finish(stack: Stack, run: CallRun, timeout: float = 60) -> None:
             )
 
 
+def relay_log(stack: Stack, index: int = 0) -> str:
+    relay = stack.relays[index].proc
+    assert relay is not None
+    return relay.output()
+
+
 def call_ids(run: CallRun, calls: int) -> set[str]:
     """sipp's Call-IDs are "<call number>-<sipp pid>@<local ip>"."""
     return {f"{n}-{run.uac.popen.pid}@{UAC_IP}" for n in range(1, calls + 1)}
@@ -87,6 +93,26 @@ def test_call_through_nat(make_stack: Callable[..., Stack]) -> None:
     assert g["nsess_complete"] >= 1
     assert g["npkts_relayed"] >= 40
     assert stack.info(0)["active streams"] == 0
+    # Kamailio signalled the phones' public NAT addresses: with the default latching
+    # policy both RTP streams latched on their first packet, without a learning window
+    log = relay_log(stack)
+    assert len(re.findall(r"session latched: .* RTP to .* \(signalled host\)", log)) == 2, log
+    assert "session learning:" not in log and "source-refused" not in log
+
+
+def test_call_with_private_sdp_addresses_learns_after_the_window(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """Kamailio passes the SDP's own addresses (the phones' LAN addresses, which their
+    media does not come from), as a proxy without NAT handling would: the relay holds
+    the NAT'ed sources for its learning window, then latches them; two-way audio."""
+    stack = make_stack(kamailio_defines=["WITH_SDP_ADDRESS"])
+    run = stack.calls(calls=1, pause_ms=3000)
+    finish(stack, run)
+    check_media(stack, call_ids(run, 1))
+    log = relay_log(stack)
+    assert len(re.findall(r"session latched: .* RTP to .* \(learning window passed\)", log)) == 2
+    assert re.search(rf"session learning: .* is not on the signalled host \({UAC_IP}\)", log)
 
 
 @pytest.mark.parametrize("both", [False, True], ids=["caller", "record-both"])

@@ -13,6 +13,7 @@ from pyrtpproxy.control.processor import CommandProcessor
 from pyrtpproxy.engine.addresses import AddressPlan, LocalAddress, NotifyTarget
 from pyrtpproxy.engine.engine import LOCAL_REQUEST, Engine, EngineConfig, RequestContext
 from pyrtpproxy.engine.events import Event, LegClosed, LegOpened, NotifyWanted
+from pyrtpproxy.engine.latching import SAFE, Latching
 from pyrtpproxy.engine.ports import PortAllocator, port_range
 from pyrtpproxy.engine.session import Leg, Stream
 from pyrtpproxy.engine.taps import Recording, RecordingPolicy, Tap
@@ -119,6 +120,7 @@ def make_engine(
     host: FakeHost | None = None,
     recording: RecordingPolicy | None = None,
     copy_rtcp: bool = True,
+    latching: Latching = SAFE,
 ) -> Engine:
     """An engine as the CLI would build it for the given options."""
     config = EngineConfig(
@@ -131,6 +133,7 @@ def make_engine(
         notify_targets=tuple(NotifyTarget.parse(t) for t in notify_targets),
         recording=recording,
         copy_rtcp=copy_rtcp,
+        latching=latching,
     )
     ports = PortAllocator(
         port_range(port_min, port_max), random_order=not sequential, rng=random.Random(seed)

@@ -1,12 +1,24 @@
-"""Source-address learning on Stream.receive (relay-behaviour.md §2, §3, §4)."""
+"""Source-address learning on Stream.receive (relay-behaviour.md §2, §3, §4): the
+reference's rules, ``--latching rtpproxy``, where the first source wins. The default
+policy's rules are in test_safe_latching.py."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pyrtpproxy.engine.addresses import Endpoint
 from pyrtpproxy.engine.engine import Engine
+from pyrtpproxy.engine.latching import RTPPROXY
 from pyrtpproxy.engine.session import Session, Side
 
-from .support import make_engine, rtcp, rtp, run
+from . import support
+from .support import rtcp, rtp, run
+
+
+def make_engine(**options: Any) -> Engine:
+    """An engine with ``--latching rtpproxy``."""
+    return support.make_engine(latching=RTPPROXY, **options)
+
 
 NAT = ("203.0.113.7", 61234)
 CALLER_SDP = Endpoint("10.0.0.5", 4000)

@@ -392,7 +392,12 @@ def test_traffic_keeps_session_alive(relay_factory: RelayFactory, parties: Party
     assert callee.recv(0.2) is None
 
 
-def test_unknown_destination_is_dropped_then_learned(relay: Relay, parties: PartyFactory) -> None:
+def test_unknown_destination_is_dropped_then_learned(
+    relay_factory: RelayFactory, parties: PartyFactory
+) -> None:
+    """The reference's rule: the first packet fills in an unknown address (the default
+    policy holds it for the learning window first: test_latching_policy.py)."""
+    relay = relay_factory("--latching", "rtpproxy")
     caller, callee = parties(), parties()
     a = parse_port(relay.cmd(f"U learn1 127.0.0.1 {caller.port} ft"))
     b = parse_port(relay.cmd("L learn1 0.0.0.0 0 ft tt"))  # callee's address unknown

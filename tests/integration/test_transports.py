@@ -410,8 +410,13 @@ def test_startup_errors(tmp_path: Path, args: list[str]) -> None:
     [
         (["-l", "192.0.2.77"], "-l 192.0.2.77: cannot use this listen address: "),
         (["-6", "2001:db8::77"], "-6 2001:db8::77: cannot use this listen address: "),
+        (
+            ["--latching", "rtpproxy", "--latching-window", "100"],
+            "--latching-window applies to --latching safe only",
+        ),
+        (["--latching-window", "10001"], "--latching-window must be between 0 and 10000 ms"),
     ],
-    ids=["l", "6"],
+    ids=["l", "6", "window-without-safe", "window-too-long"],
 )
 def test_startup_error_names_the_flag(tmp_path: Path, args: list[str], message: str) -> None:
     result = _run_startup(tmp_path, "-f", "-F", "-p", "/dev/null", "-s", "stdio:", *args)

@@ -16,6 +16,7 @@ import pytest
 from engine.support import WILDCARD, FakeHost, expire, harness, make_engine, rtp, run, run_udp
 from pyrtpproxy.engine.addresses import AddressPlan, Endpoint, LocalAddress
 from pyrtpproxy.engine.engine import Engine
+from pyrtpproxy.engine.latching import RTPPROXY
 from pyrtpproxy.engine.session import Side
 
 # -l 127.0.0.1/127.0.0.2 -A 192.0.2.1/192.0.2.2
@@ -512,7 +513,9 @@ def test_q_sample() -> None:
 
 
 def test_q_ndropped_when_no_destination() -> None:
-    engine = make_engine()
+    # the reference's first-packet rule (the default policy holds an unsignalled source
+    # for its learning window first: tests/engine/test_safe_latching.py)
+    engine = make_engine(latching=RTPPROXY)
     run(engine, b"U c 0.0.0.0 0 ftag")
     run(engine, b"L c 0.0.0.0 0 ftag ttag")
     session = next(iter(engine.table))

@@ -65,7 +65,13 @@ class GlobalCounters:
 
 
 COUNTER_NAMES: frozenset[str] = frozenset(f.name for f in fields(GlobalCounters))
-DROP_REASONS = ("no_destination", "wrong_source", "incomplete_session")
+DROP_REASONS = (
+    "no_destination",
+    "wrong_source",
+    "foreign_source",
+    "learning",
+    "incomplete_session",
+)
 PROTOCOLS = ("rtp", "rtcp")
 FORWARDING_PATHS = ("kernel", "user")  # who relayed a packet: nftables, or this process
 
@@ -119,34 +125,44 @@ class SessionTotals(NamedTuple):
     received: int  # npkts_rcvd: accepted or refused by the source checks
     relayed: int  # npkts_relayed
     no_destination: int  # accepted, but the other party's address was unknown
-    wrong_source: int  # refused by the latching rules (npkts_discard too)
+    wrong_source: int  # refused by the latching rules from a latched or signalled host
+    foreign_source: int  # refused: from a host neither latched nor signalled
+    learning: int  # held back while a learning window ran (--latching safe)
     incomplete: int  # arrived before the session was complete (npkts_discard too)
     bytes_relayed: int
     latched: int  # streams latched now
 
     @property
     def discarded(self) -> int:
-        """``npkts_discard``."""
-        return self.wrong_source + self.incomplete
+        """``npkts_discard``: every refusal of the source checks, and early packets."""
+        return self.wrong_source + self.foreign_source + self.learning + self.incomplete
 
 
 def session_totals(session: Session) -> SessionTotals:
     """One pass over the session's four streams."""
-    received = relayed = no_destination = wrong_source = incomplete = size = latched = 0
+    received = relayed = no_destination = refused = foreign = held = incomplete = 0
+    size = latched = 0
     for stream in session.streams():
         received += stream.packets_in + stream.ignored
         relayed += stream.packets_relayed
         no_destination += stream.dropped
-        wrong_source += stream.ignored
+        refused += stream.ignored
+        foreign += stream.foreign
+        held += stream.held
         incomplete += stream.incomplete
         size += stream.bytes_relayed
         latched += stream.latched
-    return SessionTotals(received, relayed, no_destination, wrong_source, incomplete, size, latched)
+    wrong = refused - foreign - held
+    return SessionTotals(
+        received, relayed, no_destination, wrong, foreign, held, incomplete, size, latched
+    )
 
 
 def _add_drops(drops: dict[str, int], totals: SessionTotals) -> None:
     drops["no_destination"] += totals.no_destination
     drops["wrong_source"] += totals.wrong_source
+    drops["foreign_source"] += totals.foreign_source
+    drops["learning"] += totals.learning
     drops["incomplete_session"] += totals.incomplete
 
 

@@ -67,6 +67,7 @@ from .events import (
     TapStopped,
     TosChanged,
 )
+from .latching import SAFE, Latching
 from .persist import Restored, SessionRestorer, SessionState, export_session
 from .ports import HostProbe, PortAllocator, PortsExhausted
 from .session import Leg, Session, Side, Stream
@@ -98,6 +99,7 @@ class EngineConfig:
     notify_targets: tuple[NotifyTarget, ...] = ()
     recording: RecordingPolicy | None = None  # None: no -r, nothing can be recorded
     copy_rtcp: bool = True  # -R: neither recordings nor copies carry RTCP
+    latching: Latching = SAFE  # --latching, --latching-window
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +220,7 @@ class Engine:
             self.outbox,
             self.config.addresses.all(),
             self._match_notify_target,
+            self.config.latching,
         )
         return restorer.restore(states, now)
 
@@ -310,7 +313,7 @@ class Engine:
     def _create(self, cmd: Update, now: float) -> Session:
         if self.draining:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "shutting down, no new sessions")
-        session = Session(cmd.call_id, cmd.from_tag, now, self.outbox)
+        session = Session(cmd.call_id, cmd.from_tag, now, self.outbox, self.config.latching)
         mods = cmd.modifiers
         interfaces = mods.interfaces + (Interface.INTERNAL,) * (2 - len(mods.interfaces))
         a, b = session.legs

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from .latching import LatchCause
+
 if TYPE_CHECKING:
-    from .addresses import LocalAddress, NotifyTarget
+    from .addresses import Endpoint, LocalAddress, NotifyTarget
     from .session import Leg, Session, Stream
     from .taps import Tap
 
@@ -117,10 +119,32 @@ class StreamChanged:
 @dataclass(frozen=True, slots=True)
 class Latched:
     """``stream`` latched to its party's source address (``relatched``: moved to a new
-    one after it had latched)."""
+    one after it had latched), for the reason ``cause``."""
 
     stream: Stream
     relatched: bool = False
+    cause: LatchCause = LatchCause.FIRST_SOURCE
+
+
+@dataclass(frozen=True, slots=True)
+class LearningStarted:
+    """``--latching safe``: ``source`` is not on a host the signalling named, so the
+    stream holds it and its like back for the learning window, waiting for the
+    signalled host (one event per window)."""
+
+    stream: Stream
+    source: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRefused:
+    """The latched ``stream`` refused a packet from ``source`` (the first refusal of the
+    stream; later ones are only counted). ``foreign``: from a host that is neither the
+    latched nor the signalled one."""
+
+    stream: Stream
+    source: Endpoint
+    foreign: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +177,8 @@ Event = (
     | TosChanged
     | StreamChanged
     | Latched
+    | LearningStarted
+    | SourceRefused
     | NotifyWanted
     | NotifyTargetUnknown
 )

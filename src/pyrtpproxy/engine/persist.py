@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 from .addresses import Endpoint, LocalAddress, NotifyTarget
 from .events import Event, LegOpened, Outbox, PortsReleased, TapStarted
+from .latching import SAFE, Latching
 from .ports import HostProbe, PortAllocator
 from .session import NEVER, Leg, Session, Stream
 from .table import SessionTable
@@ -169,6 +170,8 @@ def _restore_stream(stream: Stream, state: StreamState, now: float) -> None:
     stream.remote = state.remote
     stream.latched = state.latched
     stream.from_media = state.from_media
+    if not state.from_media:  # an address from SDP is the host --latching safe trusts
+        stream.signalled = state.remote
     stream.last_ssrc = state.last_ssrc
     stream.last_seq = state.last_seq
     stream.signalled_at = _absolute(state.signalled_at, now)
@@ -191,7 +194,9 @@ class SessionRestorer:
         outbox: Outbox,
         locals_: Iterable[LocalAddress],
         notify_target: Callable[[bytes], NotifyTarget | None],
+        latching: Latching = SAFE,
     ) -> None:
+        self._latching = latching
         self._table = table
         self._timers = timers
         self._ports = ports
@@ -237,7 +242,9 @@ class SessionRestorer:
     def _restore_one(self, state: SessionState, now: float) -> str | None:
         if self._table.find(state.call_id, state.tag, None) is not None:
             return "a session with this call-id and tag exists already"
-        session = Session(state.call_id, state.tag, now + state.created_at, self._outbox)
+        session = Session(
+            state.call_id, state.tag, now + state.created_at, self._outbox, self._latching
+        )
         claimed: list[Leg] = []
         for leg, leg_state in zip(session.legs, state.legs, strict=True):
             leg.local = None if leg_state.local is None else self._local(leg_state.local)

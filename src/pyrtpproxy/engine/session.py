@@ -1,9 +1,10 @@
 """Sessions, legs and streams, with the symmetric-RTP latching rules (relay-behaviour.md §3).
 
-Pure: no sockets, no clock. Every latching rule lives here. The media layer feeds
-packets to :meth:`Stream.receive` on its slow path; what changed comes back as events in
-the session's outbox (:mod:`pyrtpproxy.engine.events`), and :meth:`Stream.settled`
-tells the media layer when it may relay a source's packets without asking again.
+Pure: no sockets, no clock. Every latching rule lives here, for both policies of
+``--latching`` (:mod:`pyrtpproxy.engine.latching`). The media layer feeds packets to
+:meth:`Stream.receive` on its slow path; what changed comes back as events in the
+session's outbox (:mod:`pyrtpproxy.engine.events`), and :meth:`Stream.settled` tells the
+media layer when it may relay a source's packets without asking again.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from enum import IntEnum
 from typing import Protocol
 
 from .addresses import Endpoint, LocalAddress, NotifyTarget
-from .events import Latched, Outbox, StreamChanged
+from .events import Latched, LearningStarted, Outbox, SourceRefused, StreamChanged
+from .latching import SAFE, Candidates, LatchCause, Latching
 from .rtp import RtpAnalysis, rtp_header
 from .taps import Tap
 
@@ -57,10 +59,13 @@ class Stream:
         "_sample_mark",
         "accepted",
         "analysis",
+        "candidates",
         "dropped",
         "fast_bytes",
         "fast_count",
+        "foreign",
         "from_media",
+        "held",
         "ignored",
         "incomplete",
         "is_rtcp",
@@ -69,12 +74,15 @@ class Stream:
         "latched",
         "leg",
         "peer",
+        "readdressed_at",
+        "refusal_reported",
         "relatch_count",
         "relayed",
         "relayed_bytes",
         "remote",
         "sampled_at",
         "seen_at",
+        "signalled",
         "signalled_at",
         "transport",
     )
@@ -93,6 +101,12 @@ class Stream:
         self._sample_mark = -1  # analysis.received when last_seq was sampled
         self.seen_at = NEVER  # arrival of the last accepted packet (the idle timer's input)
         self.relatch_count = 0
+        # latching policy state: the last address a U/L gave (even one media overrode),
+        # when a U/L last named a new host, the sources of a learning window
+        self.signalled: Endpoint | None = None
+        self.readdressed_at = NEVER
+        self.candidates: Candidates | None = None
+        self.refusal_reported = False
         # counters; packets relayed by the media fast path (or the kernel) are only in
         # fast_count/fast_bytes, which the media layer increments
         self.fast_count = 0
@@ -101,7 +115,9 @@ class Stream:
         self.accepted = 0
         self.relayed = 0
         self.dropped = 0
-        self.ignored = 0
+        self.ignored = 0  # refused by the source checks; of which:
+        self.held = 0  # candidates of a learning window
+        self.foreign = 0  # from a host neither latched nor signalled
         self.incomplete = 0
         self.analysis: RtpAnalysis | None = None if is_rtcp else RtpAnalysis()
         self.transport: StreamTransport = DETACHED  # the media layer's socket(s), once opened
@@ -166,44 +182,129 @@ class Stream:
     def _source_ok(self, packet: bytes, src: Endpoint, now: float) -> bool:
         remote = self.remote
         if remote is None:
-            self._learn(src, packet, now, relatched=False)
-            return True
+            return self._first_source(src, packet, now)
         if self.leg.asymmetric:
-            return src.host == remote.host
+            if src.host == remote.host:
+                return True
+            self._refuse(src)
+            return False
         if src == remote:
             if not self.latched:
                 self._latch(packet, now)
                 if self.latched:
-                    self.leg.session.outbox.emit(Latched(self))
+                    self.leg.session.outbox.emit(Latched(self, cause=self._cause(src.host)))
             return True
         if not self.latched:
-            self._learn(src, packet, now, relatched=False)
-            return True
-        if self.is_rtcp:
+            return self._first_source(src, packet, now)
+        cause = self._relatch_cause(packet, src, now)
+        if cause is None:
+            self._refuse(src)
             return False
+        self.relatch_count += 1
+        self._learn(src, packet, now, cause, relatched=True)
+        return True
+
+    def _first_source(self, src: Endpoint, packet: bytes, now: float) -> bool:
+        """A packet from ``src`` that may give the unlatched stream its source: at once
+        (rtpproxy; or a trusted host under ``safe``), or after a learning window."""
+        latching = self.leg.session.latching
+        trusted = self._trusted(src.host)
+        if trusted is None and latching.safe:
+            if self.is_rtcp and self.leg.rtp.latched:
+                # a party's RTCP comes from its RTP's host; it is too rare to outvote a scan
+                self._refuse(src)
+                return False
+            return self._candidate(src, packet, now, latching)
+        self._learn(src, packet, now, trusted or LatchCause.FIRST_SOURCE)
+        return True
+
+    def _candidate(self, src: Endpoint, packet: bytes, now: float, latching: Latching) -> bool:
+        """``safe``: ``src`` is on no trusted host. Its packets are counted and held back
+        (not relayed) for the learning window, which starts with the first of them; a
+        trusted host that speaks meanwhile latches at once. After the window the source
+        that has sent the most packets since it began (and a few at least) wins with its
+        next packet."""
+        candidates = self.candidates
+        if candidates is None:
+            self.candidates = candidates = Candidates(now + latching.window)
+            self.leg.session.outbox.emit(LearningStarted(self, src))
+        candidates.count(src)
+        if now < candidates.ends_at or not candidates.leads(src):
+            self.held += 1
+            return False
+        self._learn(src, packet, now, LatchCause.LEARNED)
+        return True
+
+    def _trusted(self, host: str) -> LatchCause | None:
+        """Why ``host`` is believed to be this stream's party without a learning window:
+        the U/L named it, or (RTCP) the leg's RTP latched to it. None: no reason."""
+        signalled = self.signalled
+        if signalled is not None and signalled.host == host:
+            return LatchCause.SIGNALLED
+        if self.is_rtcp:
+            rtp = self.leg.rtp
+            if rtp.latched and rtp.remote is not None and rtp.remote.host == host:
+                return LatchCause.MEDIA_HOST
+        return None
+
+    def _cause(self, host: str) -> LatchCause:
+        """Why the stream latches to its remote address on ``host``."""
+        trusted = self._trusted(host)
+        if trusted is not None:
+            return trusted
+        return LatchCause.LEARNED if self.leg.session.latching.safe else LatchCause.FIRST_SOURCE
+
+    def _relatch_cause(self, packet: bytes, src: Endpoint, now: float) -> LatchCause | None:
+        """Whether the latched stream moves to ``src``, and why (§3.1 rule 3). ``safe``
+        narrows it: a trusted host takes over from one that only won a window; another
+        host moves it only within the window of a U/L that named a new host; the rest
+        follows rtpproxy's rule, from the latched or the signalled host."""
+        remote = self.remote
+        assert remote is not None
+        if self.leg.session.latching.safe:
+            trusted = self._trusted(src.host)
+            if trusted is not None and self._trusted(remote.host) is None:
+                return trusted
+            if (
+                trusted is None
+                and src.host != remote.host
+                and now - self.readdressed_at > RELATCH_WINDOW
+            ):
+                return None
+        if self.is_rtcp:
+            return None
         header = rtp_header(packet)
         if header is None:
-            return False
+            return None
         _pt, seq, _ts, ssrc = header
         self._refresh_sample(now)
-        within_window = now - self.signalled_at <= RELATCH_WINDOW
-        same_stream = (
+        if now - self.signalled_at <= RELATCH_WINDOW:
+            return LatchCause.UPDATE
+        if (
             ssrc == self.last_ssrc
             and min((seq - self.last_seq) % 65536, (self.last_seq - seq) % 65536)
             <= RELATCH_MAX_SEQ_DISTANCE
-        )
-        if not (within_window or same_stream):
-            return False
-        self.relatch_count += 1
-        self._learn(src, packet, now, relatched=True)
-        return True
+        ):
+            return LatchCause.SAME_STREAM
+        return None
 
-    def _learn(self, src: Endpoint, packet: bytes, now: float, relatched: bool) -> None:
+    def _refuse(self, src: Endpoint) -> None:
+        """Count a packet the source checks refused; report the stream's first refusal."""
+        remote = self.remote
+        foreign = (remote is None or remote.host != src.host) and self._trusted(src.host) is None
+        self.foreign += foreign
+        if not self.refusal_reported:
+            self.refusal_reported = True
+            self.leg.session.outbox.emit(SourceRefused(self, src, foreign))
+
+    def _learn(
+        self, src: Endpoint, packet: bytes, now: float, cause: LatchCause, relatched: bool = False
+    ) -> None:
         """Take ``src`` as this stream's remote address, learned from media."""
         self.set_remote(src)
         self.from_media = True
         self._latch(packet, now)
-        self.leg.session.outbox.emit(Latched(self, relatched))
+        self.leg.session.outbox.emit(Latched(self, relatched, cause))
         if not self.is_rtcp:
             rtcp = self.leg.rtcp
             if rtcp.remote is None or rtcp.remote.host != src.host:
@@ -213,11 +314,13 @@ class Stream:
     def _latch(self, packet: bytes, now: float) -> None:
         if self.is_rtcp:
             self.latched = True
+            self.candidates = None
             return
         header = rtp_header(packet)
         if header is not None and header[3] == 0:
             return  # an SSRC of 0 is not a stream to latch to
         self.latched = True
+        self.candidates = None
         self.sampled_at = now
         if header is not None:
             self.last_seq, self.last_ssrc = header[1], header[3]
@@ -269,6 +372,7 @@ class Stream:
 
     def signal(self, remote: Endpoint, now: float, asymmetric: bool) -> None:
         """A U/L gave ``remote`` as this stream's party address (relay-behaviour.md §3 rule 4)."""
+        self._note_signalled(remote, now)
         if remote == self.remote:
             return
         if self.from_media and not asymmetric:
@@ -278,6 +382,15 @@ class Stream:
         self.set_remote(remote)
         self.from_media = False
         self.latched = asymmetric
+
+    def _note_signalled(self, remote: Endpoint, now: float) -> None:
+        """Remember the signalled host for ``--latching safe``, even where media's
+        address prevails, and when a U/L last named a host other than the one known
+        before (signalled, or latched to when nothing was signalled)."""
+        known = self.signalled or (self.remote if self.latched else None)
+        self.signalled = remote
+        if known is not None and known.host != remote.host:
+            self.readdressed_at = now
 
 
 class Leg:
@@ -352,6 +465,7 @@ class Session:
         "created",
         "created_at",
         "ended",
+        "latching",
         "legs",
         "notify_source",
         "notify_tag",
@@ -362,11 +476,14 @@ class Session:
         "timer_at",
     )
 
-    def __init__(self, call_id: bytes, tag: bytes, now: float, outbox: Outbox) -> None:
+    def __init__(
+        self, call_id: bytes, tag: bytes, now: float, outbox: Outbox, latching: Latching = SAFE
+    ) -> None:
         self.call_id = call_id
         self.tag = tag
         self.created_at = now
         self.outbox = outbox
+        self.latching = latching  # --latching: whose packets a stream relays
         self.created = False  # in the table (a creating U that fails never gets there)
         self.ended = False
         self.complete = False

@@ -145,7 +145,7 @@ G_COUNTER_METRICS: dict[str, tuple[str, str, str]] = {
     "npkts_discard": (
         "packets_discarded_total",
         "counter",
-        "Packets discarded: incomplete session or wrong source (G npkts_discard).",
+        "Packets discarded: incomplete session or refused source (G npkts_discard).",
     ),
     "total_duration": (
         "sessions_duration_seconds_total",
@@ -387,8 +387,9 @@ class RelayCollector(Collector):
         family = CounterMetricFamily(
             _name("packets_dropped_total"),
             "Packets received but not relayed, by reason: no_destination (other party's "
-            "address unknown), wrong_source (not from the latched address), "
-            "incomplete_session (only one leg set up).",
+            "address unknown), wrong_source (refused from the latched or signalled host), "
+            "foreign_source (refused from any other host), learning (held back during a "
+            "learning window, --latching safe), incomplete_session (only one leg set up).",
             labels=["reason"],
         )
         for reason in DROP_REASONS:
