@@ -119,6 +119,7 @@ def make_engine(
     host: FakeHost | None = None,
     recording: RecordingPolicy | None = None,
     copy_rtcp: bool = True,
+    overload_threshold: float | None = None,
 ) -> Engine:
     """An engine as the CLI would build it for the given options."""
     config = EngineConfig(
@@ -131,6 +132,7 @@ def make_engine(
         notify_targets=tuple(NotifyTarget.parse(t) for t in notify_targets),
         recording=recording,
         copy_rtcp=copy_rtcp,
+        overload_threshold=overload_threshold,
     )
     ports = PortAllocator(
         port_range(port_min, port_max), random_order=not sequential, rng=random.Random(seed)

@@ -86,6 +86,7 @@ class RelayCounters:
     notifications_dropped: int = 0  # given up: queue full
     recording_errors: int = 0  # recording files that failed to write (disk full...)
     resolve_failures: int = 0  # lookups of advertised DNS names that failed
+    sessions_refused_overload: int = 0  # new sessions refused with E98 (--overload_prot)
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,6 +141,15 @@ class NotifyTargetUnknown:
     name: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class OverloadChanged:
+    """``--overload_prot``: the relay became overloaded (new sessions get E98) or
+    recovered; ``load`` is the event loop's busy share that decided it."""
+
+    overloaded: bool
+    load: float
+
+
 Event = (
     SessionCreated
     | SessionCompleted
@@ -155,6 +164,7 @@ Event = (
     | Latched
     | NotifyWanted
     | NotifyTargetUnknown
+    | OverloadChanged
 )
 
 NO_EVENTS: tuple[Event, ...] = ()
