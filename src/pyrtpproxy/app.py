@@ -10,6 +10,7 @@ import os
 import resource
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,12 @@ from .engine.events import (
     Latched,
     NotifyTargetUnknown,
     NotifyWanted,
+    OverloadChanged,
     SessionCompleted,
     SessionCreated,
     SessionEnded,
 )
+from .engine.overload import LoadWindow
 from .engine.ports import PortAllocator
 from .engine.session import Session
 from .engine.taps import RecordingPolicy
@@ -47,6 +50,8 @@ Handler = Callable[[Any], None]
 
 SOCKETS_PER_SESSION = 4
 HOUSEKEEPING_INTERVAL = 1.0  # seconds between kernel counter reads and recording flushes
+LOAD_SAMPLE_INTERVAL = 0.25  # --overload_prot: seconds between two looks at the loop's load
+LOAD_WINDOW = 2.0  # seconds of load the decision is made on
 
 
 def prepare(config: Config, resolver: Resolver = system_resolver) -> None:
@@ -205,6 +210,7 @@ class Relay:
             SessionEnded: self._log_session,
             NotifyWanted: notifier.send,
             NotifyTargetUnknown: self._log_unknown_target,
+            OverloadChanged: self._log_overload,
         }
 
     @staticmethod
@@ -236,6 +242,31 @@ class Relay:
             _session_label(event.session),
             event.name.decode("latin-1"),
         )
+
+    def _log_overload(self, event: OverloadChanged) -> None:
+        if event.overloaded:
+            log.warning(
+                "overloaded: event loop %.0f%% busy (--overload_prot %.2f); new sessions get E98",
+                100 * event.load,
+                self.config.overload_threshold,
+            )
+        else:
+            log.warning(
+                "overload over: event loop %.0f%% busy; new sessions are accepted again",
+                100 * event.load,
+            )
+
+    def _sample_load(self, window: LoadWindow) -> None:
+        """``--overload_prot``: tell the engine how busy the event loop was lately. The
+        loop thread's CPU time is its busy time: waiting in epoll costs none."""
+        assert self.engine is not None and self._loop is not None
+        try:
+            self.dispatch(
+                self.engine.report_load(window.sample(time.thread_time(), self._loop.time()))
+            )
+        except Exception:
+            log.exception("load sampling failed")
+        self._loop.call_later(LOAD_SAMPLE_INTERVAL, self._sample_load, window)
 
     def _after_command(self, events: tuple[Event, ...]) -> None:
         """A command (or the timer) ran: act on it, then the timer and SIGHUP's drain."""
@@ -336,6 +367,7 @@ class Relay:
                 notify_targets=config.notify_targets,
                 recording=recording_policy(config),
                 copy_rtcp=config.record_rtcp,
+                overload_threshold=config.overload_threshold,
             ),
             ports,
             media,
@@ -383,6 +415,8 @@ class Relay:
             config.ports[-1] + 1,  # the last RTCP port
         )
         loop.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
+        if config.overload_threshold is not None:
+            self._sample_load(LoadWindow(LOAD_WINDOW))
         if self.names.names:
             self._take_names(self.names.lookup())  # at start, before any command
             if config.resolve_interval > 0:

@@ -238,6 +238,7 @@ class Config:
     resolve_interval: float = 60.0
     kernel_forward: bool = False
     nft_table: str = "pyrtpproxy"
+    overload_threshold: float | None = None  # --overload_prot: event-loop busy share
     runtime_dir: str | None = None  # made (0700) at start-up: a default path lives in it
 
     @property
@@ -294,6 +295,10 @@ class Config:
         if self.kernel_forward and self.uid is not None:
             raise ConfigError(
                 "--kernel-forward changes nftables for the whole run; it cannot drop to -u USER"
+            )
+        if self.overload_threshold is not None and not 0 < self.overload_threshold <= 1:
+            raise ConfigError(
+                f"--overload_prot wants a load between 0 and 1, got {self.overload_threshold}"
             )
         try:
             check_table_name(self.nft_table)
