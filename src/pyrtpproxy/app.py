@@ -39,7 +39,7 @@ from .engine.session import Session
 from .engine.taps import RecordingPolicy
 from .media.kernel import KernelForwarder, Nftables, NftError
 from .media.record import RecordDirs
-from .media.relay import MediaConfig, MediaRelay
+from .media.relay import RESERVED_FDS, SOCKETS_PER_LEG, MediaConfig, MediaRelay
 from .names import AdvertisedNames, Resolver, system_resolver
 from .net import probe_bind
 from .observe.metrics import RelayMetrics
@@ -48,7 +48,7 @@ log = logging.getLogger("pyrtpproxy")
 
 Handler = Callable[[Any], None]
 
-SOCKETS_PER_SESSION = 4
+SESSION_SOCKETS = 2 * SOCKETS_PER_LEG  # two legs
 HOUSEKEEPING_INTERVAL = 1.0  # seconds between kernel counter reads and recording flushes
 LOAD_SAMPLE_INTERVAL = 0.25  # --overload_prot: seconds between two looks at the loop's load
 LOAD_WINDOW = 2.0  # seconds of load the decision is made on
@@ -115,7 +115,12 @@ def raise_file_limit(config: Config) -> None:
                 log.warning("cannot set the open-file limit to %d: %s", wanted, exc)
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     by_ports = len(config.ports) // 2
-    by_files = int(0.8 * soft / (SOCKETS_PER_SESSION + 1))
+    try:
+        open_now = len(os.listdir("/proc/self/fd")) + len(config.control)
+    except OSError:
+        open_now = 0
+    # media keeps RESERVED_FDS free for control connections and files (E71/E72 before)
+    by_files = max(0, soft - open_now - RESERVED_FDS) // SESSION_SOCKETS
     if by_files < by_ports:
         log.warning(
             "open-file limit %d allows about %d sessions, the port range %d; raise it with -L",
