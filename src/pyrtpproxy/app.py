@@ -408,6 +408,7 @@ class Relay:
             gid=config.gid,
             mode=config.socket_mode,
             on_stdin_eof=self._stdin_eof(stdio_only),
+            counters=self.counters,
         )
         # Signals first: a command answered on the first socket must already be governed by them.
         self._install_signals(loop)

@@ -44,15 +44,18 @@ def _nothing() -> None:
 
 
 class RateLimitedLog:
-    """Logs bad commands, at most ``burst`` lines per ``period`` seconds, then a summary."""
+    """Logs at most ``burst`` lines per ``period`` seconds, then how many ``what`` were
+    not logged (bad commands, by default)."""
 
     def __init__(
         self,
         clock: Callable[[], float],
         burst: int = BAD_COMMAND_BURST,
         period: float = BAD_COMMAND_WINDOW,
+        what: str = "bad commands",
     ) -> None:
         self._clock = clock
+        self._what = what
         self._burst = burst
         self._period = period
         self._window_start = float("-inf")
@@ -64,7 +67,7 @@ class RateLimitedLog:
         now = self._clock()
         if now - self._window_start >= self._period:
             if self._suppressed:
-                log.warning("%d more bad commands not logged", self._suppressed)
+                log.warning("%d more %s not logged", self._suppressed, self._what)
             self._window_start, self._count, self._suppressed = now, 0, 0
         self._count += 1
         if self._count <= self._burst:

@@ -13,17 +13,20 @@ import os
 import socket
 import stat
 import sys
+import time
 from collections.abc import Callable
 from typing import cast
 
 from ..config import ControlKind, ControlSpec
+from ..engine.counters import Counters
 from ..engine.engine import RequestContext
 from ..net import family_of
-from .processor import MAX_COMMAND, CommandProcessor
+from .processor import MAX_COMMAND, CommandProcessor, RateLimitedLog
 
 log = logging.getLogger("pyrtpproxy.control")
 
 MAX_STREAM_CONNECTIONS = 100
+REFUSED_LOG_WINDOW = 10.0  # seconds: one line about refused connections per window
 MAX_LINE = 8192
 LOCAL_CONTEXT = RequestContext("127.0.0.1")
 SYSTEMD_FIRST_FD = 3
@@ -56,10 +59,12 @@ class LineProtocol(asyncio.Protocol):
         processor: CommandProcessor,
         connections: set[LineProtocol],
         on_eof: Callable[[], None] | None = None,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self._processor = processor
         self._connections = connections
         self._on_eof = on_eof
+        self._on_refused = on_refused
         self._buffer = bytearray()
         self._transport: asyncio.WriteTransport | None = None
         self._context = LOCAL_CONTEXT
@@ -67,8 +72,9 @@ class LineProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.WriteTransport, transport)
         if len(self._connections) >= MAX_STREAM_CONNECTIONS:
-            log.warning("too many control connections, closing a new one")
             transport.close()
+            if self._on_refused is not None:
+                self._on_refused()
             return
         self._transport = transport
         self._connections.add(self)
@@ -143,14 +149,19 @@ class ControlServer:
         gid: int | None = None,
         mode: int | None = None,
         on_stdin_eof: Callable[[], None] | None = None,
+        counters: Counters | None = None,
     ) -> None:
         self._processor = processor
+        self._counters = counters or Counters()
         self._specs = specs
         self._uid, self._gid, self._mode = uid, gid, mode
         self._on_stdin_eof = on_stdin_eof
         self._closers: list[Callable[[], None]] = []
         self._unix_paths: list[str] = []
         self._connections: set[LineProtocol] = set()
+        self._refused_log = RateLimitedLog(
+            time.monotonic, burst=1, period=REFUSED_LOG_WINDOW, what="refused control connections"
+        )
 
     async def start(self) -> None:
         """Bind and listen on every control socket."""
@@ -192,7 +203,13 @@ class ControlServer:
             await self._open_systemd()
 
     def _line_protocol(self) -> LineProtocol:
-        return LineProtocol(self._processor, self._connections)
+        return LineProtocol(self._processor, self._connections, on_refused=self._refuse)
+
+    def _refuse(self) -> None:
+        self._counters.relay.control_connections_refused += 1
+        self._refused_log.warning(
+            "%d control connections open, closing new ones", MAX_STREAM_CONNECTIONS
+        )
 
     def _unix_listener(self, path: str) -> socket.socket:
         try:

@@ -87,6 +87,7 @@ class RelayCounters:
     recording_errors: int = 0  # recording files that failed to write (disk full...)
     resolve_failures: int = 0  # lookups of advertised DNS names that failed
     sessions_refused_overload: int = 0  # new sessions refused with E98 (--overload_prot)
+    control_connections_refused: int = 0  # stream connections closed: 100 were open
 
 
 @dataclass(frozen=True, slots=True)

@@ -220,6 +220,10 @@ RELAY_COUNTER_METRICS: dict[str, tuple[str, str]] = {
         "sessions_refused_overload_total",
         "New sessions refused with E98 because the relay was overloaded (--overload_prot).",
     ),
+    "control_connections_refused": (
+        "control_connections_refused_total",
+        "cunix:/tcp: control connections closed at once because 100 were open already.",
+    ),
     "notifications_sent": ("notifications_sent_total", "Timeout notifications delivered."),
     "notifications_failed": (
         "notifications_failed_total",
