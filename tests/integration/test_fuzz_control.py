@@ -6,6 +6,8 @@ protocol's forms, no internal error (E89), and the victim calls relay RTP throug
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -86,3 +88,21 @@ def test_reply_forms_the_protocol_has(command: bytes, reply: bytes) -> None:
 )
 def test_replies_the_protocol_does_not_have(command: bytes, reply: bytes) -> None:
     assert fuzz_control.check_reply(command, reply) is not None
+
+
+@pytest.mark.parametrize(("sig", "found"), [(signal.SIGKILL, "crashes"), (signal.SIGSTOP, "hangs")])
+def test_a_crash_or_a_hang_is_reported(tmp_path: Path, sig: signal.Signals, found: str) -> None:
+    port_min, _port_max = next_port_block(400)
+    with fuzz_control.started_relay(PYRTPPROXY, tmp_path, port_min, 400) as (target, proc):
+
+        def strike(result: fuzz_control.Result) -> None:
+            if result.commands >= 1000:
+                os.kill(proc.pid, sig)
+
+        try:
+            result = fuzz_control.fuzz(target, 5000, seed=3, batch=500, progress=strike)
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+    assert getattr(result, found) == 1, result.as_dict()
+    assert not result.ok and result.commands < 5000
