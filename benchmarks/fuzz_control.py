@@ -58,6 +58,7 @@ UDP_BYTES_IN_FLIGHT = 64 * 1024  # and their bytes (the relay's socket buffer is
 REPLY_DEADLINE = 5.0  # seconds for any one reply
 LIVENESS_DEADLINE = 2.0  # seconds for V after each batch
 UDP_RETRY = 0.5  # a datagram (or its reply) lost on loopback is sent again with its cookie
+MEDIA_SPRAY = 64  # packets at random media ports after each batch
 COOKIE_TTL = 30.0  # a repeated cookie younger than this must bring back the first reply
 # error-codes.md: every code the protocol has
 ERROR_CODES = frozenset(
@@ -565,6 +566,7 @@ class Target:
     udp: tuple[str, int]
     tcp: tuple[str, int]
     alive: Callable[[], bool]
+    media: range = range(0)  # the relay's media ports: sprayed with packets after each batch
 
 
 def _free_port(kind: int) -> int:
@@ -575,10 +577,10 @@ def _free_port(kind: int) -> int:
 
 @contextlib.contextmanager
 def started_relay(
-    command: list[str], workdir: Path, port_min: int = 9000, ports: int = 400
+    command: list[str], workdir: Path, port_min: int = 9000, ports: int = 1000
 ) -> Iterator[tuple[Target, subprocess.Popen[bytes]]]:
-    """Run ``command`` with our control sockets, a record directory and a notify target;
-    SIGTERM its PID at the end."""
+    """Run ``command`` with our control sockets, a record directory, a notify target and
+    media ports ``port_min`` .. ``port_min + ports - 1``; SIGTERM its PID at the end."""
     record = workdir / "rec"
     record.mkdir(exist_ok=True)
     target = Target(
@@ -587,8 +589,11 @@ def started_relay(
         udp=("127.0.0.1", _free_port(socket.SOCK_DGRAM)),
         tcp=("127.0.0.1", _free_port(socket.SOCK_STREAM)),
         alive=lambda: True,
+        media=range(port_min, port_min + ports),
     )
-    args = [*command, "-f", "-F", "-d", "ERR", "-T", "60", "-l", "127.0.0.1"]
+    # -T 10: the sessions fuzzing leaves behind time out (notifying), the victims' media
+    # keeps them alive
+    args = [*command, "-f", "-F", "-d", "ERR", "-T", "10", "-l", "127.0.0.1"]
     args += ["-m", str(port_min), "-M", str(port_min + ports - 1)]
     args += ["-p", str(workdir / "relay.pid"), "-r", str(record)]
     args += ["-n", f"unix:{workdir / 'notify.sock'}"]
@@ -852,12 +857,16 @@ class Fuzzer:
         self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.udp.connect(target.udp)
         self.udp_seq = 0
+        self.media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.media.bind(("127.0.0.1", 0))
+        self.media.setblocking(False)
         self.cookies: dict[bytes, tuple[float, bytes]] = {}  # answered cookie -> reply
 
     def close(self) -> None:
         self.cunix.close()
         self.tcp.close()
         self.udp.close()
+        self.media.close()
 
     def check(self, transport: str, command: bytes, reply: bytes) -> None:
         if not reply.endswith(b"\n"):
@@ -879,8 +888,25 @@ class Fuzzer:
             "udp": self._batch_udp,
         }
         sent = batches[transport](size)
+        self._spray_media()
         self.result.commands += sent
         self.result.by_transport[transport] = self.result.by_transport.get(transport, 0) + sent
+
+    def _spray_media(self) -> None:
+        """Packets at random media ports: RTP with random headers and plain garbage, so
+        that the sessions the commands made latch, relay and drop (victims must not)."""
+        if not self.target.media:
+            return
+        rng = self.rng
+        for _ in range(MEDIA_SPRAY):
+            if rng.random() < 0.5:
+                seq, ts, ssrc = rng.randrange(1 << 16), rng.randrange(1 << 32), rng.randrange(4)
+                header = struct.pack("!BBHII", 0x80, rng.choice((0, 8, 101, 200)), seq, ts, ssrc)
+                packet = header + bytes(rng.choice((0, 160, 1400)))
+            else:
+                packet = rng.randbytes(rng.choice((0, 1, 12, 300)))
+            with contextlib.suppress(OSError):
+                self.media.sendto(packet, ("127.0.0.1", rng.choice(self.target.media)))
 
     def _batch_unix(self, size: int) -> int:
         for _ in range(size):

@@ -24,9 +24,9 @@ BUDGET = 60.0  # seconds: CI's bound for the whole run
 
 
 def test_twenty_thousand_commands_hurt_nothing(tmp_path: Path) -> None:
-    port_min, _port_max = next_port_block(400)
+    port_min, _port_max = next_port_block(1000)
     started = time.monotonic()
-    with fuzz_control.started_relay(PYRTPPROXY, tmp_path, port_min, 400) as (target, proc):
+    with fuzz_control.started_relay(PYRTPPROXY, tmp_path, port_min, 1000) as (target, proc):
         result = fuzz_control.fuzz(target, COUNT, seed=12, time_limit=BUDGET)
         assert proc.poll() is None
     elapsed = time.monotonic() - started
@@ -92,8 +92,8 @@ def test_replies_the_protocol_does_not_have(command: bytes, reply: bytes) -> Non
 
 @pytest.mark.parametrize(("sig", "found"), [(signal.SIGKILL, "crashes"), (signal.SIGSTOP, "hangs")])
 def test_a_crash_or_a_hang_is_reported(tmp_path: Path, sig: signal.Signals, found: str) -> None:
-    port_min, _port_max = next_port_block(400)
-    with fuzz_control.started_relay(PYRTPPROXY, tmp_path, port_min, 400) as (target, proc):
+    port_min, _port_max = next_port_block(1000)
+    with fuzz_control.started_relay(PYRTPPROXY, tmp_path, port_min, 1000) as (target, proc):
 
         def strike(result: fuzz_control.Result) -> None:
             if result.commands >= 1000:
