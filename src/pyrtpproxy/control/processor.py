@@ -24,6 +24,9 @@ log = logging.getLogger("pyrtpproxy.control")
 
 MAX_COMMAND = 8191
 COOKIE_TTL = 35.0  # seconds a UDP reply stays cached for retransmissions
+# Replies cached at most: a flood of fresh cookies costs bounded memory (about 20 MiB),
+# far more than clients retransmitting within COOKIE_TTL ever need.
+MAX_CACHED_REPLIES = 100_000
 BAD_COMMAND_BURST = 20  # bad commands logged per window, then counted
 BAD_COMMAND_WINDOW = 10.0
 
@@ -120,6 +123,8 @@ class CommandProcessor:
             return cached[1]
         reply = replies.frame(self._execute(command, ctx), cookie)
         self._cache[cookie] = (now, reply)
+        if len(self._cache) > MAX_CACHED_REPLIES:
+            self._cache.popitem(last=False)  # the oldest
         return reply
 
     def _execute(self, data: bytes, ctx: RequestContext) -> bytes:
