@@ -26,6 +26,7 @@ from .processor import MAX_COMMAND, CommandProcessor, RateLimitedLog
 log = logging.getLogger("pyrtpproxy.control")
 
 MAX_STREAM_CONNECTIONS = 100
+ONE_SHOT_IDLE = 10.0  # seconds a unix: connection may stay silent before it is closed
 REFUSED_LOG_WINDOW = 10.0  # seconds: one line about refused connections per window
 MAX_LINE = 8192
 LOCAL_CONTEXT = RequestContext("127.0.0.1")
@@ -33,22 +34,39 @@ SYSTEMD_FIRST_FD = 3
 
 
 class OneShotProtocol(asyncio.Protocol):
-    """``unix:``: one read is one command; reply, then close. Never waits for EOF."""
+    """``unix:``: one read is one command; reply, then close. Never waits for EOF.
 
-    def __init__(self, processor: CommandProcessor) -> None:
+    A connection that sends nothing for ``idle`` seconds is closed: clients write their
+    command right after connecting, and an idle one would hold a descriptor for ever.
+    """
+
+    def __init__(self, processor: CommandProcessor, idle: float = ONE_SHOT_IDLE) -> None:
         self._processor = processor
+        self._idle = idle
         self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        self._timer = asyncio.get_running_loop().call_later(self._idle, self._close)
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             return
         transport.write(self._processor.handle(data[:MAX_COMMAND], LOCAL_CONTEXT))
-        transport.close()
-        self._transport = None
+        self._close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
 
 
 class LineProtocol(asyncio.Protocol):
