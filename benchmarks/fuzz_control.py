@@ -447,7 +447,7 @@ def check_reply(command: bytes, body: bytes) -> str | None:
     ok: bool
     if letter in (b"U", b"L"):
         ok = _is_port_reply(main) or main == b"0"
-    elif letter in (b"D", b"R", b"S", b"N", b"P"):
+    elif letter in (b"D", b"R", b"S", b"N", b"P", b"X"):
         ok = main == b"0"
     elif letter == b"C":
         ok = main == b"0" or _is_port_reply(main)

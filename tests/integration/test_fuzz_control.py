@@ -80,6 +80,7 @@ def test_reply_forms_the_protocol_has(command: bytes, reply: bytes) -> None:
         (b"Q c ft tt", b"59 x"),
         (b"I", b"sessions created: 1\nbogus"),
         (b"X", b"0\n0"),
+        (b"X", b"1"),
         (b"", b"0"),
         (b"A", b"0"),
         (b"Zsessions", b"not json"),
