@@ -14,8 +14,9 @@ counters that only grow. Every reply is checked against the reply forms of the p
 results); a repeated UDP cookie must bring back the first reply byte for byte.
 
 Commands come from ``random.Random(seed)``, not hypothesis' engine: a million commands
-must take minutes, and a seed reproduces a run exactly. (The parser itself is covered by
-hypothesis in tests/protocol/test_parse_properties.py.) ``X`` (delete every session) is
+must take minutes, and a seed reproduces a run exactly. (Hypothesis drives the same
+vocabulary and :func:`check_reply` through the command processor in-process, in
+tests/control/test_fuzz_properties.py.) ``X`` (delete every session) is
 never sent, so that the victims survive; everything else is.
 
 Example:
