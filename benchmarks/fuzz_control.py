@@ -1013,9 +1013,12 @@ class Fuzzer:
                 continue
             cookie, _, rest = reply.partition(b" ")
             if cookie not in pending:
-                if cookie.startswith(b"live"):
-                    continue
-                self.result.finding(Finding("udp", b"?", reply, "reply to no datagram we sent"))
+                first = self.cookies.get(cookie)
+                if first is not None:  # the late twin of a reply to a datagram sent twice
+                    if first[1] != reply:
+                        self.result.finding(Finding("udp", b"?", reply, "cache gave another reply"))
+                elif not cookie.startswith(b"live"):
+                    self.result.finding(Finding("udp", b"?", reply, "reply to no datagram we sent"))
                 continue
             datagram, command, _tries = pending.pop(cookie)
             first = self.cookies.get(cookie)
