@@ -11,6 +11,7 @@ import resource
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,11 +30,13 @@ from .engine.events import (
     LearningStarted,
     NotifyTargetUnknown,
     NotifyWanted,
+    OverloadChanged,
     SessionCompleted,
     SessionCreated,
     SessionEnded,
     SourceRefused,
 )
+from .engine.overload import LoadWindow
 from .engine.persist import SessionState
 from .engine.ports import PortAllocator
 from .engine.session import Session, Stream
@@ -60,7 +63,7 @@ from .media.kernel import (
     open_forwarder,
 )
 from .media.record import RecordDirs
-from .media.relay import MediaConfig, MediaRelay
+from .media.relay import RESERVED_FDS, SOCKETS_PER_LEG, MediaConfig, MediaRelay
 from .names import AdvertisedNames, Resolver, system_resolver
 from .net import probe_bind
 from .state import JournalWriter, StateLock, load, without_gc
@@ -72,11 +75,13 @@ log = logging.getLogger("pyrtpproxy")
 
 Handler = Callable[[Any], None]
 
-SOCKETS_PER_SESSION = 4
 SKIPPED_LOGGED = 20  # sessions a restore names one by one before it only counts
 HANDOVER_DRAIN = 0.05  # seconds a handing-over relay serves the commands it accepted
 LOCK_RETRY = 0.05  # seconds between tries for the journal's lock after a takeover
+SESSION_SOCKETS = 2 * SOCKETS_PER_LEG  # two legs
 HOUSEKEEPING_INTERVAL = 1.0  # seconds between kernel counter reads and recording flushes
+LOAD_SAMPLE_INTERVAL = 0.25  # --overload_prot: seconds between two looks at the loop's load
+LOAD_WINDOW = 2.0  # seconds of load the decision is made on
 
 
 def kernel_refusal(exc: NftError) -> str:
@@ -161,7 +166,12 @@ def raise_file_limit(config: Config) -> None:
                 log.warning("cannot set the open-file limit to %d: %s", wanted, exc)
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     by_ports = len(config.ports) // 2
-    by_files = int(0.8 * soft / (SOCKETS_PER_SESSION + 1))
+    try:
+        open_now = len(os.listdir("/proc/self/fd")) + len(config.control)
+    except OSError:
+        open_now = 0
+    # media keeps RESERVED_FDS free for control connections and files (E71/E72 before)
+    by_files = max(0, soft - open_now - RESERVED_FDS) // SESSION_SOCKETS
     if by_files < by_ports:
         log.warning(
             "open-file limit %d allows about %d sessions, the port range %d; raise it with -L",
@@ -295,6 +305,7 @@ class Relay:
             SessionEnded: self._log_session,
             NotifyWanted: notifier.send,
             NotifyTargetUnknown: self._log_unknown_target,
+            OverloadChanged: self._log_overload,
         }
 
     @staticmethod
@@ -355,6 +366,31 @@ class Relay:
             _session_label(event.session),
             event.name.decode("latin-1"),
         )
+
+    def _log_overload(self, event: OverloadChanged) -> None:
+        if event.overloaded:
+            log.warning(
+                "overloaded: event loop %.0f%% busy (--overload_prot %.2f); new sessions get E98",
+                100 * event.load,
+                self.config.overload_threshold,
+            )
+        else:
+            log.warning(
+                "overload over: event loop %.0f%% busy; new sessions are accepted again",
+                100 * event.load,
+            )
+
+    def _sample_load(self, window: LoadWindow) -> None:
+        """``--overload_prot``: tell the engine how busy the event loop was lately. The
+        loop thread's CPU time is its busy time: waiting in epoll costs none."""
+        assert self.engine is not None and self._loop is not None
+        try:
+            self.dispatch(
+                self.engine.report_load(window.sample(time.thread_time(), self._loop.time()))
+            )
+        except Exception:
+            log.exception("load sampling failed")
+        self._loop.call_later(LOAD_SAMPLE_INTERVAL, self._sample_load, window)
 
     def _after_command(self, events: tuple[Event, ...]) -> None:
         """A command (or the timer) ran: act on it, then the timer and SIGHUP's drain."""
@@ -461,6 +497,7 @@ class Relay:
                 recording=recording_policy(config),
                 copy_rtcp=config.record_rtcp,
                 latching=config.latching,
+                overload_threshold=config.overload_threshold,
             ),
             ports,
             media,
@@ -502,6 +539,7 @@ class Relay:
             gid=config.gid,
             mode=config.socket_mode,
             on_stdin_eof=self._stdin_eof(stdio_only),
+            counters=self.counters,
         )
         # Signals first: a command answered on the first socket must already be governed by them.
         self._install_signals(loop)
@@ -515,6 +553,8 @@ class Relay:
             config.ports[-1] + 1,  # the last RTCP port
         )
         loop.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
+        if config.overload_threshold is not None:
+            self._sample_load(LoadWindow(LOAD_WINDOW))
         if self.names.names:
             self._take_names(self.names.lookup())  # at start, before any command
             if config.resolve_interval > 0:

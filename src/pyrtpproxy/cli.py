@@ -23,6 +23,7 @@ from .config import (
 )
 from .engine.addresses import NotifyTarget
 from .engine.latching import DEFAULT_WINDOW, Latching, LatchingPolicy
+from .engine.overload import DEFAULT_THRESHOLD
 from .protocol.capabilities import BASE_VERSION, CAPABILITIES
 
 EPILOG = """\b
@@ -99,6 +100,15 @@ def _parse_metrics_listen(text: str | None) -> tuple[str, int] | None:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _parse_overload(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--overload_prot wants a load between 0 and 1, got {text!r}") from None
+
+
 def build_config(opts: dict[str, Any]) -> Config:
     """Validate options into a :class:`Config` (raises :class:`ConfigError`).
 
@@ -160,6 +170,7 @@ def build_config(opts: dict[str, Any]) -> Config:
         kernel_forward=KernelMode(opts["kernel_forward"]),
         nft_table=opts["nft_table"],
         state_file=opts["state_file"],
+        overload_threshold=_parse_overload(opts["overload_prot"]),
         runtime_dir=runtime if uses_runtime and runtime != "/var/run" else None,
     )
     config.validate()
@@ -397,9 +408,11 @@ def _flag(*names: str, help: str) -> Callable[[_F], _F]:
     "--overload_prot",
     "overload_prot",
     is_flag=False,
-    flag_value="1",
+    flag_value=str(DEFAULT_THRESHOLD),
     default=None,
-    help="Accepted for compatibility; not applied.",
+    metavar="[LOAD]",
+    help="Refuse new sessions (E98) while the event loop is busier than LOAD "
+    f"(0..1, default {DEFAULT_THRESHOLD}); accept them again below LOAD - 0.05.",
 )
 @click.option(
     "--config", "config_file", metavar="FILE", help="Accepted for compatibility; ignored."

@@ -251,6 +251,7 @@ class Config:
     kernel_forward: KernelMode = KernelMode.OFF
     nft_table: str | None = None  # None: pyrtpproxy_<pid>, the process's own
     state_file: str | None = None  # --state-file: the session journal (state.py)
+    overload_threshold: float | None = None  # --overload_prot: event-loop busy share
     runtime_dir: str | None = None  # made (0700) at start-up: a default path lives in it
 
     @property
@@ -312,6 +313,10 @@ class Config:
             raise ConfigError(
                 "--kernel-forward on changes nftables for the whole run; it cannot drop to "
                 "-u USER (grant the user CAP_NET_ADMIN instead, or use auto)"
+            )
+        if self.overload_threshold is not None and not 0 < self.overload_threshold <= 1:
+            raise ConfigError(
+                f"--overload_prot wants a load between 0 and 1, got {self.overload_threshold}"
             )
         if self.nft_table is not None:
             try:

@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from engine.support import FakeClock, FakeHost, make_engine
+from pyrtpproxy.control import processor
 from pyrtpproxy.control.processor import COOKIE_TTL, CommandProcessor, RateLimitedLog
 from pyrtpproxy.engine.engine import LOCAL_REQUEST, Engine
 from pyrtpproxy.engine.events import (
@@ -83,6 +84,17 @@ def test_retransmissions_get_the_cached_reply_until_it_expires() -> None:
     r.clock.now += 2
     again = r.datagram(b"abc U c 127.0.0.1 5000 ft")  # expired: executed (an update now)
     assert again == first
+    assert r.g("ncmds_rcvd_ndups") == [1]
+
+
+def test_a_flood_of_fresh_cookies_keeps_the_cache_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(processor, "MAX_CACHED_REPLIES", 50)
+    r = Recorder()
+    first = r.datagram(b"c0 V")
+    for n in range(1, 200):
+        assert r.datagram(b"c%d V" % n) == b"c%d 20040107\n" % n
+    assert r.datagram(b"c199 G ncmds_rcvd_ndups") == b"c199 20040107\n"  # the newest: cached
+    assert first == r.datagram(b"c0 V")  # the oldest was dropped: executed again
     assert r.g("ncmds_rcvd_ndups") == [1]
 
 

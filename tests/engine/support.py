@@ -121,6 +121,7 @@ def make_engine(
     recording: RecordingPolicy | None = None,
     copy_rtcp: bool = True,
     latching: Latching = SAFE,
+    overload_threshold: float | None = None,
 ) -> Engine:
     """An engine as the CLI would build it for the given options."""
     config = EngineConfig(
@@ -134,6 +135,7 @@ def make_engine(
         recording=recording,
         copy_rtcp=copy_rtcp,
         latching=latching,
+        overload_threshold=overload_threshold,
     )
     ports = PortAllocator(
         port_range(port_min, port_max), random_order=not sequential, rng=random.Random(seed)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyrtpproxy.engine.addresses import LocalAddress
 from pyrtpproxy.engine.ports import PortAllocator, PortsExhausted, port_range
 
 from .support import FakeHost, make_engine, run
@@ -184,3 +185,32 @@ def test_new_port_is_fresh_and_old_one_released() -> None:
     assert not engine.ports.in_use(int(first))
     third = run(engine, b"Un c 127.0.0.1 5000 ft").split()[0]
     assert third != second
+
+
+class OutOfDescriptors(FakeHost):
+    """A host that cannot open any socket (the open-file limit is reached)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full = False
+
+    def try_bind(self, local: LocalAddress, port: int) -> bool:
+        if self.full:
+            raise PortsExhausted
+        return super().try_bind(local, port)
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_a_host_out_of_descriptors_gives_e72_and_e71_and_loses_no_port(sequential: bool) -> None:
+    host = OutOfDescriptors()
+    engine = make_engine(port_min=40000, port_max=40007, host=host, sequential=sequential)
+    assert run(engine, b"U c1 127.0.0.1 5000 ft").endswith(b" 127.0.0.1")
+    host.full = True
+    assert run(engine, b"U c2 127.0.0.1 5000 ft") == b"E72"
+    assert run(engine, b"L c1 127.0.0.1 5002 ft tt") == b"E71"
+    assert engine.ports.free == 3  # every port the failed attempts tried is still free
+    host.full = False
+    assert run(engine, b"L c1 127.0.0.1 5002 ft tt").endswith(b" 127.0.0.1")
+    assert run(engine, b"U c2 127.0.0.1 5000 ft").endswith(b" 127.0.0.1")
+    assert run(engine, b"L c2 127.0.0.1 5002 ft tt").endswith(b" 127.0.0.1")
+    assert engine.ports.free == 0

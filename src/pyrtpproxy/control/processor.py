@@ -24,6 +24,9 @@ log = logging.getLogger("pyrtpproxy.control")
 
 MAX_COMMAND = 8191
 COOKIE_TTL = 35.0  # seconds a UDP reply stays cached for retransmissions
+# Replies cached at most: a flood of fresh cookies costs bounded memory (about 20 MiB),
+# far more than clients retransmitting within COOKIE_TTL ever need.
+MAX_CACHED_REPLIES = 100_000
 BAD_COMMAND_BURST = 20  # bad commands logged per window, then counted
 BAD_COMMAND_WINDOW = 10.0
 
@@ -44,15 +47,18 @@ def _nothing() -> None:
 
 
 class RateLimitedLog:
-    """Logs bad commands, at most ``burst`` lines per ``period`` seconds, then a summary."""
+    """Logs at most ``burst`` lines per ``period`` seconds, then how many ``what`` were
+    not logged (bad commands, by default)."""
 
     def __init__(
         self,
         clock: Callable[[], float],
         burst: int = BAD_COMMAND_BURST,
         period: float = BAD_COMMAND_WINDOW,
+        what: str = "bad commands",
     ) -> None:
         self._clock = clock
+        self._what = what
         self._burst = burst
         self._period = period
         self._window_start = float("-inf")
@@ -64,7 +70,7 @@ class RateLimitedLog:
         now = self._clock()
         if now - self._window_start >= self._period:
             if self._suppressed:
-                log.warning("%d more bad commands not logged", self._suppressed)
+                log.warning("%d more %s not logged", self._suppressed, self._what)
             self._window_start, self._count, self._suppressed = now, 0, 0
         self._count += 1
         if self._count <= self._burst:
@@ -117,6 +123,8 @@ class CommandProcessor:
             return cached[1]
         reply = replies.frame(self._execute(command, ctx), cookie)
         self._cache[cookie] = (now, reply)
+        if len(self._cache) > MAX_CACHED_REPLIES:
+            self._cache.popitem(last=False)  # the oldest
         return reply
 
     def _execute(self, data: bytes, ctx: RequestContext) -> bytes:

@@ -13,39 +13,60 @@ import os
 import socket
 import stat
 import sys
+import time
 from collections.abc import Callable
 from typing import cast
 
 from ..config import ControlKind, ControlSpec
+from ..engine.counters import Counters
 from ..engine.engine import RequestContext
 from ..net import family_of
-from .processor import MAX_COMMAND, CommandProcessor
+from .processor import MAX_COMMAND, CommandProcessor, RateLimitedLog
 
 log = logging.getLogger("pyrtpproxy.control")
 
 MAX_STREAM_CONNECTIONS = 100
+ONE_SHOT_IDLE = 10.0  # seconds a unix: connection may stay silent before it is closed
+REFUSED_LOG_WINDOW = 10.0  # seconds: one line about refused connections per window
 MAX_LINE = 8192
 LOCAL_CONTEXT = RequestContext("127.0.0.1")
 SYSTEMD_FIRST_FD = 3
 
 
 class OneShotProtocol(asyncio.Protocol):
-    """``unix:``: one read is one command; reply, then close. Never waits for EOF."""
+    """``unix:``: one read is one command; reply, then close. Never waits for EOF.
 
-    def __init__(self, processor: CommandProcessor) -> None:
+    A connection that sends nothing for ``idle`` seconds is closed: clients write their
+    command right after connecting, and an idle one would hold a descriptor for ever.
+    """
+
+    def __init__(self, processor: CommandProcessor, idle: float = ONE_SHOT_IDLE) -> None:
         self._processor = processor
+        self._idle = idle
         self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        self._timer = asyncio.get_running_loop().call_later(self._idle, self._close)
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             return
         transport.write(self._processor.handle(data[:MAX_COMMAND], LOCAL_CONTEXT))
-        transport.close()
-        self._transport = None
+        self._close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
 
 
 class LineProtocol(asyncio.Protocol):
@@ -56,10 +77,12 @@ class LineProtocol(asyncio.Protocol):
         processor: CommandProcessor,
         connections: set[LineProtocol],
         on_eof: Callable[[], None] | None = None,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self._processor = processor
         self._connections = connections
         self._on_eof = on_eof
+        self._on_refused = on_refused
         self._buffer = bytearray()
         self._transport: asyncio.WriteTransport | None = None
         self._context = LOCAL_CONTEXT
@@ -67,8 +90,9 @@ class LineProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.WriteTransport, transport)
         if len(self._connections) >= MAX_STREAM_CONNECTIONS:
-            log.warning("too many control connections, closing a new one")
             transport.close()
+            if self._on_refused is not None:
+                self._on_refused()
             return
         self._transport = transport
         self._connections.add(self)
@@ -143,8 +167,10 @@ class ControlServer:
         gid: int | None = None,
         mode: int | None = None,
         on_stdin_eof: Callable[[], None] | None = None,
+        counters: Counters | None = None,
     ) -> None:
         self._processor = processor
+        self._counters = counters or Counters()
         self._specs = specs
         self._uid, self._gid, self._mode = uid, gid, mode
         self._on_stdin_eof = on_stdin_eof
@@ -152,6 +178,9 @@ class ControlServer:
         self._unix_paths: list[str] = []
         self._connections: set[LineProtocol] = set()
         self._listening: list[tuple[str, Callable[[], int]]] = []  # -s value, its fd
+        self._refused_log = RateLimitedLog(
+            time.monotonic, burst=1, period=REFUSED_LOG_WINDOW, what="refused control connections"
+        )
 
     async def start(self, inherited: dict[str, list[socket.socket]] | None = None) -> None:
         """Bind and listen on every control socket. ``inherited``: listening sockets a
@@ -226,7 +255,13 @@ class ControlServer:
             self._listening.append((name, sock.fileno))
 
     def _line_protocol(self) -> LineProtocol:
-        return LineProtocol(self._processor, self._connections)
+        return LineProtocol(self._processor, self._connections, on_refused=self._refuse)
+
+    def _refuse(self) -> None:
+        self._counters.relay.control_connections_refused += 1
+        self._refused_log.warning(
+            "%d control connections open, closing new ones", MAX_STREAM_CONNECTIONS
+        )
 
     def _unix_listener(self, path: str) -> socket.socket:
         try:

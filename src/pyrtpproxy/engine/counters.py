@@ -97,6 +97,8 @@ class RelayCounters:
     sessions_restored: int = 0  # brought back from the --state-file journal at start
     sessions_not_restored: int = 0  # in the journal, but their ports could not be had
     state_write_failures: int = 0  # journal writes that failed (disk full...)
+    sessions_refused_overload: int = 0  # new sessions refused with E98 (--overload_prot)
+    control_connections_refused: int = 0  # stream connections closed: 100 were open
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,7 @@ from .events import (
     NotifyTargetUnknown,
     NotifyWanted,
     Outbox,
+    OverloadChanged,
     PortsReleased,
     SessionCompleted,
     SessionCreated,
@@ -68,6 +69,7 @@ from .events import (
     TosChanged,
 )
 from .latching import SAFE, Latching
+from .overload import OverloadGuard
 from .persist import Restored, SessionRestorer, SessionState, export_session
 from .ports import HostProbe, PortAllocator, PortsExhausted
 from .session import Leg, Session, Side, Stream
@@ -100,6 +102,7 @@ class EngineConfig:
     recording: RecordingPolicy | None = None  # None: no -r, nothing can be recorded
     copy_rtcp: bool = True  # -R: neither recordings nor copies carry RTCP
     latching: Latching = SAFE  # --latching, --latching-window
+    overload_threshold: float | None = None  # --overload_prot; None: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +149,7 @@ class Engine:
         self.timers = Deadlines(config.ttl, config.setup_ttl, config.independent_timers)
         self.outbox = Outbox(self.counters.count)
         self.draining = False  # SIGHUP: refuse new sessions
+        self.overload = OverloadGuard(config.overload_threshold)
         self._resolved: dict[str, str] = {}  # advertised DNS name -> its address now
 
     # --- entry points ------------------------------------------------------------------
@@ -190,6 +194,13 @@ class Engine:
                     )
                 )
             self._destroy(session, now, EndReason.TIMEOUT)
+        return self.outbox.take()
+
+    def report_load(self, load: float) -> tuple[Event, ...]:
+        """The shell's event loop was busy this share of the time lately (0.0 .. 1.0):
+        with ``--overload_prot``, new sessions get E98 while it is too high."""
+        if self.overload.update(load):
+            self.outbox.emit(OverloadChanged(self.overload.active, load))
         return self.outbox.take()
 
     def delete_all(self, now: float) -> tuple[Event, ...]:
@@ -313,6 +324,9 @@ class Engine:
     def _create(self, cmd: Update, now: float) -> Session:
         if self.draining:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "shutting down, no new sessions")
+        if self.overload.active:
+            self.counters.relay.sessions_refused_overload += 1
+            raise ProtocolError(ErrorCode.OVERLOADED, "overloaded, no new sessions")
         session = Session(cmd.call_id, cmd.from_tag, now, self.outbox, self.config.latching)
         mods = cmd.modifiers
         interfaces = mods.interfaces + (Interface.INTERNAL,) * (2 - len(mods.interfaces))

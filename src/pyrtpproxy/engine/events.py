@@ -165,6 +165,15 @@ class NotifyTargetUnknown:
     name: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class OverloadChanged:
+    """``--overload_prot``: the relay became overloaded (new sessions get E98) or
+    recovered; ``load`` is the event loop's busy share that decided it."""
+
+    overloaded: bool
+    load: float
+
+
 Event = (
     SessionCreated
     | SessionCompleted
@@ -181,6 +190,7 @@ Event = (
     | SourceRefused
     | NotifyWanted
     | NotifyTargetUnknown
+    | OverloadChanged
 )
 
 NO_EVENTS: tuple[Event, ...] = ()

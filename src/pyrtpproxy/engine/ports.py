@@ -32,7 +32,9 @@ class HostProbe(Protocol):
     """
 
     def try_bind(self, local: LocalAddress, port: int) -> bool:
-        """Bind RTP on ``port`` and RTCP on ``port + 1``; False if either is taken."""
+        """Bind RTP on ``port`` and RTCP on ``port + 1``; False if either is taken.
+        Raises :class:`PortsExhausted` when no port could be bound at all (the host is out
+        of file descriptors)."""
 
     def source_address_for(self, remote: str, ipv6: bool) -> str | None:
         """The local address the OS would use to reach ``remote`` (``r`` modifier)."""
@@ -123,10 +125,11 @@ class PortAllocator:
                 port = self._free.pop()
                 if port not in self._free_set:
                     continue  # stale entry (a port claimed by a restore)
+                rejected.append(port)  # first, so that a try_bind that raises loses nothing
                 if try_bind(port):
+                    rejected.pop()
                     self._free_set.discard(port)
                     return port
-                rejected.append(port)
             raise PortsExhausted
         finally:
             self._free.extend(rejected)

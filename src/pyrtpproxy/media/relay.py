@@ -22,6 +22,8 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import os
+import resource
 import select
 import socket
 import time
@@ -42,6 +44,7 @@ from ..engine.events import (
     TapStopped,
     TosChanged,
 )
+from ..engine.ports import PortsExhausted
 from ..engine.session import DETACHED, Leg, Stream
 from ..engine.taps import Tap, UdpCopy
 from ..names import system_resolver
@@ -56,6 +59,12 @@ SMALL_PACKET = 128
 DISPATCH_BATCH = 256  # ready sockets served per event-loop wakeup
 LOCAL_HOST_CACHE = 4096  # remembered answers to "is this address one of ours?"
 _BIND_BUSY = (errno.EADDRINUSE, errno.EACCES)
+_NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)  # the open-file limit (-L) or the system's
+FD_WARNING_INTERVAL = 10.0  # seconds between two warnings about the open-file limit
+# Descriptors media never takes, so that control connections, notifications and
+# recording files still open when the open-file limit (-L) is the bottleneck.
+RESERVED_FDS = 16
+SOCKETS_PER_LEG = 4  # RTP and RTCP, each with its connected twin
 
 log = logging.getLogger("pyrtpproxy.media")
 
@@ -292,6 +301,8 @@ class MediaRelay:
         self._adopted_connected: dict[int, socket.socket] = {}
         self._wall_offset = time.time() - loop.time()  # record times are wall clock
         self.now = loop.time()
+        self._fd_warned_at = float("-inf")
+        self._fd_budget: float | None = None  # media sockets allowed; set at the first bind
         # One epoll set for every media socket, read by a single event-loop callback:
         # libuv stops a poll handle whose fd reports POLLERR (an ICMP error on a connected
         # UDP socket), and dispatching ourselves serves every ready socket per wakeup.
@@ -400,9 +411,13 @@ class MediaRelay:
     # --- the host probe (engine.ports.HostProbe) -----------------------------------------
 
     def try_bind(self, local: LocalAddress, port: int) -> bool:
-        """Bind RTP on ``port`` and RTCP on ``port + 1``; kept until ``LegOpened``."""
+        """Bind RTP on ``port`` and RTCP on ``port + 1``; kept until ``LegOpened``.
+        Out of file descriptors, no port can be bound: raises ``PortsExhausted``."""
         if self._adopted and self._take_adopted(local, port):
             return True
+        if self._media_sockets() + SOCKETS_PER_LEG > self._media_fd_budget():
+            self._warn_no_descriptors("the open-file limit is reached")
+            raise PortsExhausted
         sockets: list[socket.socket] = []
         try:
             for number in (port, port + 1):
@@ -412,9 +427,42 @@ class MediaRelay:
                 sock.close()
             if exc.errno in _BIND_BUSY:
                 return False
+            if exc.errno in _NO_DESCRIPTORS:  # no other port would do better: E71/E72
+                self._warn_no_descriptors(exc.strerror or "no file descriptors")
+                raise PortsExhausted from exc
             raise
         self._bound[(local, port)] = (sockets[0], sockets[1])
         return True
+
+    def _media_sockets(self) -> int:
+        return len(self._readers) + 2 * len(self._bound)
+
+    def _media_fd_budget(self) -> float:
+        """How many sockets media may hold: the open-file limit less what was open at the
+        first bind (control sockets, logs...) and :data:`RESERVED_FDS`."""
+        if self._fd_budget is None:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            try:
+                open_now = len(os.listdir("/proc/self/fd"))
+            except OSError:
+                open_now = 0
+            unlimited = soft == resource.RLIM_INFINITY
+            self._fd_budget = (
+                float("inf")
+                if unlimited
+                else soft - open_now - RESERVED_FDS + self._media_sockets()
+            )
+        return self._fd_budget
+
+    def _warn_no_descriptors(self, why: str) -> None:
+        now = self.loop.time()
+        if now - self._fd_warned_at >= FD_WARNING_INTERVAL:
+            self._fd_warned_at = now
+            log.warning(
+                "cannot open media sockets (%s): new legs get E71/E72; raise the open-file "
+                "limit (-L) or lower the load",
+                why,
+            )
 
     def source_address_for(self, remote: str, ipv6: bool) -> str | None:
         """Ask the routing table which local address reaches ``remote``."""

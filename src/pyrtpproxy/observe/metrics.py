@@ -243,6 +243,14 @@ RELAY_COUNTER_METRICS: dict[str, tuple[str, str]] = {
         "sessions_failed_total",
         "Session creations refused: the creating U failed (e.g. no free port).",
     ),
+    "sessions_refused_overload": (
+        "sessions_refused_overload_total",
+        "New sessions refused with E98 because the relay was overloaded (--overload_prot).",
+    ),
+    "control_connections_refused": (
+        "control_connections_refused_total",
+        "cunix:/tcp: control connections closed at once because 100 were open already.",
+    ),
     "notifications_sent": ("notifications_sent_total", "Timeout notifications delivered."),
     "notifications_failed": (
         "notifications_failed_total",
@@ -418,6 +426,18 @@ class RelayCollector(Collector):
             "1 after SIGHUP: new sessions are refused, exit when the last ends.",
             value=int(engine.draining),
         )
+        overload = engine.overload
+        yield GaugeMetricFamily(
+            _name("overloaded"),
+            "1 while new sessions are refused with E98 (--overload_prot), else 0.",
+            value=int(overload.active),
+        )
+        if overload.threshold is not None:
+            yield GaugeMetricFamily(
+                _name("event_loop_load_ratio"),
+                "Share of the last seconds the event loop was busy (--overload_prot's input).",
+                value=overload.load,
+            )
 
         if self._notifier is not None:
             yield GaugeMetricFamily(
