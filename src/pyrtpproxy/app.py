@@ -27,6 +27,9 @@ from .engine.events import (
     Latched,
     NotifyTargetUnknown,
     NotifyWanted,
+    PlayerCreated,
+    PlayerEnded,
+    PlayerStarted,
     SessionCompleted,
     SessionCreated,
     SessionEnded,
@@ -47,6 +50,9 @@ Handler = Callable[[Any], None]
 
 SOCKETS_PER_SESSION = 4
 HOUSEKEEPING_INTERVAL = 1.0  # seconds between kernel counter reads and recording flushes
+# The event loop's timers have millisecond resolution: a prompt packet due within this
+# much of a wakeup goes out in it rather than in a wakeup of its own a moment later.
+PLAY_TIMER_SLACK = 0.001
 
 
 def prepare(config: Config, resolver: Resolver = system_resolver) -> None:
@@ -162,15 +168,53 @@ def recording_policy(config: Config) -> RecordingPolicy | None:
     )
 
 
+class Alarm:
+    """One ``loop.call_at`` for a deadline that moves; re-armed only when it moved."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        self._loop = loop
+        self._callback = callback
+        self._handle: asyncio.TimerHandle | None = None
+        self.at: float | None = None
+
+    def set(self, deadline: float | None) -> None:
+        """Fire at ``deadline`` (None: not at all)."""
+        if deadline == self.at:
+            return
+        self.cancel()
+        self.at = deadline
+        if deadline is not None:
+            self._handle = self._loop.call_at(deadline, self._fire)
+
+    def cancel(self) -> None:
+        """Do not fire."""
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self.at = None
+
+    def _fire(self) -> None:
+        self._handle = self.at = None
+        self._callback()
+
+
+def _chain(first: Handler, then: Handler) -> Handler:
+    def both(event: Any) -> None:
+        first(event)
+        then(event)
+
+    return both
+
+
 def _session_label(session: Session) -> str:
     return f"call-id={session.call_id.decode('latin-1')!r} tag={session.tag.decode('latin-1')!r}"
 
 
 class Relay:
-    """The running relay: engine, media, control sockets, one timer, notifier.
+    """The running relay: engine, media, control sockets, two timers, notifier.
 
     Everything the engine wants done arrives here as events (:meth:`dispatch`); the
-    engine's timer is one ``loop.call_at``, re-armed only when its deadline moves.
+    engine's session timer is one ``loop.call_at``, and every prompt's pacing another,
+    each re-armed only when its deadline moves.
     """
 
     def __init__(self, config: Config, resolver: Resolver = system_resolver) -> None:
@@ -183,8 +227,8 @@ class Relay:
         self.notifier: Notifier | None = None
         self.media: MediaRelay | None = None
         self.metrics: RelayMetrics | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer: Alarm | None = None  # sessions' idle and setup timeouts
+        self._play_timer: Alarm | None = None  # the next prompt packet of any player
         self._handlers: dict[type, Handler] = {}
 
     # --- events --------------------------------------------------------------------------
@@ -196,16 +240,21 @@ class Relay:
             handlers[type(event)](event)
 
     def _event_handlers(self, media: MediaRelay, notifier: Notifier) -> dict[type, Handler]:
-        """Who carries out each kind of event (every kind has exactly one entry)."""
-        return {
-            **media.handlers(),
+        """Who carries out each kind of event: the media layer first, then ours."""
+        handlers: dict[type, Handler] = {
             Latched: self._log_latched,
             SessionCreated: self._log_session,
             SessionCompleted: self._log_session,
             SessionEnded: self._log_session,
             NotifyWanted: notifier.send,
             NotifyTargetUnknown: self._log_unknown_target,
+            PlayerCreated: self._log_player,
+            PlayerStarted: self._player_started,
+            PlayerEnded: self._log_player,
         }
+        for kind, handler in media.handlers().items():
+            handlers[kind] = _chain(handler, handlers[kind]) if kind in handlers else handler
+        return handlers
 
     @staticmethod
     def _log_latched(event: Latched) -> None:
@@ -237,10 +286,31 @@ class Relay:
             event.name.decode("latin-1"),
         )
 
+    @staticmethod
+    def _log_player(event: PlayerCreated | PlayerStarted | PlayerEnded) -> None:
+        player = event.player
+        leg = player.leg
+        if isinstance(event, PlayerCreated):
+            what = f"playing {event.prompt.decode('latin-1')!r} {player.count} time(s)"
+            if not player.playable:
+                what += f" (payload type {player.payload_type} cannot be sent: muting only)"
+            elif not player.started:
+                what += " (waiting for the listener's first packet)"
+        elif isinstance(event, PlayerStarted):
+            what = "started on the listener's first packet"
+        else:
+            what = event.reason.value
+        log.info("prompt %s: %s leg %s", what, _session_label(leg.session), leg.side.name)
+
+    def _player_started(self, event: PlayerStarted) -> None:
+        self._log_player(event)
+        self._arm_play_timer()
+
     def _after_command(self, events: tuple[Event, ...]) -> None:
-        """A command (or the timer) ran: act on it, then the timer and SIGHUP's drain."""
+        """A command (or the timer) ran: act on it, then the timers and SIGHUP's drain."""
         self.dispatch(events)
         self._arm_timer()
+        self._arm_play_timer()
         engine = self.engine
         assert engine is not None
         if engine.draining and not len(engine.table):
@@ -248,18 +318,29 @@ class Relay:
             self.stop()
 
     def _arm_timer(self) -> None:
-        assert self.engine is not None and self._loop is not None
-        deadline = self.engine.get_timer()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = None if deadline is None else self._loop.call_at(deadline, self._on_timer)
+        assert self.engine is not None and self._timer is not None
+        self._timer.set(self.engine.get_timer())
+
+    def _arm_play_timer(self) -> None:
+        assert self.engine is not None and self._play_timer is not None
+        self._play_timer.set(self.engine.get_play_timer())
+
+    def _on_play_timer(self) -> None:
+        """Send every prompt packet that is due, out of its listener's leg."""
+        assert self.engine is not None and self._loop is not None and self.media is not None
+        try:
+            sends, events = self.engine.handle_play_timer(self._loop.time() + PLAY_TIMER_SLACK)
+            send = self.media.send_played
+            for stream, packet in sends:
+                send(stream, packet)
+            if events:
+                self.dispatch(events)
+        except Exception:  # the timer must survive anything
+            log.exception("prompt timer failed")
+        self._arm_play_timer()
 
     def _on_timer(self) -> None:
         assert self.engine is not None and self._loop is not None and self.media is not None
-        self._timer = self._timer_at = None
         try:
             self.media.refresh_counters()  # kernel-forwarded packets count as activity
             self._after_command(self.engine.handle_timer(self._loop.time()))
@@ -306,6 +387,8 @@ class Relay:
         config = self.config
         self._loop = loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        self._timer = Alarm(loop, self._on_timer)
+        self._play_timer = Alarm(loop, self._on_play_timer)
         try:
             kernel = self._kernel_forwarder(loop)
         except NftError as exc:
@@ -390,8 +473,8 @@ class Relay:
         try:
             await self._stop.wait()
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
+            self._timer.cancel()
+            self._play_timer.cancel()
             server.close()
             self.dispatch(engine.delete_all(loop.time()))
             media.close()

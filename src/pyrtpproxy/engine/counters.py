@@ -17,7 +17,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .events import EndReason, Event, Latched, SessionCompleted, SessionCreated, SessionEnded
+from .events import (
+    EndReason,
+    Event,
+    Latched,
+    PlayerCreated,
+    PlayerEnded,
+    SessionCompleted,
+    SessionCreated,
+    SessionEnded,
+)
 
 if TYPE_CHECKING:
     from .session import Session, Stream
@@ -65,7 +74,7 @@ class GlobalCounters:
 
 
 COUNTER_NAMES: frozenset[str] = frozenset(f.name for f in fields(GlobalCounters))
-DROP_REASONS = ("no_destination", "wrong_source", "incomplete_session")
+DROP_REASONS = ("no_destination", "wrong_source", "incomplete_session", "muted")
 PROTOCOLS = ("rtp", "rtcp")
 
 
@@ -109,33 +118,38 @@ class SessionTotals(NamedTuple):
     no_destination: int  # accepted, but the other party's address was unknown
     wrong_source: int  # refused by the latching rules (npkts_discard too)
     incomplete: int  # arrived before the session was complete (npkts_discard too)
+    muted: int  # a prompt played to the party they were for (npkts_discard too)
     bytes_relayed: int
     latched: int  # streams latched now
 
     @property
     def discarded(self) -> int:
         """``npkts_discard``."""
-        return self.wrong_source + self.incomplete
+        return self.wrong_source + self.incomplete + self.muted
 
 
 def session_totals(session: Session) -> SessionTotals:
     """One pass over the session's four streams."""
-    received = relayed = no_destination = wrong_source = incomplete = size = latched = 0
+    received = relayed = no_destination = wrong_source = incomplete = muted = size = latched = 0
     for stream in session.streams():
         received += stream.packets_in + stream.ignored
         relayed += stream.packets_relayed
         no_destination += stream.dropped
         wrong_source += stream.ignored
         incomplete += stream.incomplete
+        muted += stream.muted
         size += stream.bytes_relayed
         latched += stream.latched
-    return SessionTotals(received, relayed, no_destination, wrong_source, incomplete, size, latched)
+    return SessionTotals(
+        received, relayed, no_destination, wrong_source, incomplete, muted, size, latched
+    )
 
 
 def _add_drops(drops: dict[str, int], totals: SessionTotals) -> None:
     drops["no_destination"] += totals.no_destination
     drops["wrong_source"] += totals.wrong_source
     drops["incomplete_session"] += totals.incomplete
+    drops["muted"] += totals.muted
 
 
 def rtpa_counts(session: Session) -> tuple[int, int, int, int, int]:
@@ -191,6 +205,16 @@ class Counters:
             self.g.nsess_timeout += 1
         else:
             self.relay.sessions_deleted += 1
+
+    def _player_created(self, event: PlayerCreated) -> None:
+        self.g.nplrs_created += 1
+
+    def _player_ended(self, event: PlayerEnded) -> None:
+        self.g.nplrs_destroyed += 1
+
+    def played(self, packets: int) -> None:
+        """Players sent ``packets`` prompt packets."""
+        self.g.npkts_played += packets
 
     def retire(self, session: Session, now: float) -> None:
         """Fold the counters of a session that just left the table into the totals."""
@@ -305,4 +329,6 @@ _COUNTING: dict[type, Callable[[Counters, Any], None]] = {
     SessionCompleted: Counters._completed,
     Latched: Counters._latched,
     SessionEnded: Counters._ended,
+    PlayerCreated: Counters._player_created,
+    PlayerEnded: Counters._player_ended,
 }

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import os
 import select
 import socket
 import time
@@ -34,6 +35,7 @@ from ..engine.events import (
     Event,
     LegClosed,
     LegOpened,
+    PlayerCreated,
     PortsReleased,
     StreamChanged,
     TapStarted,
@@ -53,6 +55,7 @@ MAX_DATAGRAM = 65536
 SMALL_PACKET = 128
 DISPATCH_BATCH = 256  # ready sockets served per event-loop wakeup
 LOCAL_HOST_CACHE = 4096  # remembered answers to "is this address one of ours?"
+MAX_PROMPT_BYTES = 16 * 1024 * 1024  # 35 minutes of G.711; a prompt is read whole at P
 _BIND_BUSY = (errno.EADDRINUSE, errno.EACCES)
 
 log = logging.getLogger("pyrtpproxy.media")
@@ -320,6 +323,19 @@ class MediaRelay:
         self._pending_taps[leg] = sink
         return True
 
+    def read_prompt(self, path: bytes) -> bytes | None:
+        """Read a prompt file whole (relative names from the current directory)."""
+        try:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size > MAX_PROMPT_BYTES:
+                    raise OSError(
+                        errno.EFBIG, f"prompt of {size} bytes, more than {MAX_PROMPT_BYTES}"
+                    )
+                return handle.read(MAX_PROMPT_BYTES)
+        except FileNotFoundError:
+            return None
+
     def _local_of(self, stream: Stream, remote: tuple[str, int]) -> tuple[str, int]:
         """The relay's address and port of ``stream``, as a recording shows it: a
         wildcard bind shows the address the host would use towards ``remote``."""
@@ -367,6 +383,7 @@ class MediaRelay:
             TapStarted: self.on_tap_started,
             TapStopped: self.on_tap_stopped,
             TosChanged: self.on_tos_changed,
+            PlayerCreated: self.on_player_created,
         }
 
     def apply(self, event: Event) -> None:
@@ -396,16 +413,33 @@ class MediaRelay:
             sink.close()
         self._unsettle_leg(event.leg)
 
+    def on_player_created(self, event: PlayerCreated) -> None:
+        """A prompt mutes the other party's RTP towards its listener: that stream's
+        packets come back to the slow path (and out of the kernel), where they are
+        dropped until the prompt ends, then settle anew."""
+        self._unsettle(event.player.leg.rtp.peer)
+
+    def send_played(self, stream: Stream, packet: bytes) -> None:
+        """Send a prompt packet out of ``stream``'s socket to its party."""
+        try:
+            stream.transport.send(packet)
+        except OSError:
+            self.counters.relay.send_errors += 1
+
     def _unsettle_leg(self, leg: Leg) -> None:
         """Send the leg's own packets through the slow path again (and out of the
         kernel), where a tap sees them or, once it is gone, they settle anew. The
         other direction does not depend on the tap and keeps its shortcuts."""
         for stream in leg.streams:
-            if self.kernel is not None:
-                self.kernel.withdraw(stream)
-            transport = stream.transport
-            if isinstance(transport, StreamSocket):
-                transport.unsettle()
+            self._unsettle(stream)
+
+    def _unsettle(self, stream: Stream) -> None:
+        """The next packet of ``stream`` takes the slow path (and leaves the kernel)."""
+        if self.kernel is not None:
+            self.kernel.withdraw(stream)
+        transport = stream.transport
+        if isinstance(transport, StreamSocket):
+            transport.unsettle()
 
     def on_ports_released(self, event: PortsReleased) -> None:
         """Close a port pair the probe bound for nothing."""

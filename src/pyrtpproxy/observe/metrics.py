@@ -132,7 +132,8 @@ G_COUNTER_METRICS: dict[str, tuple[str, str, str]] = {
     "npkts_discard": (
         "packets_discarded_total",
         "counter",
-        "Packets discarded: incomplete session or wrong source (G npkts_discard).",
+        "Packets discarded: incomplete session, wrong source or muted by a prompt "
+        "(G npkts_discard).",
     ),
     "total_duration": (
         "sessions_duration_seconds_total",
@@ -343,7 +344,8 @@ class RelayCollector(Collector):
             _name("packets_dropped_total"),
             "Packets received but not relayed, by reason: no_destination (other party's "
             "address unknown), wrong_source (not from the latched address), "
-            "incomplete_session (only one leg set up).",
+            "incomplete_session (only one leg set up), muted (a prompt plays to the party "
+            "they were for).",
             labels=["reason"],
         )
         for reason in DROP_REASONS:
