@@ -291,7 +291,8 @@ class Relay:
         player = event.player
         leg = player.leg
         if isinstance(event, PlayerCreated):
-            what = f"playing {event.prompt.decode('latin-1')!r} {player.count} time(s)"
+            times = f"{player.count} time(s)" if player.count > 0 else "in a loop"
+            what = f"playing {event.prompt.decode('latin-1')!r} {times}"
             if not player.playable:
                 what += f" (payload type {player.payload_type} cannot be sent: muting only)"
             elif not player.started:

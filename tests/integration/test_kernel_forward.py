@@ -218,3 +218,27 @@ def test_a_recorded_stream_leaves_the_kernel_and_comes_back(
     # recording stopped: the next packet settles the stream in the kernel again
     relay_ok(call.caller, call.b, call.callee, 11)
     assert wait_for(lambda: caller_key in kernel_counts(netns), 3.0), kernel_counts(netns)
+
+
+def test_a_prompt_takes_the_muted_direction_out_of_the_kernel(
+    kernel_relay: Callable[..., Relay],
+    ns_parties: Callable[[], Party],
+    netns: NetNamespace,
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "pr.0").write_bytes(bytes(range(160)) * 5)  # 10 packets
+    relay = kernel_relay()
+    call = setup_call(relay, "kp1", ns_parties(), ns_parties())
+    settle(call, netns)
+    callee_key = (call.callee.port, call.a)
+    assert relay.cmd(f"P-1 kp1 {tmp_path / 'pr'} 0 ft tt") == "0"  # the caller listens
+    # the callee's media towards the caller is muted: back in user space; the other stays
+    assert wait_for(lambda: callee_key not in kernel_counts(netns), 3.0), kernel_counts(netns)
+    assert (call.caller.port, call.b) in kernel_counts(netns)
+    call.callee.send(call.a, rtp_packet(900, 0x55))
+    heard = [call.caller.recv(1.0) for _ in range(30)]  # 300 ms of the looping prompt
+    assert all(got is not None and got[0][1] & 0x7F == 0 and len(got[0]) == 92 for got in heard)
+    assert relay.cmd("S kp1 ft tt") == "0"
+    call.caller.drain(0.1)
+    relay_ok(call.callee, call.a, call.caller, 901, 0x55)  # unmuted, and settled again
+    assert wait_for(lambda: callee_key in kernel_counts(netns), 3.0), kernel_counts(netns)
