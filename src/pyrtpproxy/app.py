@@ -50,9 +50,10 @@ Handler = Callable[[Any], None]
 
 SOCKETS_PER_SESSION = 4
 HOUSEKEEPING_INTERVAL = 1.0  # seconds between kernel counter reads and recording flushes
-# The event loop's timers have millisecond resolution: a prompt packet due within this
-# much of a wakeup goes out in it rather than in a wakeup of its own a moment later.
-PLAY_TIMER_SLACK = 0.001
+# The event loop's timers have millisecond resolution (a wakeup comes up to half a
+# millisecond early): a prompt packet due within this much of a wakeup goes out in it
+# rather than in a wakeup of its own a moment later.
+PLAY_TIMER_SLACK = 0.0005
 
 
 def prepare(config: Config, resolver: Resolver = system_resolver) -> None:
