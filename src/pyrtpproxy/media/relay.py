@@ -20,7 +20,6 @@ import contextlib
 import errno
 import ipaddress
 import logging
-import os
 import select
 import socket
 import time
@@ -47,6 +46,7 @@ from ..engine.taps import Tap, UdpCopy
 from ..names import system_resolver
 from ..net import family_of, probe_bind
 from .kernel import KernelForwarder
+from .prompts import PromptFiles
 from .record import RecordDirs
 from .taps import CopyTap, TapOpener, TapSink
 
@@ -55,7 +55,6 @@ MAX_DATAGRAM = 65536
 SMALL_PACKET = 128
 DISPATCH_BATCH = 256  # ready sockets served per event-loop wakeup
 LOCAL_HOST_CACHE = 4096  # remembered answers to "is this address one of ours?"
-MAX_PROMPT_BYTES = 16 * 1024 * 1024  # 35 minutes of G.711; a prompt is read whole at P
 _BIND_BUSY = (errno.EADDRINUSE, errno.EACCES)
 
 log = logging.getLogger("pyrtpproxy.media")
@@ -229,6 +228,7 @@ class MediaRelay:
         self._pending_taps: dict[Leg, TapSink] = {}
         self.taps: dict[Leg, TapSink] = {}
         self._failed_calls: set[bytes] = set()  # calls whose recording failure was logged
+        self._prompts = PromptFiles()
         self._wall_offset = time.time() - loop.time()  # record times are wall clock
         self.now = loop.time()
         # One epoll set for every media socket, read by a single event-loop callback:
@@ -324,17 +324,8 @@ class MediaRelay:
         return True
 
     def read_prompt(self, path: bytes) -> bytes | None:
-        """Read a prompt file whole (relative names from the current directory)."""
-        try:
-            with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if size > MAX_PROMPT_BYTES:
-                    raise OSError(
-                        errno.EFBIG, f"prompt of {size} bytes, more than {MAX_PROMPT_BYTES}"
-                    )
-                return handle.read(MAX_PROMPT_BYTES)
-        except FileNotFoundError:
-            return None
+        """A prompt file's bytes (media/prompts.py: read whole, shared by players)."""
+        return self._prompts.read(path)
 
     def _local_of(self, stream: Stream, remote: tuple[str, int]) -> tuple[str, int]:
         """The relay's address and port of ``stream``, as a recording shows it: a
