@@ -170,7 +170,9 @@ def recording_policy(config: Config) -> RecordingPolicy | None:
 
 
 class Alarm:
-    """One ``loop.call_at`` for a deadline that moves; re-armed only when it moved."""
+    """One ``loop.call_at`` for a deadline that moves. It is re-armed only when the
+    deadline comes earlier: a timer armed for an earlier moment fires, finds nothing due
+    and is set again, which costs less than a cancel and a ``call_at`` per change."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
         self._loop = loop
@@ -179,13 +181,13 @@ class Alarm:
         self.at: float | None = None
 
     def set(self, deadline: float | None) -> None:
-        """Fire at ``deadline`` (None: not at all)."""
-        if deadline == self.at:
+        """Fire at ``deadline`` or earlier (None: nothing new to wait for)."""
+        armed = self.at
+        if deadline is None or (armed is not None and armed <= deadline):
             return
         self.cancel()
         self.at = deadline
-        if deadline is not None:
-            self._handle = self._loop.call_at(deadline, self._fire)
+        self._handle = self._loop.call_at(deadline, self._fire)
 
     def cancel(self) -> None:
         """Do not fire."""
@@ -214,8 +216,9 @@ class Relay:
     """The running relay: engine, media, control sockets, two timers, notifier.
 
     Everything the engine wants done arrives here as events (:meth:`dispatch`); the
-    engine's session timer is one ``loop.call_at``, and every prompt's pacing another,
-    each re-armed only when its deadline moves.
+    engine's session timer is one ``loop.call_at``, and every prompt's pacing another;
+    each is re-armed only when its deadline comes earlier (a later one is found when the
+    armed timer fires).
     """
 
     def __init__(self, config: Config, resolver: Resolver = system_resolver) -> None:
@@ -272,6 +275,9 @@ class Relay:
 
     @staticmethod
     def _log_session(event: SessionCreated | SessionCompleted | SessionEnded) -> None:
+        failed = isinstance(event, SessionEnded) and event.reason is EndReason.FAILED
+        if not failed and not log.isEnabledFor(logging.INFO):  # the label costs more
+            return
         if isinstance(event, SessionEnded):
             level = logging.WARNING if event.reason is EndReason.FAILED else logging.INFO
             log.log(level, "session %s: %s", event.reason.value, _session_label(event.session))

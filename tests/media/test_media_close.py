@@ -85,10 +85,16 @@ def test_a_changed_stream_is_reaimed_and_loses_its_shortcuts(relay: MediaRelay) 
     rtp.fast_src = a.rtp.remote
     _transport(b).fast_src = Endpoint("127.0.0.1", 40002)
     relay.apply(StreamChanged(a.rtp))
-    assert rtp.connected is not None and rtp.connected_to == Endpoint("127.0.0.1", 40000)
-    assert rtp.connected.getpeername() == ("127.0.0.1", 40000)
+    # signalling alone sends from the one socket; the twin comes with settled media
+    assert rtp.connected is None and rtp.target == ("127.0.0.1", 40000)
     # the peer sends through this stream's socket, so its shortcut goes too
     assert rtp.fast_src is None and _transport(b).fast_src is None
+    rtp.twin()
+    assert rtp.connected is not None and rtp.connected_to == Endpoint("127.0.0.1", 40000)
+    assert rtp.connected.getpeername() == ("127.0.0.1", 40000)
+    a.rtp.remote = Endpoint("127.0.0.1", 40010)
+    relay.apply(StreamChanged(a.rtp))
+    assert rtp.connected.getpeername() == ("127.0.0.1", 40010)  # the twin follows the remote
     a.rtp.remote = None
     relay.apply(StreamChanged(a.rtp))
     assert rtp.connected is None

@@ -1,12 +1,14 @@
 """The data plane: UDP sockets per stream, read by the event loop.
 
 Each stream (a leg's RTP or RTCP port) has an unconnected socket that hears everybody,
-and, once its remote address is known, a second socket on the same port (``SO_REUSEPORT``)
-*connected* to that remote. The kernel hands the connected socket exactly the remote's
-packets, so the settled case needs no address handling at all: ``recv``, count, ``send``
-out of the opposite stream's connected socket. Strangers, first packets and re-latching
-land on the unconnected socket or take the slow path, where the engine judges them
-(:meth:`pyrtpproxy.engine.engine.Engine.receive`).
+and, once its media is settled (latched, both remotes known), a second socket on the same
+port (``SO_REUSEPORT``) *connected* to that remote. Until then the stream sends with
+``sendto`` from its one socket, so sessions without media (idle, or set up and torn down
+by signalling alone) cost one socket per stream. The kernel hands the connected socket
+exactly the remote's packets, so the settled case needs no address handling at all:
+``recv``, count, ``send`` out of the opposite stream's connected socket. Strangers, first
+packets and re-latching land on the unconnected socket or take the slow path, where the
+engine judges them (:meth:`pyrtpproxy.engine.engine.Engine.receive`).
 
 The engine never calls in here except through the host probe (:meth:`MediaRelay.try_bind`
 and two address questions); everything else arrives as events, applied by
@@ -73,11 +75,15 @@ class MediaConfig:
     send_small_twice: bool = False
 
 
-def _media_socket(local: LocalAddress, port: int, tos: int) -> socket.socket:
+def _media_socket(local: LocalAddress, port: int, tos: int, twin: bool = False) -> socket.socket:
+    """A media socket bound to ``local``:``port``. The first socket of a port binds
+    without ``SO_REUSEPORT``, so the bind itself proves nobody else holds the port; a
+    connected ``twin`` shares the port with it."""
     sock = socket.socket(family_of(local.bind_host), socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if twin:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         if local.ipv6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -100,6 +106,10 @@ def _remember(cache: dict[str, _T], key: str, compute: Callable[[], _T]) -> _T:
         cache.clear()
     value = cache[key] = compute()
     return value
+
+
+def _never_forwarded(data: bytes) -> None:
+    return None
 
 
 def _no_slow_path(stream: Stream, data: bytes, src: tuple[str, int], now: float) -> Forwarding:
@@ -129,6 +139,7 @@ class StreamSocket:
         "send",
         "sock",
         "stream",
+        "target",
         "tos",
     )
 
@@ -142,11 +153,13 @@ class StreamSocket:
         self.port = port
         self.connected: socket.socket | None = None
         self.connected_to: Endpoint | None = None
+        self.target: tuple[str, int] | None = None
         self.fast_src: object = None
         self.tos = relay.config.tos
         # send(data) delivers to stream.remote; the opposite stream's fast path calls it
         self.send: Callable[[bytes], object] = self._send_nowhere
-        self.forward = relay.forwarder(stream)
+        # made with the twin: only settled streams take the fast path
+        self.forward: Callable[[bytes], None] = _never_forwarded
 
     def _send_nowhere(self, data: bytes) -> None:
         return None
@@ -163,25 +176,61 @@ class StreamSocket:
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
 
     def aim(self, remote: Endpoint | None) -> None:
-        """Keep the connected socket aimed at the stream's remote address."""
-        if remote == self.connected_to and self.connected is not None:
-            return
+        """Send to the stream's remote address from now on (through the connected twin,
+        if the stream has one; from the unconnected socket otherwise)."""
         if remote is None or remote.port == 0:
             self._drop_connected()
+            self.target = None
             self.send = self._send_nowhere
             return
         target = (remote.host, remote.port)
+        self.target = target
+        if self.connected is None:
+            self.send = self._send_unconnected
+        elif remote != self.connected_to:
+            self._connect_twin(target, remote)
+
+    def twin(self) -> None:
+        """Give the stream its connected twin (once media is settled: idle and
+        signalling-only sessions keep one socket per stream)."""
+        if self.forward is _never_forwarded:
+            self.forward = self.relay.forwarder(self.stream)
+        target = self.target
+        remote = self.stream.remote
+        if self.connected is None and target is not None and remote is not None:
+            self._connect_twin(target, remote)
+
+    def _connect_twin(self, target: tuple[str, int], remote: Endpoint) -> None:
         try:
             if self.connected is None:
-                self.connected = _media_socket(self.local, self.port, self.tos)
+                # The port was ours alone since its bind; only now may a twin share it.
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                self.connected = _media_socket(self.local, self.port, self.tos, twin=True)
                 self.relay.watch(self.connected, self.relay.connected_reader(self))
             self.connected.connect(target)
         except OSError:
             self._drop_connected()
-            self.send = lambda data: self.sock.sendto(data, target)
+            self.send = self._send_unconnected
             return
         self.connected_to = remote
         self.send = self.connected.send
+
+    def _send_unconnected(self, data: bytes) -> None:
+        target = self.target
+        if target is not None:
+            self.sock.sendto(data, target)
+
+    def read(self) -> None:
+        """Reader of the unconnected socket: first packets, strangers, re-latching, and an
+        asymmetric leg's party sending from a port we do not send to."""
+        try:
+            data, src = self.sock.recvfrom(MAX_DATAGRAM)
+        except OSError:
+            return
+        if src == self.fast_src:
+            self.forward(data)
+            return
+        self.relay.take_slow_path(self, data, src)
 
     def _drop_connected(self) -> None:
         if self.connected is not None:
@@ -237,6 +286,7 @@ class MediaRelay:
         self._epoll = select.epoll()
         self._readers: dict[int, Callable[[], None]] = {}
         loop.add_reader(self._epoll.fileno(), self._dispatch)
+        self._handlers = self.handlers()
 
     def connect_engine(self, slow_path: SlowPath, on_events: EventSink) -> None:
         """Wire the slow path and the event sink (the engine is built after the relay,
@@ -274,7 +324,7 @@ class MediaRelay:
         sockets: list[socket.socket] = []
         try:
             for number in (port, port + 1):
-                sockets.append(self._exclusive_socket(local, number))
+                sockets.append(_media_socket(local, number, self.config.tos))
         except OSError as exc:
             for sock in sockets:
                 sock.close()
@@ -379,7 +429,7 @@ class MediaRelay:
 
     def apply(self, event: Event) -> None:
         """Carry out one media event of the engine's (others are not ours: ignored)."""
-        handler = self.handlers().get(type(event))
+        handler = self._handlers.get(type(event))
         if handler is not None:
             handler(event)
 
@@ -476,7 +526,7 @@ class MediaRelay:
         for sock, stream, number in zip(pair, leg.streams, (port, port + 1), strict=True):
             transport = StreamSocket(self, sock=sock, stream=stream, local=local, port=number)
             stream.transport = transport
-            self.watch(sock, self._unconnected_reader(transport))
+            self.watch(sock, transport.read)
             self._stream_changed(stream)
 
     def _close_leg(self, leg: Leg, local: LocalAddress, port: int) -> None:
@@ -548,12 +598,6 @@ class MediaRelay:
 
     # --- sockets and readers ---------------------------------------------------------
 
-    def _exclusive_socket(self, local: LocalAddress, port: int) -> socket.socket:
-        """A media socket on a port nobody else holds: SO_REUSEPORT is set (for our own
-        connected twin) only after a probe bind without it proved the port free."""
-        probe_bind(local.bind_host, port)
-        return _media_socket(local, port, self.config.tos)
-
     def watch(self, sock: socket.socket, reader: Callable[[], None]) -> None:
         """Start calling ``reader`` when ``sock`` is readable (or has an error to read)."""
         fd = sock.fileno()
@@ -595,7 +639,7 @@ class MediaRelay:
         assert connected is not None
         recv = connected.recv
         forward = transport.forward
-        slow = self._slow_path
+        slow = self.take_slow_path
 
         def on_readable() -> None:
             try:
@@ -611,24 +655,8 @@ class MediaRelay:
 
         return on_readable
 
-    def _unconnected_reader(self, transport: StreamSocket) -> Callable[[], None]:
-        recvfrom = transport.sock.recvfrom
-        forward = transport.forward
-        slow = self._slow_path
-
-        def on_readable() -> None:
-            try:
-                data, src = recvfrom(MAX_DATAGRAM)
-            except OSError:
-                return
-            if src == transport.fast_src:  # an asymmetric leg's party sending from another port
-                forward(data)
-                return
-            slow(transport, data, src)
-
-        return on_readable
-
-    def _slow_path(self, transport: StreamSocket, data: bytes, src: tuple[str, int]) -> None:
+    def take_slow_path(self, transport: StreamSocket, data: bytes, src: tuple[str, int]) -> None:
+        """The slow path: the engine judges the packet; relay it, tap it, maybe settle."""
         stream = transport.stream
         if self.kernel is not None and src != stream.remote:
             self.kernel.refresh(stream, self.now)  # re-latching compares sequence numbers
@@ -643,6 +671,10 @@ class MediaRelay:
             return
         if settled and not self.config.send_small_twice:  # -2 checks every packet's size
             transport.fast_src = src
+            transport.twin()
+            peer = stream.peer.transport
+            if isinstance(peer, StreamSocket):
+                peer.twin()
             if self.kernel is not None and not self.kernel.holds(stream):
                 self._offer_to_kernel(stream)
         out = stream.peer.transport
