@@ -229,7 +229,8 @@ def test_prompt_to_the_caller_then_the_call_resumes(
     # muted: nothing but the prompt between its first and its last packet
     assert all(size == 80 for size, _n in runs[first : last + 1]), runs
     heard = sum(n for size, n in runs[first : last + 1])
-    assert heard >= 80, runs  # some may precede the caller's latching through its NAT
+    # the first ones go to the SDP address before the caller's packets latch its NAT mapping
+    assert heard >= 50, runs
     assert runs[-1][0] == 160 and runs[-1][1] >= 20, runs  # the callee's audio resumed
     g = stack.counters(0, "nplrs_created", "nplrs_destroyed", "npkts_played")
     assert g["nplrs_created"] == g["nplrs_destroyed"] == 1, g
