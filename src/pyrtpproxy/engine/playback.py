@@ -58,8 +58,8 @@ class PlayEnd(Enum):
 class Player:
     """One prompt played to one leg's party.
 
-    ``count`` is P's repeat count: N plays the file N times, a negative count loops until
-    stopped. ``ptime_ms`` (None: 10 ms) is the wanted packet duration; a packet carries
+    ``count`` is P's repeat count (not 0): N plays the file N times, a negative count
+    loops until stopped. ``ptime_ms`` (None: 10 ms) is the wanted packet duration; a packet carries
     ceil(ptime / frame duration) frames. A payload type without a :class:`Codec` makes a
     player that never sends (rtpproxy's behaviour: the other party stays muted).
     """
@@ -110,7 +110,7 @@ class Player:
         self._offset = 0
         self._started_at: float | None = None  # None: waiting for the listener's address
         self._sent_ms = 0
-        self.filed_at: float | None = None  # the due time of this player's heap entry
+        self.filed_at: float | None = None  # Players' bookkeeping: its current heap entry
 
     @property
     def playable(self) -> bool:
@@ -137,8 +137,8 @@ class Player:
         """After a stall longer than :data:`MAX_LATENESS`, go on from ``now`` instead of
         sending the whole backlog at once (the RTP timestamps keep their pace)."""
         due = self.due
-        if due is not None and now - due > MAX_LATENESS and self._started_at is not None:
-            self._started_at += now - due
+        if due is not None and now - due > MAX_LATENESS:
+            self._started_at = now - self._sent_ms / 1000.0
 
     def next_packet(self) -> bytes | None:
         """The next RTP packet, or None when the prompt has ended (a trailing piece
