@@ -741,6 +741,69 @@ def ipv6_steps() -> list[Step]:
     ]
 
 
+PROMPTS = {"pr.0": bytes(1600), "pr.8": bytes(800), "pr.96": bytes(800)}  # 200/100 ms
+
+
+def write_prompts(tmp: Path) -> None:
+    """The prompt files the play scenario names as ``{TMP}/pr``."""
+    for name, data in PROMPTS.items():
+        (tmp / name).write_bytes(data)
+
+
+def play_steps() -> list[Step]:
+    pr = "{TMP}/pr"
+    return [
+        cmd("U pl 127.0.0.1 {C1} ft", PORT_ADDR),
+        cmd("L pl 127.0.0.1 {C2} ft tt", PORT_ADDR),
+        cmd("U pl2 127.0.0.1 {C1} ft", PORT_ADDR),
+        cmd("L pl2 127.0.0.1 {C2} ft tt", PORT_ADDR),
+        cmd(f"Px pl {pr} 0 ft tt", "E17"),
+        cmd(f"P2x pl {pr} 0 ft tt", "E17"),
+        cmd(f"P+ pl {pr} 0 ft tt", "E17"),
+        cmd(f"P- pl {pr} 0 ft tt", "E17"),
+        cmd(f"P pl {pr} 0 nosuch", "E50"),
+        cmd(f"P pl {pr} 0 ft;1 tt;1", "E50"),
+        cmd(f"P pl {pr} session ft tt", "E35"),
+        cmd(f"P0 pl {pr} session ft tt", "E35"),
+        cmd("P pl {TMP}/nosuch 0 ft tt", "E60"),
+        cmd(f"P pl {pr} 3,18 ft tt", "E60"),
+        cmd(f"P pl {pr} abc ft tt", "E60"),
+        cmd(f"P pl {pr} -1 ft tt", "E60"),
+        cmd(f"P pl {pr} 96,0 ft tt", "0"),
+        cmd(f"P pl {pr} 0,abc ft tt", "0"),
+        cmd(f"P pl {pr} 08 ft tt", "0"),
+        cmd(f"P3 pl {pr} 0 ft tt", "0"),
+        cmd(f"P+2 pl {pr} 0 tt ft", "0"),
+        cmd(f"P-1 pl {pr} 0 ft tt", "0"),
+        cmd(f"P-2 pl {pr} 8 tt ft", "0"),
+        cmd(f"P0 pl {pr} 0 ft tt", "0"),
+        cmd(f"P pl {pr} 0 ft tt && S ttl=5", None),
+        cmd(f"P99999999999 pl {pr} 0 ft tt", None),
+        cmd("S pl ft tt", "0"),
+        cmd("S pl tt ft", "0"),
+        cmd("S pl ft tt", "0"),
+        cmd("Sx pl ft tt", "E2"),
+        cmd("S nosuch ft tt", "E50"),
+        # the callee is muted while the caller hears a prompt; the caller is not
+        cmd(f"P-1 pl2 {pr} 0 ft tt", "0"),
+        Step("rtp", client=2, port="P3", count=3, ssrc=0x2222),
+        Step("rtp", client=1, port="P4", count=2, ssrc=0x1111),
+        sleep(0.3),
+        cmd("Q pl2 ft tt", None),
+        cmd("G npkts_discard npkts_relayed nplrs_created nplrs_destroyed", None),
+        cmd("S pl2 ft tt", "0"),
+        Step("rtp", client=2, port="P3", count=2, ssrc=0x2222),
+        sleep(0.3),
+        cmd("Q pl2 ft tt", None),
+        cmd(f"P pl2 {pr} 96 ft tt", "0"),  # no packetizer: 0, no packets, still muted
+        Step("rtp", client=2, port="P3", count=2, ssrc=0x2222),
+        sleep(0.3),
+        cmd("Q pl2 ft tt", None),
+        cmd("D pl2 ft", "0"),
+        cmd("G nplrs_created nplrs_destroyed", None),
+    ]
+
+
 def build_scenarios() -> list[Scenario]:
     basic = (
         version_steps()
@@ -765,6 +828,7 @@ def build_scenarios() -> list[Scenario]:
         Scenario("notify", notify_steps(), extra_args=["-n", "unix:{TMP}/notify.sock"]),
         Scenario("record", record_steps(), extra_args=["-r", "{TMP}/rec"]),
         Scenario("media", media_steps(), transports=("unix",)),
+        Scenario("play", play_steps(), transports=("unix",)),
         Scenario(
             "ipv6",
             ipv6_steps(),
@@ -1345,6 +1409,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     out: Callable[[str], None] = print
     tmp = Path(tempfile.mkdtemp(prefix="compat_diff_"))
+    write_prompts(tmp)
     media = MediaClients()
     ctx = Context(tmp, args.port_min, args.port_max, args.timeout, media, not args.random_ports)
     relays = [("A", shlex.split(args.a))]

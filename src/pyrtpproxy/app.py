@@ -31,6 +31,9 @@ from .engine.events import (
     NotifyTargetUnknown,
     NotifyWanted,
     OverloadChanged,
+    PlayerCreated,
+    PlayerEnded,
+    PlayerStarted,
     SessionCompleted,
     SessionCreated,
     SessionEnded,
@@ -96,6 +99,12 @@ def kernel_refusal(exc: NftError) -> str:
 
 def _unscheduled(callback: Callable[[], None]) -> None:
     return None
+
+
+# The event loop's timers have millisecond resolution (a wakeup comes up to half a
+# millisecond early): a prompt packet due within this much of a wakeup goes out in it
+# rather than in a wakeup of its own a moment later.
+PLAY_TIMER_SLACK = 0.0005
 
 
 def prepare(config: Config, resolver: Resolver = system_resolver) -> None:
@@ -237,6 +246,45 @@ def recording_policy(config: Config) -> RecordingPolicy | None:
     )
 
 
+class Alarm:
+    """One ``loop.call_at`` for a deadline that moves. It is re-armed only when the
+    deadline comes earlier: a timer armed for an earlier moment fires, finds nothing due
+    and is set again, which costs less than a cancel and a ``call_at`` per change."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        self._loop = loop
+        self._callback = callback
+        self._handle: asyncio.TimerHandle | None = None
+        self.at: float | None = None
+
+    def set(self, deadline: float | None) -> None:
+        """Fire at ``deadline`` or earlier (None: nothing new to wait for)."""
+        armed = self.at
+        if deadline is None or (armed is not None and armed <= deadline):
+            return
+        self.cancel()
+        self.at = deadline
+        self._handle = self._loop.call_at(deadline, self._fire)
+
+    def cancel(self) -> None:
+        """Do not fire."""
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self.at = None
+
+    def _fire(self) -> None:
+        self._handle = self.at = None
+        self._callback()
+
+
+def _chain(first: Handler, then: Handler) -> Handler:
+    def both(event: Any) -> None:
+        first(event)
+        then(event)
+
+    return both
+
+
 def _session_label(session: Session) -> str:
     return f"call-id={session.call_id.decode('latin-1')!r} tag={session.tag.decode('latin-1')!r}"
 
@@ -250,11 +298,12 @@ def _stream_label(stream: Stream) -> str:
 
 
 class Relay:
-    """The running relay: engine, media, control sockets, one timer, notifier.
+    """The running relay: engine, media, control sockets, two timers, notifier.
 
     Everything the engine wants done arrives here as events (:meth:`dispatch`); the
-    engine's timer is one ``loop.call_at``, re-armed only when the deadline comes earlier
-    (a later one is found when the armed timer fires).
+    engine's session timer is one ``loop.call_at``, and every prompt's pacing another;
+    each is re-armed only when its deadline comes earlier (a later one is found when the
+    armed timer fires).
     """
 
     def __init__(
@@ -273,8 +322,8 @@ class Relay:
         self.notifier: Notifier | None = None
         self.media: MediaRelay | None = None
         self.metrics: RelayMetrics | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer: Alarm | None = None  # sessions' idle and setup timeouts
+        self._play_timer: Alarm | None = None  # the next prompt packet of any player
         self._handlers: dict[type, Handler] = {}
         self.journal: JournalWriter | None = None
         self.server: ControlServer | None = None
@@ -294,9 +343,8 @@ class Relay:
             handlers[type(event)](event)
 
     def _event_handlers(self, media: MediaRelay, notifier: Notifier) -> dict[type, Handler]:
-        """Who carries out each kind of event (every kind has exactly one entry)."""
-        return {
-            **media.handlers(),
+        """Who carries out each kind of event: the media layer first, then ours."""
+        handlers: dict[type, Handler] = {
             Latched: self._log_latched,
             LearningStarted: self._log_learning,
             SourceRefused: self._log_refused,
@@ -306,7 +354,13 @@ class Relay:
             NotifyWanted: notifier.send,
             NotifyTargetUnknown: self._log_unknown_target,
             OverloadChanged: self._log_overload,
+            PlayerCreated: self._log_player,
+            PlayerStarted: self._player_started,
+            PlayerEnded: self._log_player,
         }
+        for kind, handler in media.handlers().items():
+            handlers[kind] = _chain(handler, handlers[kind]) if kind in handlers else handler
+        return handlers
 
     @staticmethod
     def _log_latched(event: Latched) -> None:
@@ -392,12 +446,34 @@ class Relay:
             log.exception("load sampling failed")
         self._loop.call_later(LOAD_SAMPLE_INTERVAL, self._sample_load, window)
 
+    @staticmethod
+    def _log_player(event: PlayerCreated | PlayerStarted | PlayerEnded) -> None:
+        player = event.player
+        leg = player.leg
+        if isinstance(event, PlayerCreated):
+            times = f"{player.count} time(s)" if player.count > 0 else "in a loop"
+            what = f"playing {event.prompt.decode('latin-1')!r} {times}"
+            if not player.playable:
+                what += f" (payload type {player.payload_type} cannot be sent: muting only)"
+            elif not player.started:
+                what += " (waiting for the listener's first packet)"
+        elif isinstance(event, PlayerStarted):
+            what = "started on the listener's first packet"
+        else:
+            what = event.reason.value
+        log.info("prompt %s: %s leg %s", what, _session_label(leg.session), leg.side.name)
+
+    def _player_started(self, event: PlayerStarted) -> None:
+        self._log_player(event)
+        self._arm_play_timer()
+
     def _after_command(self, events: tuple[Event, ...]) -> None:
-        """A command (or the timer) ran: act on it, then the timer and SIGHUP's drain."""
+        """A command (or the timer) ran: act on it, then the timers and SIGHUP's drain."""
         self.dispatch(events)
         if events and self.journal is not None:
             self.journal.soon()
         self._arm_timer()
+        self._arm_play_timer()
         engine = self.engine
         assert engine is not None
         if engine.draining and not len(engine.table):
@@ -405,19 +481,29 @@ class Relay:
             self.stop()
 
     def _arm_timer(self) -> None:
-        assert self.engine is not None and self._loop is not None
-        deadline = self.engine.get_timer()
-        armed = self._timer_at
-        if deadline is None or (armed is not None and armed <= deadline):
-            return  # the armed timer fires no later; it finds nothing due and re-arms
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = None if deadline is None else self._loop.call_at(deadline, self._on_timer)
+        assert self.engine is not None and self._timer is not None
+        self._timer.set(self.engine.get_timer())
+
+    def _arm_play_timer(self) -> None:
+        assert self.engine is not None and self._play_timer is not None
+        self._play_timer.set(self.engine.get_play_timer())
+
+    def _on_play_timer(self) -> None:
+        """Send every prompt packet that is due, out of its listener's leg."""
+        assert self.engine is not None and self._loop is not None and self.media is not None
+        try:
+            sends, events = self.engine.handle_play_timer(self._loop.time() + PLAY_TIMER_SLACK)
+            send = self.media.send_played
+            for stream, packet in sends:
+                send(stream, packet)
+            if events:
+                self.dispatch(events)
+        except Exception:  # the timer must survive anything
+            log.exception("prompt timer failed")
+        self._arm_play_timer()
 
     def _on_timer(self) -> None:
         assert self.engine is not None and self._loop is not None and self.media is not None
-        self._timer = self._timer_at = None
         try:
             self.media.refresh_counters()  # kernel-forwarded packets count as activity
             self._after_command(self.engine.handle_timer(self._loop.time()))
@@ -466,6 +552,8 @@ class Relay:
         config = self.config
         self._loop = loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        self._timer = Alarm(loop, self._on_timer)
+        self._play_timer = Alarm(loop, self._on_play_timer)
         try:
             kernel = self._kernel_forwarder(loop)
         except NftError as exc:
@@ -562,8 +650,9 @@ class Relay:
         try:
             await self._stop.wait()
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
+            for alarm in (self._timer, self._play_timer):
+                if alarm is not None:
+                    alarm.cancel()
             self._close_listener()
             passed_on = self.handed_over or self._handing_over  # (a signal mid-transfer)
             server.close(unlink=not passed_on)
@@ -722,9 +811,9 @@ class Relay:
         control = server.hand_over()
         await asyncio.sleep(HANDOVER_DRAIN)  # answer the commands already accepted
         media.suspend()
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._timer_at = None
+        for alarm in (self._timer, self._play_timer):
+            if alarm is not None:
+                alarm.cancel()
         media.refresh_counters()
         journal, self.journal = self.journal, None
         assert journal is not None
@@ -756,6 +845,7 @@ class Relay:
             sockets.setdefault(name, []).append(socket.socket(fileno=fd))
         await server.start(sockets)
         self._arm_timer()
+        self._arm_play_timer()
         self._listen_for_successor()
 
     def _restore(self, states: list[SessionState]) -> None:

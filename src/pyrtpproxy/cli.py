@@ -478,7 +478,8 @@ def relay_command(**opts: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point; ``pyrtpproxy ctl ...`` talks to a running relay,
-    ``pyrtpproxy extract ...`` turns recordings into WAV files."""
+    ``pyrtpproxy extract ...`` turns recordings into WAV files, ``pyrtpproxy prompt ...``
+    a WAV file into prompt files for ``P``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["ctl"]:
         from .ctl import main as ctl_main
@@ -489,6 +490,11 @@ def main(argv: list[str] | None = None) -> None:
         from .tools.extract import main as extract_main
 
         extract_main(args[1:])
+        return
+    if args[:1] == ["prompt"]:
+        from .tools.prompt import main as prompt_main
+
+        prompt_main(args[1:])
         return
     try:
         relay_command.main(args=args, prog_name="pyrtpproxy", standalone_mode=False)

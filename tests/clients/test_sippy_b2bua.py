@@ -9,6 +9,7 @@ See spec/clients.md "Sippy B2BUA".
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -384,3 +385,59 @@ def test_recording_and_copies_through_sippys_own_calls(
     assert len(recorded) == 4  # the caller's media, from R
     for party in (caller, callee, sink):
         party.close()
+
+
+def _prompt_packets(party: Party, count: int, timeout: float = 3.0) -> list[bytes]:
+    """Up to ``count`` RTP packets that reach ``party``."""
+    got: list[bytes] = []
+    party.sock.settimeout(timeout)
+    with contextlib.suppress(OSError):
+        while len(got) < count:
+            got.append(party.sock.recv(2048))
+    return got
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_play_and_stop_through_sippys_own_calls(
+    transport: str,
+    relay_factory: Callable[..., Relay],
+    sippy: Callable[..., Sippy],
+    tmp_path: Path,
+) -> None:
+    """VF 20050322: sippy's play_caller()/play_callee() (P<times> … codecs from its SDP)
+    and stop_play_callee() (S) against the relay."""
+    prompt = tmp_path / "moh"
+    Path(f"{prompt}.8").write_bytes(bytes(range(160)) * 5)  # 10 packets of 10 ms PCMA
+    relay = relay_factory()
+    client = sippy(spaths(relay)[transport])
+    client.online()
+    caller, callee = Party(drain_timeout=0.05), Party(drain_timeout=0.05)
+    rs = client.session(f"play-{transport}")
+    cid = f"play-{transport}-0"
+    client.update(rs, rs.caller, caller.port)
+    client.update(rs, rs.callee, callee.port)
+    rs.caller.codecs = rs.callee.codecs = "8,0"  # what sippy takes from each side's SDP
+    results: list[Any] = []
+    rs.play_caller(str(prompt), times=2, result_callback=results.append)
+    assert client.run_until(lambda: results) and results == ["0"]
+    assert client.last() == f"P2 {cid} {prompt} 8,0 ftag ttag"
+    heard = _prompt_packets(caller, 20)
+    assert b"".join(p[12:] for p in heard) == Path(f"{prompt}.8").read_bytes() * 2
+    assert {p[1] & 0x7F for p in heard} == {8}
+    rs.play_callee(str(prompt), times=-1, result_callback=results.append)
+    assert client.run_until(lambda: len(results) == 2) and results[1] == "0"
+    assert client.last() == f"P-1 {cid} {prompt} 8,0 ttag ftag"
+    assert len(_prompt_packets(callee, 30)) == 30  # a loop: more than the file's 10
+    rs.stop_play_callee(result_callback=results.append)
+    assert client.run_until(lambda: len(results) == 3) and results[2] == "0"
+    assert client.last() == f"S {cid} ttag ftag"
+    callee.drain()
+    assert _prompt_packets(callee, 1, 0.3) == []  # stopped
+    assert relay.counters("nplrs_created", "nplrs_destroyed") == {
+        "nplrs_created": "2",
+        "nplrs_destroyed": "2",
+    }
+    rs.delete()
+    assert client.run_until(lambda: relay.info()["active sessions"] == 0)
+    caller.close()
+    callee.close()

@@ -13,7 +13,8 @@ listens for commands on UDP 127.0.0.1:CTL_PORT (inside the namespace):
         and count what arrives.
     stop ID
         stop sending, wait 200 ms for late packets, write RESULT_DIR/ID.json
-        and close the sockets.
+        (counts, sources, and "runs": the RTP payload sizes received, in order,
+        as [size, packets] runs) and close the sockets.
 
 Client mode (what sipp's <exec command=...> runs):
 
@@ -58,6 +59,7 @@ class Stream:
     started: float = field(default_factory=time.time)
     sources: dict[str, int] = field(default_factory=dict)
     ssrcs: set[int] = field(default_factory=set)
+    runs: list[list[int]] = field(default_factory=list)  # [payload size, packets] in order
     stopping_at: float | None = None
 
 
@@ -97,6 +99,7 @@ def serve(ctl_port: int, result_dir: Path) -> None:
             "rtcp_received": st.rtcp_received,
             "sources": st.sources,
             "ssrcs": len(st.ssrcs),
+            "runs": st.runs,
             "first_rx_after": None if st.first_rx is None else st.first_rx - st.started,
         }
         tmp = result_dir / f".{st.ident}.tmp"
@@ -185,6 +188,11 @@ def serve(ctl_port: int, result_dir: Path) -> None:
                     st.sources[src] = st.sources.get(src, 0) + 1
                     if len(data) >= 12:
                         st.ssrcs.add(struct.unpack("!I", data[8:12])[0])
+                        size = len(data) - 12
+                        if st.runs and st.runs[-1][0] == size:
+                            st.runs[-1][1] += 1
+                        else:
+                            st.runs.append([size, 1])
                 elif st is not None:
                     st.rtcp_received += 1
 

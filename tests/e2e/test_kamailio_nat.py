@@ -12,6 +12,7 @@ import re
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -265,3 +266,35 @@ def test_relay_restart_mid_call_keeps_the_call(
     assert "restored 1 sessions from the state file (0 skipped)" in log
     assert re.search(r"session deleted: call-id='1-\d+@", log), log[-3000:]
     assert stack.counters(0, "nsess_timeout")["nsess_timeout"] == 0
+
+
+def test_prompt_to_the_caller_then_the_call_resumes(
+    lab: Lab, make_stack: Callable[..., Stack]
+) -> None:
+    """WITH_PROMPT: Kamailio's rtpproxy_stream2uac() on the ACK (P1 … session). The
+    caller hears the prompt's 10 ms PCMU packets from the relay, with the callee muted,
+    then the callee's own 20 ms packets again."""
+    prompt = lab.workdir / "welcome"
+    Path(f"{prompt}.0").write_bytes(b"\x55" * 8000)  # 1 s: 100 packets of 80 bytes
+    stack = make_stack(kamailio_defines=["WITH_PROMPT", f'PROMPT="{prompt}"'])
+    run = stack.calls(calls=1, pause_ms=3000)
+    finish(stack, run)
+    (cid,) = call_ids(run, 1)
+    check_media(stack, {cid})
+    runs = lab.media_results("uac")[cid]["runs"]
+    assert isinstance(runs, list)
+    prompt_runs = [i for i, (size, _n) in enumerate(runs) if size == 80]
+    assert prompt_runs, f"the caller heard no prompt: {runs}"
+    first, last = prompt_runs[0], prompt_runs[-1]
+    # muted: nothing but the prompt between its first and its last packet
+    assert all(size == 80 for size, _n in runs[first : last + 1]), runs
+    heard = sum(n for size, n in runs[first : last + 1])
+    # the first ones go to the SDP address before the caller's packets latch its NAT mapping
+    assert heard >= 50, runs
+    assert runs[-1][0] == 160 and runs[-1][1] >= 20, runs  # the callee's audio resumed
+    g = stack.counters(0, "nplrs_created", "nplrs_destroyed", "npkts_played")
+    assert g["nplrs_created"] == g["nplrs_destroyed"] == 1, g
+    assert g["npkts_played"] == 100, g
+    callee_runs = lab.media_results("uas")[cid]["runs"]
+    assert isinstance(callee_runs, list)
+    assert {size for size, _n in callee_runs} == {160}  # the callee heard no prompt

@@ -36,6 +36,8 @@ class FakeHost:
         self.names = {"localhost": "127.0.0.1"}
         self.unopenable: set[bytes] = set()  # call-ids whose recordings cannot be opened
         self.taps_opened: list[Tap] = []
+        self.prompts: dict[bytes, bytes] = {}  # prompt file name -> its bytes
+        self.unreadable: set[bytes] = set()  # prompt files that exist but cannot be read
         self.open: dict[int, int] = {}  # id(leg) -> port, from LegOpened/LegClosed
         self.closed = 0
 
@@ -62,6 +64,11 @@ class FakeHost:
             return False
         self.taps_opened.append(tap)
         return True
+
+    def read_prompt(self, path: bytes) -> bytes | None:
+        if path in self.unreadable:
+            raise PermissionError(13, "Permission denied")
+        return self.prompts.get(path)
 
     def apply(self, events: Iterable[Event]) -> None:
         """What the media layer would do with the legs."""
@@ -141,7 +148,7 @@ def make_engine(
         port_range(port_min, port_max), random_order=not sequential, rng=random.Random(seed)
     )
     fake = host or FakeHost()
-    engine = Engine(config, ports, fake)
+    engine = Engine(config, ports, fake, rng=random.Random(seed))
     clock = FakeClock()
     seen: list[Event] = []
 

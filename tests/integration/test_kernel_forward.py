@@ -368,3 +368,31 @@ def test_a_firewall_reload_leaves_forwarded_calls_alone(
         assert relay_ok(call.caller, call.b, call.callee, seq) == ("127.0.0.1", call.a)
     assert kernel_counts(netns, relay)[(call.caller.port, call.b)] == 10
     assert relay.cmd("Q kfr ft tt").split()[1:3] == ["11", "1"]
+
+
+def test_a_prompt_takes_the_muted_direction_out_of_the_kernel(
+    kernel_relay: Callable[..., Relay],
+    ns_parties: Callable[[], Party],
+    netns: NetNamespace,
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "pr.0").write_bytes(bytes(range(160)) * 5)  # 10 packets
+    relay = kernel_relay()
+    call = setup_call(relay, "kp1", ns_parties(), ns_parties())
+    settle(call, netns)
+    callee_key = (call.callee.port, call.a)
+    assert relay.cmd(f"P-1 kp1 {tmp_path / 'pr'} 0 ft tt") == "0"  # the caller listens
+    # the callee's media towards the caller is muted: back in user space; the other stays
+    assert wait_for(lambda: callee_key not in kernel_counts(netns, relay), 3.0), kernel_counts(
+        netns, relay
+    )
+    assert (call.caller.port, call.b) in kernel_counts(netns, relay)
+    call.callee.send(call.a, rtp_packet(900, 0x55))
+    heard = [call.caller.recv(1.0) for _ in range(30)]  # 300 ms of the looping prompt
+    assert all(got is not None and got[0][1] & 0x7F == 0 and len(got[0]) == 92 for got in heard)
+    assert relay.cmd("S kp1 ft tt") == "0"
+    call.caller.drain(0.1)
+    relay_ok(call.callee, call.a, call.caller, 901, 0x55)  # unmuted, and settled again
+    assert wait_for(lambda: callee_key in kernel_counts(netns, relay), 3.0), kernel_counts(
+        netns, relay
+    )

@@ -102,9 +102,16 @@ def test_every_extract_option_is_documented_and_no_other() -> None:
     assert listed == documented == {"-o", "--output", "--stereo"}
 
 
+def test_every_prompt_option_is_documented_and_no_other() -> None:
+    documented = tagged_options(section(render(), "PROMPTS"))
+    listed = help_options("prompt") - {"-h", "--help"}
+    assert listed == documented == {"-o", "--output"}
+
+
 def test_sections_operators_need() -> None:
     text = render()
-    for heading in ("CONTROL SOCKETS", "SIGNALS", "METRICS", "CTL", "EXTRACT", "FILES", "EXAMPLES"):
+    headings = ("CONTROL SOCKETS", "SIGNALS", "METRICS", "CTL", "EXTRACT", "PROMPTS", "FILES")
+    for heading in (*headings, "EXAMPLES"):
         assert re.search(rf"^{heading}$", text, re.M), heading
     for transport in ("unix:", "cunix:", "udp:", "udp6:", "tcp:", "tcp6:", "stdio:", "systemd:"):
         assert transport in text

@@ -17,7 +17,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .events import EndReason, Event, Latched, SessionCompleted, SessionCreated, SessionEnded
+from .events import (
+    EndReason,
+    Event,
+    Latched,
+    PlayerCreated,
+    PlayerEnded,
+    SessionCompleted,
+    SessionCreated,
+    SessionEnded,
+)
 
 if TYPE_CHECKING:
     from .session import Session, Stream
@@ -71,6 +80,7 @@ DROP_REASONS = (
     "foreign_source",
     "learning",
     "incomplete_session",
+    "muted",
 )
 PROTOCOLS = ("rtp", "rtcp")
 FORWARDING_PATHS = ("kernel", "user")  # who relayed a packet: nftables, or this process
@@ -131,18 +141,22 @@ class SessionTotals(NamedTuple):
     foreign_source: int  # refused: from a host neither latched nor signalled
     learning: int  # held back while a learning window ran (--latching safe)
     incomplete: int  # arrived before the session was complete (npkts_discard too)
+    muted: int  # a prompt played to the party they were for (npkts_discard too)
     bytes_relayed: int
     latched: int  # streams latched now
 
     @property
     def discarded(self) -> int:
-        """``npkts_discard``: every refusal of the source checks, and early packets."""
-        return self.wrong_source + self.foreign_source + self.learning + self.incomplete
+        """``npkts_discard``: every refusal of the source checks, early packets, and packets
+        muted while a prompt plays."""
+        return (
+            self.wrong_source + self.foreign_source + self.learning + self.incomplete + self.muted
+        )
 
 
 def session_totals(session: Session) -> SessionTotals:
     """One pass over the session's four streams."""
-    received = relayed = no_destination = refused = foreign = held = incomplete = 0
+    received = relayed = no_destination = refused = foreign = held = incomplete = muted = 0
     size = latched = 0
     for stream in session.streams():
         received += stream.packets_in + stream.ignored
@@ -152,11 +166,12 @@ def session_totals(session: Session) -> SessionTotals:
         foreign += stream.foreign
         held += stream.held
         incomplete += stream.incomplete
+        muted += stream.muted
         size += stream.bytes_relayed
         latched += stream.latched
     wrong = refused - foreign - held
     return SessionTotals(
-        received, relayed, no_destination, wrong, foreign, held, incomplete, size, latched
+        received, relayed, no_destination, wrong, foreign, held, incomplete, muted, size, latched
     )
 
 
@@ -166,6 +181,7 @@ def _add_drops(drops: dict[str, int], totals: SessionTotals) -> None:
     drops["foreign_source"] += totals.foreign_source
     drops["learning"] += totals.learning
     drops["incomplete_session"] += totals.incomplete
+    drops["muted"] += totals.muted
 
 
 def rtpa_counts(session: Session) -> tuple[int, int, int, int, int]:
@@ -221,6 +237,16 @@ class Counters:
             self.g.nsess_timeout += 1
         else:
             self.relay.sessions_deleted += 1
+
+    def _player_created(self, event: PlayerCreated) -> None:
+        self.g.nplrs_created += 1
+
+    def _player_ended(self, event: PlayerEnded) -> None:
+        self.g.nplrs_destroyed += 1
+
+    def played(self, packets: int) -> None:
+        """Players sent ``packets`` prompt packets."""
+        self.g.npkts_played += packets
 
     def retire(self, session: Session, now: float) -> None:
         """Fold the counters of a session that just left the table into the totals."""
@@ -336,4 +362,6 @@ _COUNTING: dict[type, Callable[[Counters, Any], None]] = {
     SessionCompleted: Counters._completed,
     Latched: Counters._latched,
     SessionEnded: Counters._ended,
+    PlayerCreated: Counters._player_created,
+    PlayerEnded: Counters._player_ended,
 }

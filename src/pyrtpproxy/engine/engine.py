@@ -11,6 +11,7 @@ carry a port that is already bound.
 from __future__ import annotations
 
 import ipaddress
+import random
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -60,6 +61,9 @@ from .events import (
     NotifyWanted,
     Outbox,
     OverloadChanged,
+    PlayerCreated,
+    PlayerEnded,
+    PlayerStarted,
     PortsReleased,
     SessionCompleted,
     SessionCreated,
@@ -71,6 +75,7 @@ from .events import (
 from .latching import SAFE, Latching
 from .overload import OverloadGuard
 from .persist import Restored, SessionRestorer, SessionState, export_session
+from .playback import PlayEnd, Player, Players
 from .ports import HostProbe, PortAllocator, PortsExhausted
 from .session import Leg, Session, Side, Stream
 from .table import SessionTable
@@ -131,8 +136,17 @@ class Forwarding(NamedTuple):
     accepted: bool  # the leg took it (a tap records it even when it cannot be relayed)
 
 
+class PlayOutput(NamedTuple):
+    """What the players did by ``now``: packets to send and the events of those that
+    ended."""
+
+    sends: tuple[tuple[Stream, bytes], ...]  # (out of this stream's socket, to its remote)
+    events: tuple[Event, ...]
+
+
 class Engine:
-    """Executes parsed commands, judges slow-path packets and expires idle sessions."""
+    """Executes parsed commands, judges slow-path packets, expires idle sessions and
+    paces prompts."""
 
     def __init__(
         self,
@@ -140,6 +154,7 @@ class Engine:
         ports: PortAllocator,
         probe: HostProbe,
         counters: Counters | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.ports = ports
@@ -150,6 +165,8 @@ class Engine:
         self.outbox = Outbox(self.counters.count)
         self.draining = False  # SIGHUP: refuse new sessions
         self.overload = OverloadGuard(config.overload_threshold)
+        self.players = Players()
+        self._rng = rng or random.Random()  # players' SSRC, sequence and timestamp
         self._resolved: dict[str, str] = {}  # advertised DNS name -> its address now
 
     # --- entry points ------------------------------------------------------------------
@@ -175,6 +192,11 @@ class Engine:
         before = stream.accepted
         dest = stream.receive(packet, src, now)
         settled = dest is not None and stream.settled(src)
+        player = stream.leg.player
+        if player is not None and not player.started and stream is stream.leg.rtp:
+            # a prompt waits for its listener's address: this packet brought it (§3.3)
+            self.players.start(player, now)
+            self.outbox.emit(PlayerStarted(player))
         return Forwarding(dest, settled, self.outbox.take(), stream.accepted != before)
 
     def get_timer(self) -> float | None:
@@ -202,6 +224,19 @@ class Engine:
         if self.overload.update(load):
             self.outbox.emit(OverloadChanged(self.overload.active, load))
         return self.outbox.take()
+
+    def get_play_timer(self) -> float | None:
+        """When the next prompt packet is due (None: no player is sending)."""
+        return self.players.next_deadline()
+
+    def handle_play_timer(self, now: float) -> PlayOutput:
+        """The prompt packets due by ``now``; players at the end of their prompt end."""
+        played = self.players.run_due(now)
+        for player in played.finished:
+            self._end_player(player, PlayEnd.FINISHED)
+        self.counters.played(len(played.packets))
+        sends = tuple((player.leg.rtp, packet) for player, packet in played.packets)
+        return PlayOutput(sends, self.outbox.take())
 
     def delete_all(self, now: float) -> tuple[Event, ...]:
         """Destroy every session without notifications (``X``, and shutdown)."""
@@ -268,7 +303,7 @@ class Engine:
             case Copy():
                 return self._copy(command)
             case Play() | StopPlay():
-                return self._play(command)
+                return self._play(command, now)
         raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, "unhandled command")
 
     def _find(self, call_id: bytes, from_tag: bytes, to_tag: bytes | None) -> tuple[Session, Side]:
@@ -362,8 +397,8 @@ class Engine:
         elif media.endpoint is not None:
             addr_leg.on_hold = False
             addr_leg.signal(Endpoint(*media.endpoint), now)
-        if mods.codecs is not None:
-            addr_leg.codecs = mods.codecs
+        addr_leg.codecs = mods.codecs  # each U/L of a party replaces (or clears) its list
+        reply_leg.ptime_ms = mods.repacketize_ms  # P … session's ptime towards the other
         if mods.weak:
             reply_leg.weak = True
         else:
@@ -552,6 +587,7 @@ class Engine:
         self.timers.forget(session)
         for leg in session.legs:
             self._detach(leg)
+            self._stop_player(leg, PlayEnd.SESSION_ENDED)
             if leg.port:
                 self._release(leg)
         self.counters.retire(session, now)
@@ -685,13 +721,53 @@ class Engine:
 
     # --- P / S -------------------------------------------------------------------------
 
-    def _play(self, cmd: Play | StopPlay) -> Reply:
+    def _play(self, cmd: Play | StopPlay, now: float) -> Reply:
+        """``P[count]``/``S`` (media-features.md §3): the prompt goes to tag1's party, out
+        of the chosen leg's RTP socket; every P first stops what plays there."""
         session, side = self._find(cmd.call_id, cmd.from_tag, cmd.to_tag)
-        if isinstance(cmd, StopPlay) or cmd.count == 0:
-            return Reply(OK)  # S, and P with a repeat count of 0, stop playing
-        if cmd.codecs == b"session" and session.legs[side].codecs is None:
-            raise ProtocolError(ErrorCode.INVALID_MODIFIER, "no codec list stored for this leg")
-        raise ProtocolError(ErrorCode.PLAY_FAILED, "prompt cannot be played")
+        leg = session.legs[side]
+        self._stop_player(leg, PlayEnd.STOPPED)
+        if isinstance(cmd, StopPlay):
+            return Reply(OK)
+        ptime: int | None = None
+        codecs = cmd.codecs
+        if codecs == b"session":
+            if leg.codecs is None:
+                raise ProtocolError(ErrorCode.INVALID_MODIFIER, "no codec list stored for this leg")
+            codecs, ptime = leg.codecs, leg.ptime_ms
+        if cmd.count == 0:
+            return Reply(OK)
+        for token in codecs.split(b","):
+            if not token.isdigit():
+                raise ProtocolError(ErrorCode.PLAY_FAILED, f"invalid codec list {codecs!r}")
+            payload_type = int(token)
+            path = b"%s.%d" % (cmd.prompt, payload_type)
+            try:
+                prompt = self.probe.read_prompt(path)
+            except OSError as exc:
+                raise ProtocolError(
+                    ErrorCode.PLAY_FAILED, f"cannot read {path!r}: {exc.strerror or exc}"
+                ) from None
+            if prompt is None:
+                continue  # no such file: try the next payload type
+            player = Player(leg, prompt, payload_type, cmd.count, ptime, self._rng)
+            leg.player = player
+            self.players.add(player, now if leg.rtp.remote is not None else None)
+            self.outbox.emit(PlayerCreated(player, path))
+            return Reply(OK)
+        raise ProtocolError(ErrorCode.PLAY_FAILED, f"no prompt file {cmd.prompt!r}.<{codecs!r}>")
+
+    def _stop_player(self, leg: Leg, reason: PlayEnd) -> None:
+        player = leg.player
+        if player is not None:
+            self.players.remove(player)
+            self._end_player(player, reason)
+
+    def _end_player(self, player: Player, reason: PlayEnd) -> None:
+        """The other party's RTP reaches the listener again from its next packet on (that
+        direction stayed off the fast path while the player ran)."""
+        player.leg.player = None
+        self.outbox.emit(PlayerEnded(player, reason))
 
 
 def _numeric(host: str) -> bool:

@@ -18,6 +18,7 @@ from .latching import LatchCause
 
 if TYPE_CHECKING:
     from .addresses import Endpoint, LocalAddress, NotifyTarget
+    from .playback import PlayEnd, Player
     from .session import Leg, Session, Stream
     from .taps import Tap
 
@@ -108,6 +109,31 @@ class TosChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class PlayerCreated:
+    """``P`` gave ``player.leg`` a prompt: the other party's RTP towards it is muted
+    from now on (off the fast path and the kernel). The player sends now, or once its
+    listener's first packet arrives (``player.started``)."""
+
+    player: Player
+    prompt: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PlayerStarted:
+    """A waiting player's listener sent its first packet: its packets are due now."""
+
+    player: Player
+
+
+@dataclass(frozen=True, slots=True)
+class PlayerEnded:
+    """A player stopped; the other party's RTP reaches its leg again."""
+
+    player: Player
+    reason: PlayEnd
+
+
+@dataclass(frozen=True, slots=True)
 class StreamChanged:
     """``stream``'s party address or its latching rules changed (signalling, latching,
     the ``a`` modifier): sockets aimed at the old address, shortcuts that skipped its
@@ -184,6 +210,9 @@ Event = (
     | TapStarted
     | TapStopped
     | TosChanged
+    | PlayerCreated
+    | PlayerStarted
+    | PlayerEnded
     | StreamChanged
     | Latched
     | LearningStarted

@@ -28,7 +28,8 @@ class HostProbe(Protocol):
     ``try_bind`` is the port probe: a U/L reply must carry a port that is already bound,
     so the media layer binds the pair here and keeps it for the leg until it drains the
     :class:`~pyrtpproxy.engine.events.LegOpened` (or ``LegClosed``) event. ``open_tap``
-    is its twin for R and C, whose replies say whether the file or copy could be opened.
+    is its twin for R and C, whose replies say whether the file or copy could be opened;
+    ``read_prompt`` P's, whose reply says whether a prompt file was found.
     """
 
     def try_bind(self, local: LocalAddress, port: int) -> bool:
@@ -48,6 +49,10 @@ class HostProbe(Protocol):
     def open_tap(self, leg: Leg, tap: Tap) -> bool:
         """Open what ``tap`` writes to or sends from (files, a bound copy port pair);
         False if that fails (``R`` answers E50, ``C`` E65). Kept until ``TapStarted``."""
+
+    def read_prompt(self, path: bytes) -> bytes | None:
+        """The whole prompt file ``path`` (``P``), None if it does not exist; any other
+        failure (unreadable, too large) raises :class:`OSError` and ``P`` answers E60."""
 
 
 class PortsExhausted(Exception):

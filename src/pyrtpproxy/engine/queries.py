@@ -29,7 +29,7 @@ def session_values(
         b"npkts_ina": mine.packets_in,
         b"npkts_ino": other.packets_in,
         b"nrelayed": mine.packets_relayed + other.packets_relayed,
-        b"ndropped": mine.dropped + other.dropped,
+        b"ndropped": mine.dropped + mine.muted + other.dropped + other.muted,
         b"rtpa_nsent": analysis.expected,
         b"rtpa_nrcvd": analysis.received,
         b"rtpa_ndups": analysis.dups,
@@ -112,7 +112,8 @@ _SIDES: dict[Side, LegSide] = {Side.A: "A", Side.B: "B"}
 
 
 def leg_view(timers: Deadlines, leg: Leg, now: float) -> LegView:
-    """One leg as the listing shows it; drops and ignores count RTP and RTCP together."""
+    """One leg as the listing shows it; drops (muted RTP included) and ignores count RTP
+    and RTCP together."""
     local = leg.local
     host = (local.reply_address or local.host or "*") if local is not None else None
     rtp, rtcp = leg.rtp, leg.rtcp
@@ -127,7 +128,7 @@ def leg_view(timers: Deadlines, leg: Leg, now: float) -> LegView:
         rtp_relayed=rtp.packets_relayed,
         rtcp_in=rtcp.packets_in,
         rtcp_remote=_endpoint(rtcp.remote),
-        dropped=rtp.dropped + rtcp.dropped,
+        dropped=rtp.dropped + rtp.muted + rtcp.dropped,
         ignored=rtp.ignored + rtcp.ignored,
         ttl=timers.leg_remaining(leg, now),
     )

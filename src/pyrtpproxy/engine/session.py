@@ -10,13 +10,16 @@ media layer when it may relay a source's packets without asking again.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .addresses import Endpoint, LocalAddress, NotifyTarget
 from .events import Latched, LearningStarted, Outbox, SourceRefused, StreamChanged
 from .latching import SAFE, Candidates, LatchCause, Latching
 from .rtp import RtpAnalysis, rtp_header
 from .taps import Tap
+
+if TYPE_CHECKING:
+    from .playback import Player
 
 RELATCH_WINDOW = 10.0  # seconds after U/L during which any RTP source may re-latch
 RELATCH_MAX_SEQ_DISTANCE = 536
@@ -73,6 +76,7 @@ class Stream:
         "last_ssrc",
         "latched",
         "leg",
+        "muted",
         "peer",
         "readdressed_at",
         "refusal_reported",
@@ -119,6 +123,7 @@ class Stream:
         self.held = 0  # candidates of a learning window
         self.foreign = 0  # from a host neither latched nor signalled
         self.incomplete = 0
+        self.muted = 0  # RTP dropped because a prompt plays to the other party
         self.analysis: RtpAnalysis | None = None if is_rtcp else RtpAnalysis()
         self.transport: StreamTransport = DETACHED  # the media layer's socket(s), once opened
 
@@ -127,7 +132,7 @@ class Stream:
     @property
     def packets_in(self) -> int:
         """Packets that passed the source checks (relayed or not)."""
-        return self.fast_count + self.accepted
+        return self.fast_count + self.accepted + self.muted
 
     @property
     def packets_relayed(self) -> int:
@@ -155,10 +160,13 @@ class Stream:
         if not self._source_ok(packet, endpoint, now):
             self.ignored += 1
             return None
-        self.accepted += 1
         self.seen_at = now
         if self.analysis is not None:
             self.analysis.feed(packet, now)
+        if not self.is_rtcp and self.peer.leg.player is not None:
+            self.muted += 1  # the other party hears a prompt instead (§3.4)
+            return None
+        self.accepted += 1
         dest = self.peer.remote
         if dest is None:
             self.dropped += 1
@@ -177,6 +185,7 @@ class Stream:
             and self.peer.remote is not None
             and (self.leg.asymmetric or (remote.host == src[0] and remote.port == src[1]))
             and self.leg.tap is None  # a tap must see every packet
+            and (self.is_rtcp or self.peer.leg.player is None)  # a prompt mutes RTP
         )
 
     def _source_ok(self, packet: bytes, src: Endpoint, now: float) -> bool:
@@ -402,7 +411,9 @@ class Leg:
         "expires_at",
         "local",
         "on_hold",
+        "player",
         "port",
+        "ptime_ms",
         "rtcp",
         "rtp",
         "session",
@@ -424,6 +435,8 @@ class Leg:
         self.expires_at = NEVER  # from the last U/L; media activity extends it (timers.py)
         self.tap: Tap | None = None  # the recording or copy of what this leg receives
         self.ttl: int | None = None  # && S ttl=N: this leg's timeout instead of -T/-W
+        self.player: Player | None = None  # the prompt this leg's party hears (P)
+        self.ptime_ms: int | None = None  # z of the other party's U/L: P … session's ptime
         self.rtp = Stream(self, is_rtcp=False)
         self.rtcp = Stream(self, is_rtcp=True)
 

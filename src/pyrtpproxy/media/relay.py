@@ -38,6 +38,7 @@ from ..engine.events import (
     Event,
     LegClosed,
     LegOpened,
+    PlayerCreated,
     PortsReleased,
     StreamChanged,
     TapStarted,
@@ -50,6 +51,7 @@ from ..engine.taps import Tap, UdpCopy
 from ..names import system_resolver
 from ..net import family_of, probe_bind
 from .kernel import KernelForwarder
+from .prompts import PromptFiles
 from .record import RecordDirs
 from .taps import CopyTap, TapOpener, TapSink
 
@@ -299,6 +301,7 @@ class MediaRelay:
         # sockets a previous relay handed over, by port, until a restored leg takes them
         self._adopted: dict[int, socket.socket] = {}
         self._adopted_connected: dict[int, socket.socket] = {}
+        self._prompts = PromptFiles()
         self._wall_offset = time.time() - loop.time()  # record times are wall clock
         self.now = loop.time()
         self._fd_warned_at = float("-inf")
@@ -503,6 +506,10 @@ class MediaRelay:
         self._pending_taps[leg] = sink
         return True
 
+    def read_prompt(self, path: bytes) -> bytes | None:
+        """A prompt file's bytes (media/prompts.py: read whole, shared by players)."""
+        return self._prompts.read(path)
+
     def _local_of(self, stream: Stream, remote: tuple[str, int]) -> tuple[str, int]:
         """The relay's address and port of ``stream``, as a recording shows it: a
         wildcard bind shows the address the host would use towards ``remote``."""
@@ -550,6 +557,7 @@ class MediaRelay:
             TapStarted: self.on_tap_started,
             TapStopped: self.on_tap_stopped,
             TosChanged: self.on_tos_changed,
+            PlayerCreated: self.on_player_created,
         }
 
     def apply(self, event: Event) -> None:
@@ -579,16 +587,33 @@ class MediaRelay:
             sink.close()
         self._unsettle_leg(event.leg)
 
+    def on_player_created(self, event: PlayerCreated) -> None:
+        """A prompt mutes the other party's RTP towards its listener: that stream's
+        packets come back to the slow path (and out of the kernel), where they are
+        dropped until the prompt ends, then settle anew."""
+        self._unsettle(event.player.leg.rtp.peer)
+
+    def send_played(self, stream: Stream, packet: bytes) -> None:
+        """Send a prompt packet out of ``stream``'s socket to its party."""
+        try:
+            stream.transport.send(packet)
+        except OSError:
+            self.counters.relay.send_errors += 1
+
     def _unsettle_leg(self, leg: Leg) -> None:
         """Send the leg's own packets through the slow path again (and out of the
         kernel), where a tap sees them or, once it is gone, they settle anew. The
         other direction does not depend on the tap and keeps its shortcuts."""
         for stream in leg.streams:
-            if self.kernel is not None:
-                self.kernel.withdraw(stream)
-            transport = stream.transport
-            if isinstance(transport, StreamSocket):
-                transport.unsettle()
+            self._unsettle(stream)
+
+    def _unsettle(self, stream: Stream) -> None:
+        """The next packet of ``stream`` takes the slow path (and leaves the kernel)."""
+        if self.kernel is not None:
+            self.kernel.withdraw(stream)
+        transport = stream.transport
+        if isinstance(transport, StreamSocket):
+            transport.unsettle()
 
     def on_ports_released(self, event: PortsReleased) -> None:
         """Close a port pair the probe bound for nothing."""

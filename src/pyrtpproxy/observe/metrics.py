@@ -145,7 +145,8 @@ G_COUNTER_METRICS: dict[str, tuple[str, str, str]] = {
     "npkts_discard": (
         "packets_discarded_total",
         "counter",
-        "Packets discarded: incomplete session or refused source (G npkts_discard).",
+        "Packets discarded: incomplete session, refused source or muted by a prompt "
+        "(G npkts_discard).",
     ),
     "total_duration": (
         "sessions_duration_seconds_total",
@@ -397,7 +398,8 @@ class RelayCollector(Collector):
             "Packets received but not relayed, by reason: no_destination (other party's "
             "address unknown), wrong_source (refused from the latched or signalled host), "
             "foreign_source (refused from any other host), learning (held back during a "
-            "learning window, --latching safe), incomplete_session (only one leg set up).",
+            "learning window, --latching safe), incomplete_session (only one leg set up), "
+            "muted (a prompt plays to the party they were for).",
             labels=["reason"],
         )
         for reason in DROP_REASONS:

@@ -99,7 +99,8 @@ class Copy:
 
 @dataclass(frozen=True, slots=True)
 class Play:
-    """``P[count] call-id prompt codecs from_tag [to_tag]``."""
+    """``P[count] call-id prompt codecs from_tag [to_tag]``: ``count`` plays, 0 only
+    stops, negative loops until stopped."""
 
     call_id: CallId
     prompt: bytes

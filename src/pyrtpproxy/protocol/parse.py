@@ -389,15 +389,19 @@ def _parse_c(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool)
 def _parse_p(mods: bytes, t: list[bytes], subs: list[list[bytes]], bridge: bool) -> Command:
     _nargs(t, 5, 6)
     _no_subcommands(subs)
-    if mods and not mods.isdigit():
-        raise ProtocolError(ErrorCode.BAD_PLAY_COUNT, "P repeat count must be a number")
+    count = 1
+    if mods:
+        sign, digits = (mods[:1], mods[1:]) if mods[:1] in (b"+", b"-") else (b"", mods)
+        if not digits.isdigit():
+            raise ProtocolError(ErrorCode.BAD_PLAY_COUNT, "P repeat count must be a number")
+        count = _decimal(digits, 2**31 - 1) * (-1 if sign == b"-" else 1)
     return Play(
         call_id=t[1],
         prompt=t[2],
         codecs=t[3],
         from_tag=t[4],
         to_tag=_optional(t, 5),
-        count=_decimal(mods, 2**31 - 1) if mods else 1,
+        count=count,
     )
 
 
