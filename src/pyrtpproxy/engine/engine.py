@@ -193,8 +193,14 @@ class Engine:
         dest = stream.receive(packet, src, now)
         settled = dest is not None and stream.settled(src)
         player = stream.leg.player
-        if player is not None and not player.started and stream is stream.leg.rtp:
-            # a prompt waits for its listener's address: this packet brought it (§3.3)
+        if (
+            player is not None
+            and not player.started
+            and stream is stream.leg.rtp
+            and stream.remote is not None
+        ):
+            # a prompt waits for its listener's address: this packet brought it (§3.3;
+            # under --latching safe, once the learning window let it latch)
             self.players.start(player, now)
             self.outbox.emit(PlayerStarted(player))
         return Forwarding(dest, settled, self.outbox.take(), stream.accepted != before)
