@@ -109,7 +109,11 @@ def test_a_listener_without_an_address_hears_it_after_its_first_packet(
     b = int(relay.cmd(f"L wait1 127.0.0.1 {callee.port} ft tt").split()[0])
     assert relay.cmd(f"P wait1 {prompt} 8 ft tt") == "0"
     assert caller.recv(0.3) is None
-    caller.send(b, rtp_packet(1))  # the caller's first packet tells the relay its address
+    # the caller's packets tell the relay its address (nothing was signalled, so under
+    # --latching safe once its learning window has passed, 200 ms)
+    for seq in range(15):
+        caller.send(b, rtp_packet(seq))
+        time.sleep(0.02)
     got = _collect(caller, 20, 3.0)
     assert len(got) == 20 and b"".join(d[12:] for d, _s in got) == PROMPT
 
