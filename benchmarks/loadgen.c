@@ -2,7 +2,8 @@
  * loadgen.c - RTP load generator for rtpproxy-compatible relays.
  *
  * Creates N sessions through the UDP (cookie) control protocol, plays both
- * parties of every session (one UDP socket each on 127.0.0.1), sends G.711-
+ * parties of every session (one UDP socket each on 127.0.0.1, or on ::1 with
+ * --ipv6), sends G.711-
  * sized RTP at a fixed packet rate per direction, evenly spread in time,
  * receives what the relay forwards and prints one JSON line with loss,
  * one-way latency percentiles, generator CPU and (optionally) relay CPU.
@@ -14,7 +15,8 @@
  * address (from U).
  *
  * Build: gcc -O2 -Wall -o loadgen loadgen.c
- * Loopback only: the control address must be in 127.0.0.0/8.
+ * Loopback only: the control address must be in 127.0.0.0/8 (control stays IPv4
+ * with --ipv6; only the media moves).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -83,6 +85,31 @@ static struct sockaddr_in g_nodes[MAXNODES];
 static unsigned g_weights[MAXNODES];
 static unsigned g_nnodes;
 static uint8_t *g_node_of; /* per session */
+static int g_v6; /* --ipv6: the parties and the relay's media on ::1 */
+
+/* The loopback address of the media family, with a port. */
+static socklen_t media_loopback(struct sockaddr_storage *sa, uint16_t port)
+{
+    memset(sa, 0, sizeof *sa);
+    if (g_v6) {
+        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)sa;
+        a6->sin6_family = AF_INET6;
+        a6->sin6_addr = in6addr_loopback;
+        a6->sin6_port = htons(port);
+        return sizeof *a6;
+    }
+    struct sockaddr_in *a4 = (struct sockaddr_in *)sa;
+    a4->sin_family = AF_INET;
+    a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a4->sin_port = htons(port);
+    return sizeof *a4;
+}
+
+/* The port of an IPv4 or IPv6 address (same offset in both). */
+static uint16_t sa_port(const struct sockaddr_storage *sa)
+{
+    return ntohs(((const struct sockaddr_in *)sa)->sin_port);
+}
 
 static void on_sig(int s) { (void)s; g_stop = 1; }
 
@@ -316,21 +343,26 @@ static double self_cpu_s(double *user_s)
 }
 
 /*
- * Socket drop counters from /proc/net/udp: sum of "drops" for 127.0.0.1 sockets
+ * Socket drop counters from /proc/net/udp (udp6 with --ipv6): sum of "drops" for
+ * loopback sockets
  * whose local port has role 1 (ours) or 2 (relay media ports).
  */
 static void udp_drops(const uint8_t *role, uint64_t *gen, uint64_t *relay)
 {
     *gen = 0;
     *relay = 0;
-    FILE *f = fopen("/proc/net/udp", "r");
+    FILE *f = fopen(g_v6 ? "/proc/net/udp6" : "/proc/net/udp", "r");
     if (!f) return;
+    /* the local address as the kernel prints it: 32-bit words in host byte order */
+    const char *loopback = g_v6 ? "00000000000000000000000001000000" : "0100007F";
     char line[512];
     for (long guard = 0; fgets(line, sizeof line, f) && guard < 2000000; guard++) {
-        unsigned a, p;
+        char a[40];
+        unsigned p;
         unsigned long long drops;
         char *c = strchr(line, ':');
-        if (!c || sscanf(c + 1, " %x:%x", &a, &p) != 2 || a != 0x0100007Fu || p > 65535) continue;
+        if (!c || sscanf(c + 1, " %39[0-9A-Fa-f]:%x", a, &p) != 2 || strcmp(a, loopback) || p > 65535)
+            continue;
         /* drops is the last field (lines carry trailing blanks) */
         size_t len = strlen(line);
         while (len && isspace((unsigned char)line[len - 1])) line[--len] = 0;
@@ -378,14 +410,16 @@ static int ctl_parse(char *buf, char *type, unsigned *idx, char **body)
 
 static void fmt_cmd(char *out, size_t sz, char type, unsigned i, const sess_t *s)
 {
+    /* U6/L6: the party's address is IPv6 and the relay answers with an IPv6 media port */
+    const char *family = g_v6 ? "6" : "", *party = g_v6 ? "::1" : "127.0.0.1";
     switch (type) {
     case 'U':
-        snprintf(out, sz, "%s-U%u U %s-%u 127.0.0.1 %u ft%u%s", g_tag, i, g_tag, i, s->lport[0], i,
-                 g_tag_suffix);
+        snprintf(out, sz, "%s-U%u U%s %s-%u %s %u ft%u%s", g_tag, i, family, g_tag, i, party, s->lport[0],
+                 i, g_tag_suffix);
         break;
     case 'L':
-        snprintf(out, sz, "%s-L%u L %s-%u 127.0.0.1 %u ft%u%s tt%u%s", g_tag, i, g_tag, i, s->lport[1], i,
-                 g_tag_suffix, i, g_tag_suffix);
+        snprintf(out, sz, "%s-L%u L%s %s-%u %s %u ft%u%s tt%u%s", g_tag, i, family, g_tag, i, party,
+                 s->lport[1], i, g_tag_suffix, i, g_tag_suffix);
         break;
     case 'D':
         snprintf(out, sz, "%s-D%u D %s-%u ft%u%s tt%u%s", g_tag, i, g_tag, i, i, g_tag_suffix, i,
@@ -499,6 +533,7 @@ static void usage(void)
             "               [--setup-timeout S] [--window W] [--tag STR] [--tick-us US]\n"
             "               [--shared K]  (K>0: 2K sockets shared by all sessions)\n"
             "               [--tag-suffix STR]  (appended to from/to tags, e.g. \";1\")\n"
+            "               [--ipv6]  (media on ::1: U6/L6, relays need -6 ::1; not with --shared)\n"
             "--ctl and --relay-pid repeat for several relays: sessions are spread over the\n"
             "--ctl nodes by call-id as Kamailio's rtpproxy module does; CPU sums all pids.\n");
     exit(1);
@@ -518,7 +553,8 @@ int main(int argc, char **argv)
         {"warmup", 1, 0, 'w'},   {"drain", 1, 0, 'r'},         {"rate", 1, 0, 'R'},
         {"payload", 1, 0, 'p'},  {"relay-pid", 1, 0, 'P'},     {"setup-timeout", 1, 0, 's'},
         {"window", 1, 0, 'W'},   {"tag", 1, 0, 't'},           {"tick-us", 1, 0, 'T'},
-        {"shared", 1, 0, 'S'},   {"tag-suffix", 1, 0, 'X'},    {0, 0, 0, 0}};
+        {"shared", 1, 0, 'S'},   {"tag-suffix", 1, 0, 'X'},    {"ipv6", 0, 0, '6'},
+        {0, 0, 0, 0}};
     int roots[MAXPIDS];
     int nroots = 0;
     g_tag[0] = 0;
@@ -543,6 +579,7 @@ int main(int argc, char **argv)
         case 's': setup_to = atof(optarg); break;
         case 'W': window = (unsigned)strtoul(optarg, NULL, 10); break;
         case 'S': shared = (unsigned)strtoul(optarg, NULL, 10); break;
+        case '6': g_v6 = 1; break;
         case 'T': tick_ns = (int64_t)(atof(optarg) * 1000.0); break;
         case 't': snprintf(g_tag, sizeof g_tag, "%s", optarg); break;
         default: usage();
@@ -551,6 +588,11 @@ int main(int argc, char **argv)
     if (!nctl || nsess == 0 || nsess > 100000 || rate <= 0 || rate > 1000 || duration <= warmup ||
         duration > 3600 || tick_ns < 0 || tick_ns > 10000000 || drain < 0 || drain > 60 || window == 0 || window > 4096 || shared > 4096)
         usage();
+    if (g_v6 && shared) {
+        /* the shared sockets' per-message addresses are IPv4 */
+        fprintf(stderr, "loadgen: --ipv6 does not work with --shared\n");
+        return 1;
+    }
     if (shared > nsess) shared = nsess;
     if (payload < PL_MIN) payload = PL_MIN;
     if (payload > MAXPKT - RTP_HDR) payload = MAXPKT - RTP_HDR;
@@ -630,16 +672,17 @@ int main(int argc, char **argv)
                 ss[i].lport[d] = sport[d * shared + i % shared];
                 continue;
             }
-            int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+            int fd = socket(g_v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
             if (fd < 0) die("socket (raise RLIMIT_NOFILE?)");
-            struct sockaddr_in la = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-            if (bind(fd, (struct sockaddr *)&la, sizeof la)) die("bind media");
+            struct sockaddr_storage la;
+            socklen_t sl = media_loopback(&la, 0);
+            if (bind(fd, (struct sockaddr *)&la, sl)) die("bind media");
             int one = 1; /* kernel receive timestamps: latency without our own scheduling delay */
             if (setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one)) die("SO_TIMESTAMPNS");
-            socklen_t sl = sizeof la;
+            sl = sizeof la;
             getsockname(fd, (struct sockaddr *)&la, &sl);
             ss[i].fd[d] = fd;
-            ss[i].lport[d] = ntohs(la.sin_port);
+            ss[i].lport[d] = sa_port(&la);
             if (shared) {
                 int sz = 8 << 20; /* many streams share this socket */
                 if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &sz, sizeof sz))
@@ -682,9 +725,9 @@ int main(int argc, char **argv)
     for (unsigned a = 0; a < nact && !shared; a++) {
         sess_t *s = &ss[act[a]];
         for (int d = 0; d < 2; d++) {
-            struct sockaddr_in ra = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-            ra.sin_port = htons(d == 0 ? s->port_b : s->port_a);
-            if (connect(s->fd[d], (struct sockaddr *)&ra, sizeof ra)) die("connect media");
+            struct sockaddr_storage ra;
+            socklen_t rl = media_loopback(&ra, d == 0 ? s->port_b : s->port_a);
+            if (connect(s->fd[d], (struct sockaddr *)&ra, rl)) die("connect media");
             struct epoll_event ev = {.events = EPOLLIN, .data.u32 = a * 2 + (unsigned)d};
             if (epoll_ctl(ep, EPOLL_CTL_ADD, s->fd[d], &ev)) die("epoll_ctl");
         }
@@ -774,7 +817,7 @@ int main(int argc, char **argv)
         send_err += n_ - done_;                                                        \
         sq_n[q_] = 0;                                                                  \
     } while (0)
-    struct sockaddr_in rname[RBATCH];
+    struct sockaddr_storage rname[RBATCH];
     struct epoll_event *evs = calloc(MAXEV, sizeof *evs);
     if (!evs) die("calloc");
     char cbuf[1500];
@@ -938,7 +981,7 @@ int main(int argc, char **argv)
                 if (sh) {
                     /* right socket, and sent from the relay port of the opposite leg? */
                     if (f[1] >= nsess || !ss[f[1]].ok || f[1] % shared != j % shared ||
-                        ntohs(rname[m].sin_port) != (f[2] == 0 ? ss[f[1]].port_a : ss[f[1]].port_b)) {
+                        sa_port(&rname[m]) != (f[2] == 0 ? ss[f[1]].port_a : ss[f[1]].port_b)) {
                         bad++;
                         continue;
                     }

@@ -5,7 +5,9 @@ A relay is ``NAME=COMMAND``. COMMAND is an rtpproxy-compatible relay (the refere
 rtpproxy, pyrtpproxy) that gets rtpproxy flags appended, or rtpengine (its executable is
 named ``rtpengine``), which gets the equivalent rtpengine options: user space
 (``--table=-1``), the rtpproxy protocol on a UDP listener (``--listen-udp``), no ng, CLI or
-HTTP listener, no configuration file, loopback only.
+HTTP listener, no configuration file, loopback only. With IPv6 media an rtpproxy gets
+``-6 v6@::1`` besides ``-l 127.0.0.1`` and rtpengine a second ``--interface=::1`` (it
+answers ``U6``/``L6`` with a port on ::1); control stays on 127.0.0.1 either way.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 OUT_DIR = HERE / "out"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RTPPROXY_VERSION = "20040107"  # what every relay answers to V
+IPV6_MEDIA_ADDRESS = "::1"  # where relays and the generator's parties put IPv6 media
 
 
 class Interrupted(Exception):
@@ -81,8 +84,17 @@ class RelaySpec:
         """Control sockets it can serve the rtpproxy protocol on (rtpengine: UDP, TCP)."""
         return ("udp",) if self.kind == "rtpengine" else ("unix", "udp")
 
-    def argv(self, control: ControlSocket, port_lo: int, port_hi: int, pidfile: Path) -> list[str]:
-        """The command line: COMMAND plus the benchmark's options in this relay's dialect."""
+    def argv(
+        self,
+        control: ControlSocket,
+        port_lo: int,
+        port_hi: int,
+        pidfile: Path,
+        *,
+        ipv6: bool = False,
+    ) -> list[str]:
+        """The command line: COMMAND plus the benchmark's options in this relay's dialect;
+        ``ipv6`` puts the media on ::1 (the generator then sends ``U6``/``L6``)."""
         if self.kind == "rtpengine":
             if control.transport != "udp":
                 raise ValueError(
@@ -91,6 +103,7 @@ class RelaySpec:
             return [
                 *self.command, "--config-file=none", "--foreground", "--log-stderr",
                 "--log-level=3", "--table=-1", "--interface=127.0.0.1",
+                *([f"--interface={IPV6_MEDIA_ADDRESS}"] if ipv6 else []),
                 f"--listen-udp=127.0.0.1:{control.port}", f"--port-min={port_lo}",
                 f"--port-max={port_hi}", "--timeout=60", "--delete-delay=0",
                 f"--pidfile={pidfile}",
@@ -101,6 +114,8 @@ class RelaySpec:
             *self.command, "-f", "-F", "-s", control.spec, "-l", "127.0.0.1",
             "-m", str(port_lo), "-M", str(port_hi), "-T", "60", "-p", str(pidfile),
             "-d", "ERR", "-L", str(nofile_limit()),
+            # the reference wants a label on a listen address after the first; U6 finds it
+            *(["-6", f"v6@{IPV6_MEDIA_ADDRESS}"] if ipv6 else []),
         ]  # fmt: skip
 
     def version(self) -> str:
@@ -368,17 +383,19 @@ def relay_process(
     *,
     probe: Callable[[], str | None] | None = None,
     instance: int = 0,
+    ipv6: bool = False,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start one relay with the benchmark's options; yield it once it answers ``V``; stop it.
 
-    ``probe`` replaces the readiness check (one ``V`` over UDP to ``control.port``).
+    ``probe`` replaces the readiness check (one ``V`` over UDP to ``control.port``);
+    ``ipv6`` puts its media on ::1 (see ``RelaySpec.argv``).
     pyrtpproxy runs with ``PYRTPPROXY_KERNEL_FORWARD=off`` unless the environment says
     otherwise: a relay uses the kernel path only when its command asks for it
     (``--kernel-forward``), so user-space figures stay user space when run as root.
     """
     pidfile = OUT_DIR / "run" / f"{spec.name}-{instance}.pid"
     pidfile.parent.mkdir(parents=True, exist_ok=True)
-    argv = spec.argv(control, port_lo, port_hi, pidfile)
+    argv = spec.argv(control, port_lo, port_hi, pidfile, ipv6=ipv6)
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu), *argv]
     logfile.parent.mkdir(parents=True, exist_ok=True)
@@ -426,7 +443,8 @@ def relay_group(
 ) -> Iterator[list[Instance]]:
     """``spec.instances`` relays side by side, as N systemd instances would run: instance i
     on UDP control port ``--ctl-port`` + i, with the i-th of N disjoint slices of the
-    media port range, pinned to the i-th ``--relay-cpu`` (round robin)."""
+    media port range, pinned to the i-th ``--relay-cpu`` (round robin), media on ::1
+    with ``--ipv6``."""
     cpus = relay_cpus(args)
     span = (port_hi - port_lo) // spec.instances
     span -= span % 2
@@ -439,6 +457,7 @@ def relay_group(
                 relay_process(
                     spec, control, lo, lo + span - 2, None if cpus is None else cpus[i % len(cpus)],
                     OUT_DIR / "logs" / f"{log_stem}-i{i}.log", args.ready_timeout, instance=i,
+                    ipv6=args.ipv6,
                 )
             )  # fmt: skip
             group.append(Instance(proc, control.port))

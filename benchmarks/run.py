@@ -96,7 +96,7 @@ def run_step(
                 "--warmup", str(args.warmup), "--drain", str(args.drain),
                 "--rate", str(args.rate),
                 "--setup-timeout", str(args.setup_timeout), "--tick-us", str(args.tick_us),
-                "--shared", str(args.gen_shared),
+                "--shared", str(args.gen_shared), *(["--ipv6"] if args.ipv6 else []),
             ]  # fmt: skip
             for member in group:  # spread over the instances by call-id, weight 1 each
                 argv += [
@@ -461,6 +461,13 @@ def add_media_options(p: argparse.ArgumentParser) -> None:
         help="generator uses 2K sockets shared by all sessions (cheaper, batched with "
         "sendmmsg) instead of 2 per session (default 0 = 2 per session)",
     )
+    g.add_argument(
+        "--ipv6",
+        action="store_true",
+        help="media over IPv6: relays put it on ::1 (rtpproxy -6 v6@::1, rtpengine a\n"
+        "second --interface=::1) and the parties sit on ::1, U6/L6 (control stays on\n"
+        "127.0.0.1; not with --gen-shared)",
+    )
     g.add_argument("--max-loss", type=float, default=0.1, help="capacity limit: loss %% (0.1)")
     g.add_argument("--max-p99-ms", type=float, default=20.0, help="capacity limit: p99 ms (20)")
     g.add_argument(
@@ -547,6 +554,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--instances takes comma-separated integers")
     if not args.instance_counts or not all(1 <= n <= 16 for n in args.instance_counts):
         p.error("--instances takes integers 1..16")
+    if args.ipv6 and args.gen_shared:
+        p.error("--ipv6 does not work with --gen-shared (the shared sockets are IPv4)")
+    if args.ipv6 and "media" not in args.modes:
+        p.error("--ipv6 moves the media of --mode media only")
     if args.record_share > 0 and args.instance_counts != [1]:
         p.error("--record-share talks to one relay: use it with --instances 1")
     control.check_options(p, args)
@@ -631,6 +642,7 @@ def run_media(args: argparse.Namespace, relays: list[RelaySpec], deadline: float
         "relays": {r.name: shlex.join(r.command) for r in relays},
         "instances": {r.name: r.instances for r in relays},
         "steps": steps, "port_range": [port_lo, port_hi], "relay_L": nofile_limit(),
+        "media_family": "ipv6" if args.ipv6 else "ipv4",
         "results": [],
     }  # fmt: skip
     results: list[dict[str, Any]] = section["results"]
@@ -755,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
         media = doc["media"]
         print(
             f"\n== media: {args.step_seconds:g}s per step ({args.warmup:g}s warm-up), "
-            f"{args.rate:g} pps per direction"
+            f"{args.rate:g} pps per direction, {media['media_family']}"
         )
         print_tables(media["summary"], media_specs, args.baseline or media_specs[0].name)
         if args.plot:
