@@ -289,8 +289,14 @@ class Resizer:
 
     # --- internals -------------------------------------------------------------------
 
+    @property
+    def _wanted(self) -> int:
+        """The ``z`` value in samples."""
+        return self.target_ms * RATE // 1000
+
     def _target(self, codec: Codec) -> int:
-        return codec.target(self.target_ms * RATE // 1000)
+        """Samples per output packet of ``codec``."""
+        return codec.target(self._wanted)
 
     def _follow_clock(self, piece: _Piece, now: float) -> None:
         """Keep the mapping from arrival time to RTP time: jump forward to a packet
@@ -300,7 +306,7 @@ class Resizer:
         if offset is not None:
             clock = (arrival + offset) % TS_MOD
             if not _before(clock, piece.ts):
-                lagging = (piece.ts + self._target(piece.codec) + LAG_TOLERANCE) % TS_MOD
+                lagging = (piece.ts + self._wanted + LAG_TOLERANCE) % TS_MOD
                 if _before(lagging, clock):
                     self._clock_offset = offset - ((clock - lagging) % TS_MOD) // 2
                 return
@@ -315,14 +321,16 @@ class Resizer:
         self._queued_samples += piece.samples
 
     def _due(self, now: float) -> bool:
-        """Enough is queued for a packet, or the oldest piece has waited long enough."""
+        """Enough is queued for a packet, or the oldest piece has waited long enough.
+        Both use the ``z`` value itself, not the size rounded to the head's frames:
+        that is how rtpproxy lets a slow sender's partial packets out."""
         head = self._queue[0]
-        target = self._target(head.codec)
-        if self._queued_samples >= target:
+        wanted = self._wanted
+        if self._queued_samples >= wanted:
             return True
         assert self._clock_offset is not None  # set by the first packet queued
         clock = (int(now * RATE) + self._clock_offset) % TS_MOD
-        return not _before(clock, (head.ts + max(2 * target, MIN_WAIT)) % TS_MOD)
+        return not _before(clock, (head.ts + max(2 * wanted, MIN_WAIT)) % TS_MOD)
 
     def _build(self) -> bytes:
         """One output packet from the head of the queue (media-features.md §4.3)."""
