@@ -107,3 +107,18 @@ def test_z_out_of_range_is_e13(relay: Relay, parties: PartyFactory) -> None:
         assert relay.cmd(f"U{mods} rz4 127.0.0.1 {caller.port} ft tt") == "E13"
     relay_ok(caller, call.b, callee, 1)  # the call is undisturbed
     assert relay.cmd("Q rz5 ft") == "E50"
+
+
+def test_z_on_a_stream_already_on_the_fast_path_takes_it_back(
+    relay: Relay, parties: PartyFactory
+) -> None:
+    caller, callee = parties(), parties()
+    call = _call(relay, "rz7", caller, callee, "")
+    for seq in range(5):  # latched and settled: relayed without the engine
+        relay_ok(caller, call.b, callee, seq)
+    assert relay.cmd(f"Uz40 rz7 127.0.0.1 {caller.port} ft tt") == str(call.a) + " 127.0.0.1"
+    for seq in range(5, 9):
+        caller.send(call.b, rtp_packet(seq))
+    got = _receive(callee, 2)
+    assert [(len(p) - 12, _header(p)[1:]) for p in got] == [(320, (5, 800)), (320, (6, 1120))]
+    assert "leg B: RTP re-packetized to 40 ms" in relay.log_text()
