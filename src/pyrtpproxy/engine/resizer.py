@@ -152,11 +152,6 @@ class _Piece:
         self.samples = samples
         self.appendable = appendable
 
-    @property
-    def end(self) -> int:
-        """The timestamp right after this piece's last sample."""
-        return (self.ts + self.samples) % TS_MOD
-
     def take_front(self, size: int, samples: int) -> _Piece:
         """Split off the first ``size`` bytes (``samples`` samples); this piece keeps the
         rest, starting later and without the marker."""
