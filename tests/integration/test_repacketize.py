@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from pathlib import Path
 
-from .conftest import Party, Relay, parse_port, rtp_packet, wait_for
+from pyrtpproxy.media.record import read_file
+
+from .conftest import Party, Relay, RelayFactory, parse_port, rtp_packet, wait_for
 from .test_relay import Call, relay_ok
 
 PartyFactory = Callable[..., Party]
@@ -85,6 +88,22 @@ def test_a_copy_of_a_re_packetized_stream_carries_the_re_packetized_packets(
     assert [len(p) - 12 for p in relayed] == [320] * 4
     assert _receive(recorder, 4) == relayed
     assert recorder.recv(0.2) is None
+
+
+def test_a_recording_of_a_re_packetized_stream_holds_the_re_packetized_packets(
+    relay_factory: RelayFactory, parties: PartyFactory, tmp_path: Path
+) -> None:
+    record = tmp_path / "rec"
+    record.mkdir()
+    relay = relay_factory("-r", str(record))
+    caller, callee = parties(), parties()
+    call = _call(relay, "rz8", caller, callee, "z40")
+    assert relay.cmd("R rz8 ft tt") == "0"
+    for seq in range(8):
+        caller.send(call.b, rtp_packet(seq))
+    relayed = _receive(callee, 4)
+    assert relay.cmd("N rz8 ft tt") == "0"
+    assert [r.payload for r in read_file(record / "rz8=ft.o.rtp")] == relayed
 
 
 def test_a_u_without_z_restores_the_senders_packets(relay: Relay, parties: PartyFactory) -> None:
