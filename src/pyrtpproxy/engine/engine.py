@@ -125,7 +125,8 @@ class Forwarding(NamedTuple):
     settled: bool  # further packets from this source need not come back here
     events: tuple[Event, ...]
     accepted: bool  # the leg took it (a tap records it even when it cannot be relayed)
-    packets: tuple[bytes, ...] | None = None  # what to send and tap instead (re-packetized)
+    # None: send (and tap) the packet itself; else exactly these, in order (z<ms>)
+    packets: tuple[bytes, ...] | None = None
 
 
 class Engine:
