@@ -396,3 +396,28 @@ def test_a_prompt_takes_the_muted_direction_out_of_the_kernel(
     assert wait_for(lambda: callee_key in kernel_counts(netns, relay), 3.0), kernel_counts(
         netns, relay
     )
+
+
+def test_a_re_packetized_stream_leaves_the_kernel_and_comes_back(
+    kernel_relay: Callable[..., Relay], ns_parties: Callable[[], Party], netns: NetNamespace
+) -> None:
+    relay = kernel_relay()
+    call = setup_call(relay, "kz1", ns_parties(), ns_parties())
+    settle(call, netns)
+    caller_key = (call.caller.port, call.b)
+    assert relay.cmd(f"Uz40 kz1 127.0.0.1 {call.caller.port} ft tt").split()[0] == str(call.a)
+    # the caller's media is taken back into user space to be re-cut; the callee's stays
+    assert wait_for(lambda: caller_key not in kernel_counts(netns, relay), 3.0), kernel_counts(
+        netns, relay
+    )
+    assert (call.callee.port, call.a) in kernel_counts(netns, relay)
+    for seq in range(1, 5):
+        call.caller.send(call.b, rtp_packet(seq))
+    got = [call.callee.recv(1.0) for _ in range(2)]
+    assert [len(g[0]) for g in got if g] == [12 + 320] * 2
+    # a U without z: back to relaying as sent, and into the kernel again
+    relay.cmd(f"U kz1 127.0.0.1 {call.caller.port} ft tt")
+    relay_ok(call.caller, call.b, call.callee, 5)
+    assert wait_for(lambda: caller_key in kernel_counts(netns, relay), 3.0), kernel_counts(
+        netns, relay
+    )

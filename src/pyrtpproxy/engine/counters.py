@@ -287,6 +287,12 @@ class Counters:
             self.g.npkts_relayed += packets
             self.relay.bytes_relayed += size
 
+    def resized(self, taken: int, relayed: int, discarded: int) -> None:
+        """Packets taken into a re-packetizer, relayed out of one, thrown away by one."""
+        self.g.npkts_resizer_in += taken
+        self.g.npkts_resizer_out += relayed
+        self.g.npkts_resizer_discard += discarded
+
     # --- control commands --------------------------------------------------------------
 
     def command_received(self) -> None:

@@ -65,6 +65,7 @@ from .events import (
     PlayerEnded,
     PlayerStarted,
     PortsReleased,
+    ResizerChanged,
     SessionCompleted,
     SessionCreated,
     SessionEnded,
@@ -77,6 +78,7 @@ from .overload import OverloadGuard
 from .persist import Restored, SessionRestorer, SessionState, export_session
 from .playback import PlayEnd, Player, Players
 from .ports import HostProbe, PortAllocator, PortsExhausted
+from .resizer import Resizer
 from .session import Leg, Session, Side, Stream
 from .table import SessionTable
 from .taps import (
@@ -134,6 +136,8 @@ class Forwarding(NamedTuple):
     settled: bool  # further packets from this source need not come back here
     events: tuple[Event, ...]
     accepted: bool  # the leg took it (a tap records it even when it cannot be relayed)
+    # None: send (and tap) the packet itself; else exactly these, in order (z<ms>)
+    packets: tuple[bytes, ...] | None = None
 
 
 class PlayOutput(NamedTuple):
@@ -188,10 +192,27 @@ class Engine:
         src: tuple[str, int] | tuple[str, int, int, int],
         now: float,
     ) -> Forwarding:
-        """The media slow path: latching, counting, and where the packet goes."""
-        before = stream.accepted
-        dest = stream.receive(packet, src, now)
-        settled = dest is not None and stream.settled(src)
+        """The media slow path: latching, counting, and where the packet goes (and, for
+        a re-packetized stream, which packets: none, some, or several)."""
+        resizer = stream.resizer
+        if resizer is None:
+            before = stream.accepted
+            dest = stream.receive(packet, src, now)
+            settled = dest is not None and stream.settled(src)
+            self._start_waiting_player(stream, now)
+            return Forwarding(dest, settled, self.outbox.take(), stream.accepted != before)
+        if not stream.admit(packet, src, now):
+            self._start_waiting_player(stream, now)
+            return Forwarding(None, False, self.outbox.take(), False)
+        resized = resizer.push(packet, now)
+        packets = resized.packets
+        dest = stream.relay(len(packets), sum(map(len, packets)))
+        relayed = resized.emitted if dest is not None else 0
+        self.counters.resized(resized.taken, relayed, resized.discarded)
+        self._start_waiting_player(stream, now)
+        return Forwarding(dest, False, self.outbox.take(), True, packets)
+
+    def _start_waiting_player(self, stream: Stream, now: float) -> None:
         player = stream.leg.player
         if (
             player is not None
@@ -203,7 +224,6 @@ class Engine:
             # under --latching safe, once the learning window let it latch)
             self.players.start(player, now)
             self.outbox.emit(PlayerStarted(player))
-        return Forwarding(dest, settled, self.outbox.take(), stream.accepted != before)
 
     def get_timer(self) -> float | None:
         """The next moment :meth:`handle_timer` has work (None: no session)."""
@@ -409,7 +429,33 @@ class Engine:
             reply_leg.weak = True
         else:
             session.strong = True
+        self._repacketize(addr_leg, mods.repacketize_ms)
         session.reset_timer(now, self.timers.full(session))
+
+    def _repacketize(self, leg: Leg, target_ms: int | None) -> None:
+        """``z<ms>``: the RTP ``leg`` receives (its party's) goes on in packets of
+        ``target_ms``; a U/L without ``z`` stops that (media-features.md §4.1)."""
+        stream = leg.rtp
+        resizer = stream.resizer
+        if target_ms is None:
+            if resizer is not None:
+                self._stop_resizer(stream)
+                self.outbox.emit(ResizerChanged(leg, None))
+            return
+        if resizer is None:
+            stream.resizer = Resizer(target_ms)
+        elif resizer.target_ms != target_ms:
+            resizer.retarget(target_ms)
+        else:
+            return
+        self.outbox.emit(ResizerChanged(leg, target_ms))
+
+    def _stop_resizer(self, stream: Stream) -> None:
+        """Remove the stream's re-packetizer; what it held counts as discarded."""
+        resizer = stream.resizer
+        if resizer is not None:
+            stream.resizer = None
+            self.counters.resized(0, 0, resizer.discard())
 
     @property
     def _default_asymmetric(self) -> bool:
@@ -594,6 +640,7 @@ class Engine:
         for leg in session.legs:
             self._detach(leg)
             self._stop_player(leg, PlayEnd.SESSION_ENDED)
+            self._stop_resizer(leg.rtp)
             if leg.port:
                 self._release(leg)
         self.counters.retire(session, now)

@@ -101,6 +101,16 @@ class TapStopped:
 
 
 @dataclass(frozen=True, slots=True)
+class ResizerChanged:
+    """A U/L set (``target_ms``) or removed (None) the re-packetization of the RTP that
+    ``leg`` receives. While it is set, every such packet must reach the engine: the
+    leg's shortcuts and kernel offload are stale."""
+
+    leg: Leg
+    target_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class TosChanged:
     """``&& S tos=N``: the leg's sockets send with IPv4 TOS ``tos`` from now on."""
 
@@ -209,6 +219,7 @@ Event = (
     | PortsReleased
     | TapStarted
     | TapStopped
+    | ResizerChanged
     | TosChanged
     | PlayerCreated
     | PlayerStarted

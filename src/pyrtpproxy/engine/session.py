@@ -20,6 +20,7 @@ from .taps import Tap
 
 if TYPE_CHECKING:
     from .playback import Player
+    from .resizer import Resizer
 
 RELATCH_WINDOW = 10.0  # seconds after U/L during which any RTP source may re-latch
 RELATCH_MAX_SEQ_DISTANCE = 536
@@ -84,6 +85,7 @@ class Stream:
         "relayed",
         "relayed_bytes",
         "remote",
+        "resizer",
         "sampled_at",
         "seen_at",
         "signalled",
@@ -126,6 +128,7 @@ class Stream:
         self.muted = 0  # RTP dropped because a prompt plays to the other party
         self.analysis: RtpAnalysis | None = None if is_rtcp else RtpAnalysis()
         self.transport: StreamTransport = DETACHED  # the media layer's socket(s), once opened
+        self.resizer: Resizer | None = None  # z<ms>: this party's RTP is re-packetized
 
     # --- counters as the protocol reports them ------------------------------------------
 
@@ -152,27 +155,42 @@ class Stream:
         """Slow path for one packet from ``src``: apply latching, count it, and return
         where to send it (out of ``peer``'s socket), or None to drop it. Address changes
         and latches are emitted to the session's outbox."""
+        if not self.admit(packet, src, now):
+            return None
+        return self.relay(1, len(packet))
+
+    def admit(
+        self, packet: bytes, src: tuple[str, int] | tuple[str, int, int, int], now: float
+    ) -> bool:
+        """Apply the latching rules to one packet from ``src`` and count it as received
+        (accepted or not); True if it was accepted."""
         session = self.leg.session
         if not session.complete:
             self.incomplete += 1
-            return None
+            return False
         endpoint = Endpoint(src[0], src[1])
         if not self._source_ok(packet, endpoint, now):
             self.ignored += 1
-            return None
+            return False
         self.seen_at = now
         if self.analysis is not None:
             self.analysis.feed(packet, now)
         if not self.is_rtcp and self.peer.leg.player is not None:
             self.muted += 1  # the other party hears a prompt instead (§3.4)
-            return None
+            return False
         self.accepted += 1
+        return True
+
+    def relay(self, packets: int, size: int) -> Endpoint | None:
+        """An accepted packet becomes ``packets`` packets of ``size`` bytes in all (one
+        as it came, or what the re-packetizer made of it): count them relayed and return
+        where they go, or count the packet dropped if the other party is unknown."""
         dest = self.peer.remote
         if dest is None:
             self.dropped += 1
             return None
-        self.relayed += 1
-        self.relayed_bytes += len(packet)
+        self.relayed += packets
+        self.relayed_bytes += size
         return dest
 
     def settled(self, src: tuple[str, int] | tuple[str, int, int, int]) -> bool:
@@ -186,6 +204,7 @@ class Stream:
             and (self.leg.asymmetric or (remote.host == src[0] and remote.port == src[1]))
             and self.leg.tap is None  # a tap must see every packet
             and (self.is_rtcp or self.peer.leg.player is None)  # a prompt mutes RTP
+            and self.resizer is None  # so must a re-packetizer
         )
 
     def _source_ok(self, packet: bytes, src: Endpoint, now: float) -> bool:

@@ -40,6 +40,7 @@ from ..engine.events import (
     LegOpened,
     PlayerCreated,
     PortsReleased,
+    ResizerChanged,
     StreamChanged,
     TapStarted,
     TapStopped,
@@ -556,6 +557,7 @@ class MediaRelay:
             PortsReleased: self.on_ports_released,
             TapStarted: self.on_tap_started,
             TapStopped: self.on_tap_stopped,
+            ResizerChanged: self.on_resizer_changed,
             TosChanged: self.on_tos_changed,
             PlayerCreated: self.on_player_created,
         }
@@ -599,6 +601,22 @@ class MediaRelay:
             stream.transport.send(packet)
         except OSError:
             self.counters.relay.send_errors += 1
+
+    def on_resizer_changed(self, event: ResizerChanged) -> None:
+        """A re-packetizer started (or changed, or stopped) on the leg: log it; while
+        one runs, the leg's packets must take the slow path, where the engine has it."""
+        leg = event.leg
+        call_id = leg.session.call_id.decode("latin-1")
+        if event.target_ms is None:
+            log.info("call-id=%r leg %s: RTP no longer re-packetized", call_id, leg.side.name)
+            return
+        log.info(
+            "call-id=%r leg %s: RTP re-packetized to %d ms",
+            call_id,
+            leg.side.name,
+            event.target_ms,
+        )
+        self._unsettle_leg(leg)
 
     def _unsettle_leg(self, leg: Leg) -> None:
         """Send the leg's own packets through the slow path again (and out of the
@@ -800,13 +818,16 @@ class MediaRelay:
         stream = transport.stream
         if self.kernel is not None and src != stream.remote:
             self.kernel.refresh(stream, self.now)  # re-latching compares sequence numbers
-        dest, settled, events, accepted = self._judge(stream, data, src, self.now)
+        dest, settled, events, accepted, packets = self._judge(stream, data, src, self.now)
         if events:
             self._on_events(events)
+        out_packets = (data,) if packets is None else packets
         if accepted and self.taps:
             sink = self.taps.get(stream.leg)
             if sink is not None:
-                sink.feed(stream, data, src, self.now + self._wall_offset)
+                when = self.now + self._wall_offset
+                for packet in out_packets:  # a re-packetized stream is recorded as sent
+                    sink.feed(stream, packet, src, when)
         if dest is None:
             return
         if settled and not self.config.send_small_twice:  # -2 checks every packet's size
@@ -818,9 +839,11 @@ class MediaRelay:
             if self.kernel is not None and not self.kernel.holds(stream):
                 self._offer_to_kernel(stream)
         out = stream.peer.transport
-        try:
-            out.send(data)
-            if self.config.send_small_twice and len(data) < SMALL_PACKET:
-                out.send(data)
-        except OSError:
-            self.counters.relay.send_errors += 1
+        twice = self.config.send_small_twice
+        for packet in out_packets:
+            try:
+                out.send(packet)
+                if twice and len(packet) < SMALL_PACKET:
+                    out.send(packet)
+            except OSError:
+                self.counters.relay.send_errors += 1

@@ -130,17 +130,18 @@ G_COUNTER_METRICS: dict[str, tuple[str, str, str]] = {
     "npkts_resizer_in": (
         "resizer_packets_in_total",
         "counter",
-        "Packets into the re-packetizer (G npkts_resizer_in).",
+        "RTP packets taken into a re-packetizer (z), late ones included (G npkts_resizer_in).",
     ),
     "npkts_resizer_out": (
         "resizer_packets_out_total",
         "counter",
-        "Packets out of the re-packetizer (G npkts_resizer_out).",
+        "Re-packetized RTP packets relayed (G npkts_resizer_out).",
     ),
     "npkts_resizer_discard": (
         "resizer_packets_discarded_total",
         "counter",
-        "Packets discarded by the re-packetizer (G npkts_resizer_discard).",
+        "Packets a re-packetizer threw away: late, or queued when z was removed or the"
+        " session ended (G npkts_resizer_discard).",
     ),
     "npkts_discard": (
         "packets_discarded_total",

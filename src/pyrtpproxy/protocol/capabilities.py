@@ -19,12 +19,12 @@ class Capability:
 
 # Order and descriptions follow rtpproxy's `-v` listing so operators recognise them.
 # ``supported`` is True only for what really works in this build: clients switch features
-# on from these answers (re-packetization and playback are not available yet).
+# on from these answers.
 CAPABILITIES: tuple[Capability, ...] = (
     Capability(b"20040107", "Basic RTP proxy functionality", True),
     Capability(b"20050322", "Support for multiple RTP streams and MOH", True),
     Capability(b"20060704", "Support for extra parameter in the V command", True),
-    Capability(b"20071116", "Support for RTP re-packetization", False),
+    Capability(b"20071116", "Support for RTP re-packetization", True),
     Capability(b"20071218", "Support for forking (copying) RTP stream", True),
     Capability(b"20080403", "Support for RTP statistics querying", True),
     Capability(b"20081102", "Support for setting codecs in the update/lookup command", True),
