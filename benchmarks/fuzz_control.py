@@ -30,8 +30,6 @@ import argparse
 import contextlib
 import ipaddress
 import json
-import os
-import platform
 import random
 import re
 import shlex
@@ -45,6 +43,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from relays import machine_facts
 
 VERSION = b"20040107"
 TRANSPORTS = ("unix", "cunix", "udp", "tcp")
@@ -1126,14 +1126,11 @@ def fuzz(
 
 
 def machine() -> str:
-    model = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    python = sys.version.split()[0]
-    return f"{os.cpu_count()} CPUs {model}, kernel {platform.release()}, Python {python}"
+    facts = machine_facts()
+    return (
+        f"{facts['cpus']} CPUs {facts['cpu_model']}, kernel {facts['kernel']}, "
+        f"Python {facts['python']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
