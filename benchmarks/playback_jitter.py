@@ -26,11 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from run import (
+from relays import (
     OUT_DIR,
+    ControlSocket,
     RelaySpec,
     control_query,
     cpu_seconds,
+    ephemeral_range,
     kill_all_started,
     log,
     machine_facts,
@@ -140,8 +142,10 @@ def measure(spec: RelaySpec, args: argparse.Namespace, workdir: Path) -> dict[st
     ctl.close()
     cpu = None if args.no_pin else 0
     logfile = OUT_DIR / "playback" / f"{spec.name}.log"
-    ports = (40000, 40000 + 4 * args.players + 100)
-    with relay_process(spec, ctl_port, *ports, cpu, logfile, 15) as proc:
+    # below the ephemeral range: other programs' sockets take ports inside it at random
+    low = ephemeral_range()[0] - 4 * args.players - 100
+    ports = (low, ephemeral_range()[0] - 1)
+    with relay_process(spec, ControlSocket("udp", ctl_port), *ports, cpu, logfile, 15) as proc:
         pid = proc.pid  # taskset execs the relay: the same process
         set_up(ctl_port, args.players, listener, str(prompt))
         cpu0, wall0 = cpu_seconds(pid), time.monotonic()
