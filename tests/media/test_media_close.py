@@ -86,7 +86,7 @@ def test_a_changed_stream_is_reaimed_and_loses_its_shortcuts(relay: MediaRelay) 
     _transport(b).fast_src = Endpoint("127.0.0.1", 40002)
     relay.apply(StreamChanged(a.rtp))
     # signalling alone sends from the one socket; the twin comes with settled media
-    assert rtp.connected is None and rtp.target == ("127.0.0.1", 40000)
+    assert rtp.connected is None and rtp.target == Endpoint("127.0.0.1", 40000)
     # the peer sends through this stream's socket, so its shortcut goes too
     assert rtp.fast_src is None and _transport(b).fast_src is None
     rtp.twin()

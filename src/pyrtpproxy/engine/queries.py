@@ -11,6 +11,7 @@ from ..protocol.errors import ErrorCode, ProtocolError
 from ..protocol.sessions import LegSide, LegView, SessionView, encode_reply
 from .addresses import Endpoint
 from .counters import Snapshot
+from .rtp import RtpAnalysis
 from .session import Leg, Session, Side
 from .timers import Deadlines
 
@@ -22,8 +23,7 @@ def session_values(
 ) -> dict[bytes, int | float]:
     """Every counter ``Q`` can report for ``side`` of ``session``."""
     mine, other = session.legs[side].rtp, session.legs[1 - side].rtp
-    analysis = mine.analysis
-    assert analysis is not None
+    analysis = mine.analysis or RtpAnalysis()  # no packet yet: every count is 0
     return {
         b"ttl": timers.remaining(session, now),
         b"npkts_ina": mine.packets_in,

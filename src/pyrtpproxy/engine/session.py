@@ -126,7 +126,8 @@ class Stream:
         self.foreign = 0  # from a host neither latched nor signalled
         self.incomplete = 0
         self.muted = 0  # RTP dropped because a prompt plays to the other party
-        self.analysis: RtpAnalysis | None = None if is_rtcp else RtpAnalysis()
+        # made with the stream's first RTP packet: idle sessions stay small
+        self.analysis: RtpAnalysis | None = None
         self.transport: StreamTransport = DETACHED  # the media layer's socket(s), once opened
         self.resizer: Resizer | None = None  # z<ms>: this party's RTP is re-packetized
 
@@ -173,8 +174,9 @@ class Stream:
             self.ignored += 1
             return False
         self.seen_at = now
-        if self.analysis is not None:
-            self.analysis.feed(packet, now)
+        analysis = self.rtp_analysis()
+        if analysis is not None:
+            analysis.feed(packet, now)
         if not self.is_rtcp and self.peer.leg.player is not None:
             self.muted += 1  # the other party hears a prompt instead (§3.4)
             return False
@@ -353,6 +355,13 @@ class Stream:
         if header is not None:
             self.last_seq, self.last_ssrc = header[1], header[3]
             self._sample_mark = self.analysis.received if self.analysis is not None else -1
+
+    def rtp_analysis(self) -> RtpAnalysis | None:
+        """The analysis of this RTP stream's packets, made on first use (None for RTCP)."""
+        analysis = self.analysis
+        if analysis is None and not self.is_rtcp:
+            analysis = self.analysis = RtpAnalysis()
+        return analysis
 
     def _refresh_sample(self, now: float) -> None:
         """Bring the latched SSRC/sequence up to date from the packets accepted since the

@@ -163,7 +163,7 @@ class StreamSocket:
         self.port = port
         self.connected: socket.socket | None = None
         self.connected_to: Endpoint | None = None
-        self.target: tuple[str, int] | None = None
+        self.target: Endpoint | None = None  # where send() delivers
         self.fast_src: object = None
         self.tos = relay.config.tos
         # send(data) delivers to stream.remote; the opposite stream's fast path calls it
@@ -193,31 +193,28 @@ class StreamSocket:
             self.target = None
             self.send = self._send_nowhere
             return
-        target = (remote.host, remote.port)
-        self.target = target
+        self.target = remote
         if self.connected is None:
             self.send = self._send_unconnected
         elif remote != self.connected_to:
-            self._connect_twin(target, remote)
+            self._connect_twin(remote)
 
     def twin(self) -> None:
         """Give the stream its connected twin (once media is settled: idle and
         signalling-only sessions keep one socket per stream)."""
         if self.forward is _never_forwarded:
             self.forward = self.relay.forwarder(self.stream)
-        target = self.target
-        remote = self.stream.remote
-        if self.connected is None and target is not None and remote is not None:
-            self._connect_twin(target, remote)
+        if self.connected is None and self.target is not None:
+            self._connect_twin(self.target)
 
-    def _connect_twin(self, target: tuple[str, int], remote: Endpoint) -> None:
+    def _connect_twin(self, remote: Endpoint) -> None:
         try:
             if self.connected is None:
                 # The port was ours alone since its bind; only now may a twin share it.
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 self.connected = _media_socket(self.local, self.port, self.tos, twin=True)
                 self.relay.watch(self.connected, self.relay.connected_reader(self))
-            self.connected.connect(target)
+            self.connected.connect((remote.host, remote.port))
         except OSError:
             self._drop_connected()
             self.send = self._send_unconnected
@@ -227,8 +224,8 @@ class StreamSocket:
 
     def _send_unconnected(self, data: bytes) -> None:
         target = self.target
-        if target is not None:
-            self.sock.sendto(data, target)
+        if target is not None:  # a tuple per packet, but only until the stream settles
+            self.sock.sendto(data, (target.host, target.port))
 
     def read(self) -> None:
         """Reader of the unconnected socket: first packets, strangers, re-latching, and an
@@ -241,6 +238,8 @@ class StreamSocket:
             self.forward(data)
             return
         self.relay.take_slow_path(self, data, src)
+
+    __call__ = read  # the epoll dispatcher calls readers; no bound method per socket
 
     def adopt_connected(self, connected: socket.socket) -> None:
         """Serve a connected twin a previous relay made (a hand-over): what the kernel
@@ -677,7 +676,7 @@ class MediaRelay:
         for sock, stream, number in zip(pair, leg.streams, (port, port + 1), strict=True):
             transport = StreamSocket(self, sock=sock, stream=stream, local=local, port=number)
             stream.transport = transport
-            self.watch(sock, transport.read)
+            self.watch(sock, transport)
             connected = self._adopted_connected.pop(number, None)
             if connected is not None:
                 transport.adopt_connected(connected)
@@ -773,7 +772,7 @@ class MediaRelay:
 
     def forwarder(self, stream: Stream) -> Callable[[bytes], None]:
         """The settled per-packet path of ``stream``: count, analyse, send on."""
-        analysis = stream.analysis
+        analysis = stream.rtp_analysis()
         relay = self
         counters = self.counters.relay
 
