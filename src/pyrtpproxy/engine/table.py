@@ -22,7 +22,8 @@ class SessionTable:
     """All live sessions, grouped by call-id."""
 
     def __init__(self) -> None:
-        self._by_call: dict[bytes, list[Session]] = {}
+        # tuples, not lists: a call-id has one session or a few, and a tuple is smaller
+        self._by_call: dict[bytes, tuple[Session, ...]] = {}
         self._count = 0
 
     def __len__(self) -> int:
@@ -30,14 +31,14 @@ class SessionTable:
 
     def __iter__(self) -> Iterator[Session]:
         for sessions in list(self._by_call.values()):
-            yield from list(sessions)
+            yield from sessions
 
     def __contains__(self, session: object) -> bool:
         return isinstance(session, Session) and session in self._by_call.get(session.call_id, ())
 
     def add(self, session: Session) -> None:
         """Insert a new session."""
-        self._by_call.setdefault(session.call_id, []).append(session)
+        self._by_call[session.call_id] = (*self._by_call.get(session.call_id, ()), session)
         self._count += 1
 
     def remove(self, session: Session) -> None:
@@ -45,9 +46,11 @@ class SessionTable:
         sessions = self._by_call.get(session.call_id)
         if sessions is None or session not in sessions:
             return
-        sessions.remove(session)
+        left = tuple(s for s in sessions if s is not session)
         self._count -= 1
-        if not sessions:
+        if left:
+            self._by_call[session.call_id] = left
+        else:
             del self._by_call[session.call_id]
 
     def find(self, call_id: bytes, tag1: bytes, tag2: bytes | None) -> tuple[Session, Side] | None:
