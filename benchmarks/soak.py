@@ -588,7 +588,8 @@ def plot(record: dict[str, Any], path: Path) -> None:
     for ax, (ylabel, series) in zip(axes, panels, strict=True):
         for label, ys in series:
             ax.plot(minutes, ys, marker=".", linewidth=1, label=label or None)
-        ax.set_xlabel("minutes")
+        ax.axvline(record["config"]["warmup"] / 60, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("minutes (dotted: end of warm-up)")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         if len(series) > 1:
@@ -633,6 +634,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-pin", action="store_true", help="do not pin relay or generator")
     p.add_argument("--out", type=Path, help="JSON output (default benchmarks/out/soak-*.json)")
     p.add_argument("--plot", type=Path, help="PNG output (default next to the JSON)")
+    p.add_argument(
+        "--replot", type=Path, metavar="JSON", help="plot and summarise a run's JSON; run nothing"
+    )
     args = p.parse_args(argv)
     if args.sessions < 1 or args.rate <= 0 or args.duration <= 0 or args.pps <= 0:
         p.error("--sessions, --rate, --duration and --pps must be positive")
@@ -641,6 +645,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        record = json.loads(args.replot.read_text())
+        plot(record, args.plot or args.replot.with_suffix(".png"))
+        print_summary(record)
+        return 0
     (spec,) = parse_relays([args.relay])
     # 4 ports a call (RTP and RTCP on both sides), twice over for the calls in their drain
     port_max = args.port_max or args.port_min + max(1000, 8 * args.sessions) - 1
