@@ -346,6 +346,28 @@ def fd_count(pid: int) -> int | None:
         return None
 
 
+def udp_sockets_in_range(pid: int, lo: int, hi: int) -> tuple[int, int] | None:
+    """UDP sockets of one process bound to a port in lo..hi (IPv4 and IPv6), and how many
+    distinct ports they hold (a relay may connect a second socket to a port it has bound):
+    its socket descriptors' inodes looked up in its network namespace's /proc/net/udp."""
+    try:
+        links = (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+        inodes = {link[8:-1] for link in links if link.startswith("socket:[")}
+    except OSError:
+        return None
+    sockets = 0
+    ports: set[int] = set()
+    for table in ("udp", "udp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                port = int(fields[1].rsplit(":", 1)[1], 16)
+                if lo <= port <= hi and fields[9] in inodes:
+                    sockets += 1
+                    ports.add(port)
+    return sockets, len(ports)
+
+
 def kernel_memory() -> dict[str, int]:
     """Machine-wide kernel figures that grow with sockets: the slab (kB, /proc/meminfo),
     UDP sockets in use and their buffer memory (pages, /proc/net/sockstat)."""
