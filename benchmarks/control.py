@@ -21,7 +21,6 @@ import os
 import queue
 import resource
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -31,17 +30,21 @@ from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from relays import (
     OUT_DIR,
+    Client,
     ControlSocket,
     Interrupted,
     RelaySpec,
+    UdpClient,
+    UnixClient,
     control_query,
     descendants,
     ephemeral_range,
     log,
+    no_port,
     relay_cpus,
     relay_process,
 )
@@ -53,74 +56,6 @@ PROC_STAT_BUSY = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal, in /p
 
 
 # --------------------------------------------------------------------------- clients
-
-
-class Client(Protocol):
-    def ask(self, command: str) -> str | None:
-        """Send one command and wait for its reply; None when none came in time."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class UnixClient:
-    """``unix:`` as Kamailio speaks it: one connection per command, no newline, one read."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        self._path = path
-        self._timeout = timeout
-
-    def ask(self, command: str) -> str | None:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(self._timeout)
-            try:
-                s.connect(self._path)
-                s.sendall(command.encode())
-                data = s.recv(65536)
-            except OSError:
-                return None
-        return data.decode(errors="replace").strip() if data else None
-
-    def close(self) -> None:
-        pass
-
-
-class UdpClient:
-    """``udp:`` with a fresh cookie per command; a reply with another cookie is skipped.
-
-    No retransmission: on loopback with one command outstanding per client nothing is
-    lost, and a reply that does not come within the timeout counts as an error.
-    """
-
-    def __init__(self, port: int, timeout: float, tag: str) -> None:
-        self._timeout = timeout
-        self._tag = tag
-        self._seq = 0
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._sock.connect(("127.0.0.1", port))
-        self._sock.settimeout(timeout)
-
-    def ask(self, command: str) -> str | None:
-        self._seq += 1
-        cookie = f"{self._tag}_{self._seq}"
-        deadline = time.monotonic() + self._timeout
-        try:
-            self._sock.send(f"{cookie} {command}".encode())
-            while True:
-                text = self._sock.recv(65536).decode(errors="replace")
-                if text.startswith(cookie + " "):
-                    return text[len(cookie) + 1 :].strip()
-                remaining = deadline - time.monotonic()  # a late reply to an earlier command
-                if remaining <= 0:
-                    return None
-                self._sock.settimeout(remaining)
-        except OSError:  # timeout, or ICMP port unreachable (nothing listening)
-            return None
-        finally:
-            self._sock.settimeout(self._timeout)
-
-    def close(self) -> None:
-        self._sock.close()
 
 
 @dataclass(frozen=True)
@@ -165,12 +100,6 @@ def triple_commands(job: ClientJob, callid: str) -> tuple[str, str, str]:
         f"L {callid} 127.0.0.1 {port + 2} {ft} {tt}",
         f"D {callid} {ft} {tt}",
     )
-
-
-def no_port(reply: str) -> bool:
-    """A U/L reply that allocated nothing: its port is 0 or not a number."""
-    first = reply.split(maxsplit=1)[0] if reply.split() else ""
-    return not first.isdigit() or int(first) == 0
 
 
 def client_main(target: Target, job: ClientJob, barrier: Barrier, results: Queue[Any]) -> None:

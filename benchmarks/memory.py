@@ -17,16 +17,16 @@ from relays import (
     ControlSocket,
     Interrupted,
     RelaySpec,
+    UdpClient,
     ephemeral_range,
     fd_count,
     kernel_memory,
     log,
+    no_port,
     relay_cpus,
     relay_process,
     rss_kb,
 )
-
-from control import UdpClient, no_port
 
 SETTLE_S = 1.0  # after the last command: let the relay finish what it started
 

@@ -44,17 +44,17 @@ from relays import (
     OUT_DIR,
     ControlSocket,
     RelaySpec,
+    UdpClient,
     cpu_seconds,
     fd_count,
     log,
     machine_facts,
+    no_port,
     parse_relays,
     relay_process,
     rss_kb,
     udp_sockets_in_range,
 )
-
-from control import UdpClient, no_port
 
 RTP_HEADER = struct.Struct("!BBHII")
 COUNTER = struct.Struct("!I")
