@@ -480,6 +480,12 @@ class Relay:
             log.info("last session gone after SIGHUP, exiting")
             self.stop()
 
+    def _cancel_alarms(self) -> None:
+        """Neither the session timer nor the prompt timer fires (shutdown, hand-over)."""
+        for alarm in (self._timer, self._play_timer):
+            if alarm is not None:
+                alarm.cancel()
+
     def _arm_timer(self) -> None:
         assert self.engine is not None and self._timer is not None
         self._timer.set(self.engine.get_timer())
@@ -650,9 +656,7 @@ class Relay:
         try:
             await self._stop.wait()
         finally:
-            for alarm in (self._timer, self._play_timer):
-                if alarm is not None:
-                    alarm.cancel()
+            self._cancel_alarms()
             self._close_listener()
             passed_on = self.handed_over or self._handing_over  # (a signal mid-transfer)
             server.close(unlink=not passed_on)
@@ -811,9 +815,7 @@ class Relay:
         control = server.hand_over()
         await asyncio.sleep(HANDOVER_DRAIN)  # answer the commands already accepted
         media.suspend()
-        for alarm in (self._timer, self._play_timer):
-            if alarm is not None:
-                alarm.cancel()
+        self._cancel_alarms()
         media.refresh_counters()
         journal, self.journal = self.journal, None
         assert journal is not None

@@ -195,22 +195,23 @@ class Engine:
         """The media slow path: latching, counting, and where the packet goes (and, for
         a re-packetized stream, which packets: none, some, or several)."""
         resizer = stream.resizer
+        packets: tuple[bytes, ...] | None = None
         if resizer is None:
             before = stream.accepted
             dest = stream.receive(packet, src, now)
             settled = dest is not None and stream.settled(src)
-            self._start_waiting_player(stream, now)
-            return Forwarding(dest, settled, self.outbox.take(), stream.accepted != before)
-        if not stream.admit(packet, src, now):
-            self._start_waiting_player(stream, now)
-            return Forwarding(None, False, self.outbox.take(), False)
-        resized = resizer.push(packet, now)
-        packets = resized.packets
-        dest = stream.relay(len(packets), sum(map(len, packets)))
-        relayed = resized.emitted if dest is not None else 0
-        self.counters.resized(resized.taken, relayed, resized.discarded)
+            accepted = stream.accepted != before
+        elif stream.admit(packet, src, now):
+            resized = resizer.push(packet, now)
+            packets = resized.packets
+            dest = stream.relay(len(packets), sum(map(len, packets)))
+            relayed = resized.emitted if dest is not None else 0
+            self.counters.resized(resized.taken, relayed, resized.discarded)
+            settled, accepted = False, True  # a re-packetized stream never settles
+        else:
+            dest, settled, accepted = None, False, False
         self._start_waiting_player(stream, now)
-        return Forwarding(dest, False, self.outbox.take(), True, packets)
+        return Forwarding(dest, settled, self.outbox.take(), accepted, packets)
 
     def _start_waiting_player(self, stream: Stream, now: float) -> None:
         player = stream.leg.player
