@@ -47,6 +47,7 @@ from relays import (
     no_port,
     relay_cpus,
     relay_process,
+    rounds,
 )
 
 TRANSPORTS = ("unix", "udp")
@@ -489,9 +490,7 @@ def run(args: argparse.Namespace, relays: list[RelaySpec], deadline: float) -> d
     }  # fmt: skip
     results: list[dict[str, Any]] = section["results"]
     try:
-        for rep in range(args.repeat):
-            # alternate the order so slow drift of the machine does not favour one relay
-            order = relays if rep % 2 == 0 else list(reversed(relays))
+        for rep, order in rounds(relays, args.repeat):
             for spec in order:
                 for transport in (t for t in args.transports if t in spec.transports):
                     for clients in args.client_counts:

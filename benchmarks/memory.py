@@ -25,6 +25,7 @@ from relays import (
     no_port,
     relay_cpus,
     relay_process,
+    rounds,
     rss_kb,
 )
 
@@ -135,8 +136,7 @@ def run(args: argparse.Namespace, relays: list[RelaySpec], deadline: float) -> d
     section: dict[str, Any] = {"idle_sessions": args.idle_sessions, "results": []}
     results: list[dict[str, Any]] = section["results"]
     try:
-        for rep in range(args.repeat):
-            order = relays if rep % 2 == 0 else list(reversed(relays))
+        for rep, order in rounds(relays, args.repeat):
             for spec in order:
                 if time.monotonic() > deadline:
                     raise Interrupted("max-wall")

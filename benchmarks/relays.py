@@ -184,6 +184,13 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="raw JSON output (default benchmarks/out/...)")
 
 
+def rounds(relays: list[RelaySpec], repeat: int) -> Iterator[tuple[int, list[RelaySpec]]]:
+    """Each repeat with its relay order, alternating so that slow drift of the machine
+    favours no relay."""
+    for rep in range(repeat):
+        yield rep, relays if rep % 2 == 0 else list(reversed(relays))
+
+
 def relay_cpus(args: argparse.Namespace) -> list[int] | None:
     """The CPUs from ``--relay-cpu``, None when not pinning."""
     if args.no_pin:

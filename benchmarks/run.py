@@ -42,6 +42,7 @@ from relays import (
     nofile_limit,
     parse_relays,
     relay_group,
+    rounds,
     rss_kb,
     softirq_thread_seconds,
 )
@@ -647,9 +648,7 @@ def run_media(args: argparse.Namespace, relays: list[RelaySpec], deadline: float
     }  # fmt: skip
     results: list[dict[str, Any]] = section["results"]
     try:
-        for rep in range(args.repeat):
-            # alternate the order so slow drift of the machine does not favour one relay
-            order = relays if rep % 2 == 0 else list(reversed(relays))
+        for rep, order in rounds(relays, args.repeat):
             for spec in order:
                 ramp(args, loadgen, spec, rep, steps, (port_lo, port_hi), deadline, results)
     finally:
