@@ -224,8 +224,8 @@ class StreamSocket:
 
     def _send_unconnected(self, data: bytes) -> None:
         target = self.target
-        if target is not None:  # a tuple per packet, but only until the stream settles
-            self.sock.sendto(data, (target.host, target.port))
+        if target is not None:  # an Endpoint is the (host, port) tuple sendto wants
+            self.sock.sendto(data, target)
 
     def read(self) -> None:
         """Reader of the unconnected socket: first packets, strangers, re-latching, and an
