@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 from ..engine.engine import Engine, RequestContext
@@ -19,6 +18,7 @@ from ..protocol import replies
 from ..protocol.commands import READS_COUNTERS
 from ..protocol.errors import ErrorCode, ProtocolError
 from ..protocol.parse import parse, split_cookie
+from .replycache import ReplyCache
 
 log = logging.getLogger("pyrtpproxy.control")
 
@@ -102,7 +102,7 @@ class CommandProcessor:
         self._observe = observe
         self._refresh = refresh
         self._bridge = engine.config.addresses.bridge_mode
-        self._cache: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
+        self._replies = ReplyCache(COOKIE_TTL, MAX_CACHED_REPLIES)
         self._bad_log = RateLimitedLog(clock)
 
     def handle(self, data: bytes, ctx: RequestContext) -> bytes:
@@ -116,15 +116,12 @@ class CommandProcessor:
             self._counters.command_refused()
             return replies.error_line(ErrorCode.SYNTAX)
         now = self._clock()
-        self._expire(now)
-        cached = self._cache.get(cookie)
+        cached = self._replies.get(cookie, now)
         if cached is not None:
             self._counters.retransmission_answered()
-            return cached[1]
+            return cached
         reply = replies.frame(self._execute(command, ctx), cookie)
-        self._cache[cookie] = (now, reply)
-        if len(self._cache) > MAX_CACHED_REPLIES:
-            self._cache.popitem(last=False)  # the oldest
+        self._replies.put(cookie, reply, now)
         return reply
 
     def _execute(self, data: bytes, ctx: RequestContext) -> bytes:
@@ -153,10 +150,3 @@ class CommandProcessor:
         self._counters.command_replied(succeeded)
         self._observe(kind, succeeded, time.perf_counter() - started)
         return body
-
-    def _expire(self, now: float) -> None:
-        while self._cache:
-            cookie, (stored, _reply) = next(iter(self._cache.items()))
-            if now - stored < COOKIE_TTL:
-                break
-            del self._cache[cookie]
