@@ -7,7 +7,6 @@ command-specific modifiers and arguments.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable
 
@@ -45,11 +44,20 @@ MAX_COUNTER_NAMES = 40  # G accepts at most one name per counter (E1 beyond)
 
 _SEPARATORS = re.compile(rb"[ \t\r\n]+")
 _TRAILING_JUNK = b"\0 \t\r\n"
+# bytes.split() also splits at these, which rtpproxy keeps inside tokens
+_OTHER_WHITESPACE = (b"\x0b", b"\x0c")
+MODIFIER_CACHE = 512  # distinct U/L modifier strings remembered (clients use a handful)
 
 
 def tokenize(data: bytes) -> list[bytes]:
     """Split a command into tokens; trailing NUL padding (OpenSIPS 1.9) is ignored."""
-    return [t for t in _SEPARATORS.split(data.rstrip(_TRAILING_JUNK)) if t]
+    return _tokens(data.rstrip(_TRAILING_JUNK))
+
+
+def _tokens(stripped: bytes) -> list[bytes]:
+    if _OTHER_WHITESPACE[0] in stripped or _OTHER_WHITESPACE[1] in stripped:
+        return [t for t in _SEPARATORS.split(stripped) if t]
+    return stripped.split()  # the same split, in C
 
 
 def split_cookie(data: bytes) -> tuple[bytes | None, bytes]:
@@ -64,12 +72,13 @@ def split_cookie(data: bytes) -> tuple[bytes | None, bytes]:
 
 def parse(data: bytes, *, bridge_mode: bool = False) -> Command:
     """Parse one command (without cookie). Raises :class:`ProtocolError`."""
-    tokens = tokenize(data)
+    stripped = data.rstrip(_TRAILING_JUNK)
+    tokens = _tokens(stripped)
     if tokens and tokens[0] == sessions.COMMAND_WORD:
         listing = _parse_introspect(tokens)
         if listing is not None:
             return listing
-    if not tokens or any(b"\0" in t for t in tokens):
+    if not tokens or b"\0" in stripped:  # separators are never NUL: a token has it
         raise ProtocolError(ErrorCode.SYNTAX, "empty command or NUL byte")
     segments = _split_segments(tokens)
     main, subs = segments[0], segments[1:]
@@ -93,6 +102,10 @@ def _parse_introspect(tokens: list[bytes]) -> Introspect | None:
 
 
 def _split_segments(tokens: list[bytes]) -> list[list[bytes]]:
+    if SUBCOMMAND_SEPARATOR not in tokens:  # the common case: no sub-commands
+        if len(tokens) >= MAX_TOKENS:
+            raise ProtocolError(ErrorCode.SYNTAX, "too many tokens")
+        return [tokens]
     segments: list[list[bytes]] = [[]]
     for token in tokens:
         if token == SUBCOMMAND_SEPARATOR:
@@ -137,6 +150,21 @@ def _optional(tokens: list[bytes], index: int) -> bytes | None:
 _IPV4_CHARS = frozenset(b"0123456789.")
 
 
+def dotted_ipv4(text: bytes) -> bool:
+    """Whether ``text`` is an IPv4 address as :class:`ipaddress.IPv4Address` accepts a
+    string: four decimal octets of at most 255, without leading zeros. Such a text is
+    also the address's canonical form."""
+    octets = text.split(b".")
+    if len(octets) != 4:
+        return False
+    for octet in octets:
+        if not (0 < len(octet) <= 3 and octet.isdigit()):
+            return False
+        if (octet[0] == 0x30 and len(octet) > 1) or int(octet) > 255:
+            return False
+    return True
+
+
 def _take_address(mods: bytes, pos: int, allow_label: bool) -> tuple[AddressSpec | None, int]:
     """Read an ``l``/``r`` argument starting at ``pos``; returns (spec or None, new pos)."""
     if pos < len(mods) and mods[pos : pos + 1] in (b"[", b"{"):
@@ -153,12 +181,9 @@ def _take_address(mods: bytes, pos: int, allow_label: bool) -> tuple[AddressSpec
     end = pos
     while end < len(mods) and mods[end] in _IPV4_CHARS:
         end += 1
-    text = mods[pos:end].decode("latin-1")
-    try:
-        ipaddress.IPv4Address(text)
-    except ValueError:
+    if not dotted_ipv4(mods[pos:end]):
         return None, pos
-    return AddressSpec(text), end
+    return AddressSpec(mods[pos:end].decode("latin-1")), end
 
 
 def _take_digits(mods: bytes, pos: int, extra: bytes = b"") -> tuple[bytes, int]:
@@ -177,8 +202,22 @@ def _decimal(digits: bytes, cap: int) -> int:
     return min(int(significant or b"0"), cap)
 
 
+_known_modifiers: tuple[dict[bytes, UpdateModifiers], dict[bytes, UpdateModifiers]] = ({}, {})
+
+
 def parse_update_modifiers(mods: bytes, bridge_mode: bool) -> UpdateModifiers:
     """Parse U/L modifiers left to right; the first bad one decides the error code."""
+    known = _known_modifiers[bridge_mode]
+    modifiers = known.get(mods)
+    if modifiers is None:  # the value is immutable: every command with these shares it
+        modifiers = _parse_modifiers(mods, bridge_mode)
+        if len(known) >= MODIFIER_CACHE:
+            known.clear()
+        known[mods] = modifiers
+    return modifiers
+
+
+def _parse_modifiers(mods: bytes, bridge_mode: bool) -> UpdateModifiers:
     asymmetric: bool | None = None
     weak = ipv6 = new_port = False
     interfaces: list[Interface] = []
