@@ -16,7 +16,7 @@ from collections.abc import Callable
 from ..engine.engine import Engine, RequestContext
 from ..engine.events import Event
 from ..protocol import replies
-from ..protocol.commands import READS_COUNTERS
+from ..protocol.commands import READS_COUNTERS, Command
 from ..protocol.errors import ErrorCode, ProtocolError
 from ..protocol.parse import parse, split_cookie
 
@@ -32,10 +32,6 @@ BAD_COMMAND_WINDOW = 10.0
 
 CommandObserver = Callable[[str, bool, float], None]
 EventSink = Callable[[tuple[Event, ...]], None]
-
-
-def _observe_nothing(kind: str, succeeded: bool, seconds: float) -> None:
-    return None
 
 
 def _ignore_events(events: tuple[Event, ...]) -> None:
@@ -83,8 +79,9 @@ class CommandProcessor:
     """Parses and executes commands, counts them, and keeps the UDP reply cache.
 
     ``on_events`` receives the events of every command (ports to open and close,
-    sessions that ended...); ``refresh`` runs before commands whose answer includes
-    live packet counts (it folds in kernel-forwarded packets).
+    sessions that ended...); ``observe``, if given, each command's kind, success and
+    duration; ``refresh`` runs before commands whose answer includes live packet counts
+    (it folds in kernel-forwarded packets).
     """
 
     def __init__(
@@ -92,7 +89,7 @@ class CommandProcessor:
         engine: Engine,
         clock: Callable[[], float],
         on_events: EventSink = _ignore_events,
-        observe: CommandObserver = _observe_nothing,
+        observe: CommandObserver | None = None,
         refresh: Callable[[], None] = _nothing,
     ) -> None:
         self._engine = engine
@@ -103,6 +100,7 @@ class CommandProcessor:
         self._refresh = refresh
         self._bridge = engine.config.addresses.bridge_mode
         self._cache: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
+        self._oldest = float("inf")  # when the oldest cached reply was stored
         self._bad_log = RateLimitedLog(clock)
 
     def handle(self, data: bytes, ctx: RequestContext) -> bytes:
@@ -122,20 +120,24 @@ class CommandProcessor:
             self._counters.retransmission_answered()
             return cached[1]
         reply = replies.frame(self._execute(command, ctx), cookie)
+        if not self._cache:
+            self._oldest = now
         self._cache[cookie] = (now, reply)
         if len(self._cache) > MAX_CACHED_REPLIES:
             self._cache.popitem(last=False)  # the oldest
+            self._oldest = next(iter(self._cache.values()))[0]
         return reply
 
     def _execute(self, data: bytes, ctx: RequestContext) -> bytes:
         """Parse and run one command; the reply body. Never raises."""
-        self._counters.command_received()
-        started = time.perf_counter()
-        kind = "?"
+        counters = self._counters
+        counters.command_received()
+        observe = self._observe
+        started = 0.0 if observe is None else time.perf_counter()  # only if anyone asks
+        command: Command | None = None
         succeeded = False
         try:
             command = parse(data, bridge_mode=self._bridge)
-            kind = type(command).__name__
             if isinstance(command, READS_COUNTERS):
                 self._refresh()
             reply, events = self._engine.execute(command, self._clock(), ctx)
@@ -150,13 +152,20 @@ class CommandProcessor:
             log.exception("internal error on command %r", data[:120])
             self._on_events(self._engine.take_events())
             body = ErrorCode.INTERNAL_ERROR.wire
-        self._counters.command_replied(succeeded)
-        self._observe(kind, succeeded, time.perf_counter() - started)
+        counters.command_replied(succeeded)
+        if observe is not None:
+            kind = "?" if command is None else type(command).__name__
+            observe(kind, succeeded, time.perf_counter() - started)
         return body
 
     def _expire(self, now: float) -> None:
-        while self._cache:
-            cookie, (stored, _reply) = next(iter(self._cache.items()))
+        if now - self._oldest < COOKIE_TTL:
+            return  # nothing is old enough yet (the common case: one comparison)
+        cache = self._cache
+        while cache:
+            cookie, (stored, _reply) = next(iter(cache.items()))
             if now - stored < COOKIE_TTL:
-                break
-            del self._cache[cookie]
+                self._oldest = stored
+                return
+            del cache[cookie]
+        self._oldest = float("inf")

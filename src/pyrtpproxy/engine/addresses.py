@@ -74,7 +74,7 @@ class MediaAddress:
     null host (``0.0.0.0``/``::``), which puts the leg on hold and keeps the old address.
     """
 
-    endpoint: tuple[str, int] | None
+    endpoint: Endpoint | None
     hold: bool = False
 
 
@@ -103,7 +103,7 @@ def resolve_media_address(addr: bytes, port: bytes, ipv6: bool) -> MediaAddress:
     if unspecified:
         return MediaAddress(None, hold=True)
     # 10**16 is a multiple of 65536, so the last 16 digits decide the wrapped port
-    return MediaAddress((host, int(port[-16:]) % 65536))
+    return MediaAddress(Endpoint(host, int(port[-16:]) % 65536))
 
 
 CC_SELF = "%%CC_SELF%%"

@@ -120,6 +120,7 @@ class RequestContext:
 
 
 LOCAL_REQUEST = RequestContext()
+DONE = Reply(OK)  # the answer of every command that just did what it was asked
 
 
 class Outcome(NamedTuple):
@@ -322,7 +323,7 @@ class Engine:
                 return Reply(replies.Flag(capabilities.supports(command.date, notify)))
             case DeleteAll():
                 self._delete_all(now)
-                return Reply(OK)
+                return DONE
             case Record():
                 return self._record(command)
             case StopRecord():
@@ -342,7 +343,8 @@ class Engine:
     # --- U / L -------------------------------------------------------------------------
 
     def _update(self, cmd: Update, now: float, ctx: RequestContext) -> Reply:
-        self._check_subcommands(cmd.subcommands)
+        if cmd.subcommands:
+            self._check_subcommands(cmd.subcommands)
         mods = cmd.modifiers
         if cmd.notify_socket is not None and not self.config.notify_targets:
             raise ProtocolError(ErrorCode.NOTIFY_DISABLED, "notify requested but no -n configured")
@@ -379,6 +381,8 @@ class Engine:
         if not cmd.lookup_only:
             self._set_notify(session, cmd, ctx)
         reply = self._port_reply(reply_leg)
+        if not cmd.subcommands:
+            return Reply(reply)
         return Reply(
             reply, self._run_subcommands(cmd.subcommands, session, side, now, addr_leg.side)
         )
@@ -412,7 +416,7 @@ class Engine:
             if mods.local_address is not None or mods.remote_address is not None:
                 reply_leg.local = self._explicit_local(mods)
             self._allocate(reply_leg, new_session=created)
-        if not session.complete and all(leg.port for leg in session.legs):
+        if not session.complete and session.legs[0].port and session.legs[1].port:
             session.complete = True
             self.outbox.emit(SessionCompleted(session))
         if mods.asymmetric is not None:
@@ -423,7 +427,7 @@ class Engine:
             addr_leg.on_hold = True
         elif media.endpoint is not None:
             addr_leg.on_hold = False
-            addr_leg.signal(Endpoint(*media.endpoint), now)
+            addr_leg.signal(media.endpoint, now)
         addr_leg.codecs = mods.codecs  # each U/L of a party replaces (or clears) its list
         reply_leg.ptime_ms = mods.repacketize_ms  # P … session's ptime towards the other
         if mods.weak:
@@ -618,7 +622,7 @@ class Engine:
             raise ProtocolError(ErrorCode.NO_SESSION, "no such session")
         for session, side in matches:
             self._delete_one(session, side, cmd.weak, now)
-        return Reply(OK)
+        return DONE
 
     def _delete_one(self, session: Session, side: Side, weak: bool, now: float) -> None:
         if weak:
@@ -639,9 +643,12 @@ class Engine:
         self.table.remove(session)
         self.timers.forget(session)
         for leg in session.legs:
-            self._detach(leg)
-            self._stop_player(leg, PlayEnd.SESSION_ENDED)
-            self._stop_resizer(leg.rtp)
+            if leg.tap is not None:
+                self._detach(leg)
+            if leg.player is not None:
+                self._stop_player(leg, PlayEnd.SESSION_ENDED)
+            if leg.rtp.resizer is not None:
+                self._stop_resizer(leg.rtp)
             if leg.port:
                 self._release(leg)
         self.counters.retire(session, now)
@@ -672,7 +679,7 @@ class Engine:
                 succeeded |= self._start_recording(session, chosen, single)
         if not succeeded:
             raise ProtocolError(ErrorCode.NO_SESSION, "no leg could be recorded")
-        return Reply(OK)
+        return DONE
 
     def _start_recording(self, session: Session, side: Side, single_file: bool) -> bool:
         """Record one leg. A leg that already has a tap counts as recording, except in
@@ -696,7 +703,7 @@ class Engine:
                 stopped |= self._detach(leg)
         if not stopped:
             raise ProtocolError(ErrorCode.NO_SESSION, "nothing was recorded")
-        return Reply(OK)
+        return DONE
 
     def _copy(self, cmd: Copy) -> Reply:
         """``C[s][p]``: copy a leg's media to ``udp:HOST:PORT`` or record it to a file."""
@@ -752,7 +759,7 @@ class Engine:
         )
         if not self._attach(leg, tap):
             raise ProtocolError(ErrorCode.COPY_FAILED, "the file could not be opened")
-        return Reply(OK)
+        return DONE
 
     def _attach(self, leg: Leg, tap: Tap) -> bool:
         """Give ``leg`` its tap if the host can open it; its streams leave the fast path."""
@@ -782,7 +789,7 @@ class Engine:
         leg = session.legs[side]
         self._stop_player(leg, PlayEnd.STOPPED)
         if isinstance(cmd, StopPlay):
-            return Reply(OK)
+            return DONE
         ptime: int | None = None
         codecs = cmd.codecs
         if codecs == b"session":
@@ -790,7 +797,7 @@ class Engine:
                 raise ProtocolError(ErrorCode.INVALID_MODIFIER, "no codec list stored for this leg")
             codecs, ptime = leg.codecs, leg.ptime_ms
         if cmd.count == 0:
-            return Reply(OK)
+            return DONE
         for token in codecs.split(b","):
             if not token.isdigit():
                 raise ProtocolError(ErrorCode.PLAY_FAILED, f"invalid codec list {codecs!r}")
@@ -808,7 +815,7 @@ class Engine:
             leg.player = player
             self.players.add(player, now if leg.rtp.remote is not None else None)
             self.outbox.emit(PlayerCreated(player, path))
-            return Reply(OK)
+            return DONE
         raise ProtocolError(ErrorCode.PLAY_FAILED, f"no prompt file {cmd.prompt!r}.<{codecs!r}>")
 
     def _stop_player(self, leg: Leg, reason: PlayEnd) -> None:

@@ -68,6 +68,7 @@ FD_WARNING_INTERVAL = 10.0  # seconds between two warnings about the open-file l
 # recording files still open when the open-file limit (-L) is the bottleneck.
 RESERVED_FDS = 16
 SOCKETS_PER_LEG = 4  # RTP and RTCP, each with its connected twin
+_NONBLOCKING_DATAGRAM = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK  # one system call less
 
 log = logging.getLogger("pyrtpproxy.media")
 
@@ -89,9 +90,8 @@ def _media_socket(local: LocalAddress, port: int, tos: int, twin: bool = False) 
     """A media socket bound to ``local``:``port``. The first socket of a port binds
     without ``SO_REUSEPORT``, so the bind itself proves nobody else holds the port; a
     connected ``twin`` shares the port with it."""
-    sock = socket.socket(family_of(local.bind_host), socket.SOCK_DGRAM)
+    sock = socket.socket(family_of(local.bind_host), _NONBLOCKING_DATAGRAM)
     try:
-        sock.setblocking(False)
         if twin:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
@@ -658,35 +658,38 @@ class MediaRelay:
     def _stream_changed(self, stream: Stream) -> None:
         """The one place shortcuts are dropped: the stream's own, and the peer's, which
         sends through this stream's socket and whose kernel offload names its address."""
-        if stream.transport is DETACHED and stream.peer.transport is DETACHED:
+        transport, peer = stream.transport, stream.peer.transport
+        if transport is DETACHED and peer is DETACHED:
             return  # no sockets yet (the U's leg B): nothing aims at anything
-        self.take_back(stream)
-        for affected in (stream, stream.peer):
-            transport = affected.transport
-            if isinstance(transport, StreamSocket):
-                transport.unsettle()
-        transport = stream.transport
+        if self.kernel is not None:
+            self.take_back(stream)
+        if isinstance(peer, StreamSocket):
+            peer.unsettle()
         if isinstance(transport, StreamSocket):
+            transport.unsettle()
             transport.aim(stream.remote)
 
     def _open_leg(self, leg: Leg, local: LocalAddress, port: int) -> None:
         pair = self._bound.pop((local, port), None)
         if pair is None:
             return  # the leg closed again before it was served
-        for sock, stream, number in zip(pair, leg.streams, (port, port + 1), strict=True):
-            transport = StreamSocket(self, sock=sock, stream=stream, local=local, port=number)
+        adopted = self._adopted_connected
+        for sock, stream, number in ((pair[0], leg.rtp, port), (pair[1], leg.rtcp, port + 1)):
+            transport = StreamSocket(self, stream, sock, local, number)
             stream.transport = transport
             self.watch(sock, transport)
-            connected = self._adopted_connected.pop(number, None)
-            if connected is not None:
-                transport.adopt_connected(connected)
+            if adopted:
+                connected = adopted.pop(number, None)
+                if connected is not None:
+                    transport.adopt_connected(connected)
             self._stream_changed(stream)
 
     def _close_leg(self, leg: Leg, local: LocalAddress, port: int) -> None:
-        self._close_bound(local, port)  # bound but never served (a creating U that failed)
-        for stream in leg.streams:
-            self.take_back(stream)
+        if self._bound:
+            self._close_bound(local, port)  # bound but never served (a creating U that failed)
         if self.kernel is not None:
+            for stream in leg.streams:
+                self.take_back(stream)
             self.kernel.flush()  # now: the port may be handed to another session next
         for stream in leg.streams:
             transport = stream.transport
@@ -766,8 +769,10 @@ class MediaRelay:
         fd = sock.fileno()
         if fd >= 0:
             self._readers.pop(fd, None)
-            with contextlib.suppress(OSError, ValueError):
+            try:  # noqa: SIM105 (suppress() would cost an object per closed socket)
                 self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass  # never registered, or the epoll set is closed already
         sock.close()
 
     def forwarder(self, stream: Stream) -> Callable[[bytes], None]:
