@@ -122,6 +122,10 @@ def _never_forwarded(data: bytes) -> None:
     return None
 
 
+def _send_nowhere(data: bytes) -> None:
+    return None
+
+
 def _no_slow_path(stream: Stream, data: bytes, src: tuple[str, int], now: float) -> Forwarding:
     return Forwarding(None, False, (), False)
 
@@ -167,12 +171,9 @@ class StreamSocket:
         self.fast_src: object = None
         self.tos = relay.config.tos
         # send(data) delivers to stream.remote; the opposite stream's fast path calls it
-        self.send: Callable[[bytes], object] = self._send_nowhere
+        self.send: Callable[[bytes], object] = _send_nowhere
         # made with the twin: only settled streams take the fast path
         self.forward: Callable[[bytes], None] = _never_forwarded
-
-    def _send_nowhere(self, data: bytes) -> None:
-        return None
 
     def unsettle(self) -> None:
         """Send the next packet of this stream through the slow path."""
@@ -191,7 +192,7 @@ class StreamSocket:
         if remote is None or remote.port == 0:
             self._drop_connected()
             self.target = None
-            self.send = self._send_nowhere
+            self.send = _send_nowhere
             return
         self.target = remote
         if self.connected is None:
@@ -263,7 +264,7 @@ class StreamSocket:
         self.unsettle()
         self._drop_connected()
         self.relay.unwatch(self.sock)
-        self.send = self._send_nowhere
+        self.send = _send_nowhere  # (a bound method here would keep a closed stream alive)
 
 
 class MediaRelay:
