@@ -50,7 +50,7 @@ from ..engine.ports import PortsExhausted
 from ..engine.session import DETACHED, Leg, Stream
 from ..engine.taps import Tap, UdpCopy
 from ..names import system_resolver
-from ..net import family_of, probe_bind
+from ..net import MediaSocket, family_of, probe_bind
 from .kernel import KernelForwarder
 from .prompts import PromptFiles
 from .record import RecordDirs
@@ -86,11 +86,11 @@ class MediaConfig:
     send_small_twice: bool = False
 
 
-def _media_socket(local: LocalAddress, port: int, tos: int, twin: bool = False) -> socket.socket:
+def _media_socket(local: LocalAddress, port: int, tos: int, twin: bool = False) -> MediaSocket:
     """A media socket bound to ``local``:``port``. The first socket of a port binds
     without ``SO_REUSEPORT``, so the bind itself proves nobody else holds the port; a
     connected ``twin`` shares the port with it."""
-    sock = socket.socket(family_of(local.bind_host), _NONBLOCKING_DATAGRAM)
+    sock = MediaSocket(family_of(local.bind_host), _NONBLOCKING_DATAGRAM)
     try:
         if twin:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -158,14 +158,14 @@ class StreamSocket:
     )
 
     def __init__(
-        self, relay: MediaRelay, stream: Stream, sock: socket.socket, local: LocalAddress, port: int
+        self, relay: MediaRelay, stream: Stream, sock: MediaSocket, local: LocalAddress, port: int
     ) -> None:
         self.relay = relay
         self.stream = stream
         self.sock = sock
         self.local = local
         self.port = port
-        self.connected: socket.socket | None = None
+        self.connected: MediaSocket | None = None
         self.connected_to: Endpoint | None = None
         self.target: Endpoint | None = None  # where send() delivers
         self.fast_src: object = None
@@ -242,7 +242,7 @@ class StreamSocket:
 
     __call__ = read  # the epoll dispatcher calls readers; no bound method per socket
 
-    def adopt_connected(self, connected: socket.socket) -> None:
+    def adopt_connected(self, connected: MediaSocket) -> None:
         """Serve a connected twin a previous relay made (a hand-over): what the kernel
         queued on it is read, not lost."""
         host, port = connected.getpeername()[:2]
@@ -293,15 +293,15 @@ class MediaRelay:
         self._on_events = on_events
         self._local_hosts: dict[str, bool] = {}
         self._route_sources: dict[str, str | None] = {}  # remote host -> our address to it
-        self._bound: dict[tuple[LocalAddress, int], tuple[socket.socket, socket.socket]] = {}
+        self._bound: dict[tuple[LocalAddress, int], tuple[MediaSocket, MediaSocket]] = {}
         self._opener = TapOpener(record_dirs, self._tap_failed)
         self._pending_taps: dict[Leg, TapSink] = {}
         self.taps: dict[Leg, TapSink] = {}
         self._failed_calls: set[bytes] = set()  # calls whose recording failure was logged
         self._resuming = False  # restoring sessions: recordings continue their files
         # sockets a previous relay handed over, by port, until a restored leg takes them
-        self._adopted: dict[int, socket.socket] = {}
-        self._adopted_connected: dict[int, socket.socket] = {}
+        self._adopted: dict[int, MediaSocket] = {}
+        self._adopted_connected: dict[int, MediaSocket] = {}
         self._prompts = PromptFiles()
         self._wall_offset = time.time() - loop.time()  # record times are wall clock
         self.now = loop.time()
@@ -422,7 +422,7 @@ class MediaRelay:
         if self._media_sockets() + SOCKETS_PER_LEG > self._media_fd_budget():
             self._warn_no_descriptors("the open-file limit is reached")
             raise PortsExhausted
-        sockets: list[socket.socket] = []
+        sockets: list[MediaSocket] = []
         try:
             for number in (port, port + 1):
                 sockets.append(_media_socket(local, number, self.config.tos))
@@ -759,13 +759,13 @@ class MediaRelay:
 
     # --- sockets and readers ---------------------------------------------------------
 
-    def watch(self, sock: socket.socket, reader: Callable[[], None]) -> None:
+    def watch(self, sock: MediaSocket, reader: Callable[[], None]) -> None:
         """Start calling ``reader`` when ``sock`` is readable (or has an error to read)."""
         fd = sock.fileno()
         self._readers[fd] = reader
         self._epoll.register(fd, select.EPOLLIN)
 
-    def unwatch(self, sock: socket.socket) -> None:
+    def unwatch(self, sock: MediaSocket) -> None:
         """Stop reading ``sock`` and close it."""
         fd = sock.fileno()
         if fd >= 0:
