@@ -173,6 +173,8 @@ class Engine:
         self.players = Players()
         self._rng = rng or random.Random()  # players' SSRC, sequence and timestamp
         self._resolved: dict[str, str] = {}  # advertised DNS name -> its address now
+        bridged = config.addresses.bridge_mode and not config.bridge_symmetric
+        self._default_asymmetric = config.force_asymmetric or bridged  # a leg's without a/s
 
     # --- entry points ------------------------------------------------------------------
 
@@ -395,11 +397,15 @@ class Engine:
             raise ProtocolError(ErrorCode.OVERLOADED, "overloaded, no new sessions")
         session = Session(cmd.call_id, cmd.from_tag, now, self.outbox, self.config.latching)
         mods = cmd.modifiers
-        interfaces = mods.interfaces + (Interface.INTERNAL,) * (2 - len(mods.interfaces))
         a, b = session.legs
-        # the first i/e is the offerer's side (leg B), the second the answerer's (leg A)
-        b.local = self.config.addresses.pick(mods.ipv6, interfaces[0])
-        a.local = self.config.addresses.pick(mods.ipv6, interfaces[1])
+        plan = self.config.addresses
+        if mods.interfaces:
+            interfaces = mods.interfaces + (Interface.INTERNAL,) * (2 - len(mods.interfaces))
+            # the first i/e is the offerer's side (leg B), the second the answerer's (leg A)
+            b.local = plan.pick(mods.ipv6, interfaces[0])
+            a.local = plan.pick(mods.ipv6, interfaces[1])
+        else:
+            a.local = b.local = plan.pick(mods.ipv6, Interface.INTERNAL)
         return session
 
     def _apply_update(
@@ -461,11 +467,6 @@ class Engine:
         if resizer is not None:
             stream.resizer = None
             self.counters.resized(0, 0, resizer.discard())
-
-    @property
-    def _default_asymmetric(self) -> bool:
-        bridged = self.config.addresses.bridge_mode and not self.config.bridge_symmetric
-        return self.config.force_asymmetric or bridged
 
     def _explicit_local(self, mods: UpdateModifiers) -> LocalAddress:
         if mods.local_address is not None:

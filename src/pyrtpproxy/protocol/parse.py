@@ -80,8 +80,13 @@ def parse(data: bytes, *, bridge_mode: bool = False) -> Command:
             return listing
     if not tokens or b"\0" in stripped:  # separators are never NUL: a token has it
         raise ProtocolError(ErrorCode.SYNTAX, "empty command or NUL byte")
-    segments = _split_segments(tokens)
-    main, subs = segments[0], segments[1:]
+    if SUBCOMMAND_SEPARATOR in tokens:
+        segments = _split_segments(tokens)
+        main, subs = segments[0], segments[1:]
+    elif len(tokens) >= MAX_TOKENS:
+        raise ProtocolError(ErrorCode.SYNTAX, "too many tokens")
+    else:  # the common case: no sub-commands
+        main, subs = tokens, []
     word = main[0]
     letter = word[:1].upper()
     parser = _PARSERS.get(letter)
@@ -102,10 +107,6 @@ def _parse_introspect(tokens: list[bytes]) -> Introspect | None:
 
 
 def _split_segments(tokens: list[bytes]) -> list[list[bytes]]:
-    if SUBCOMMAND_SEPARATOR not in tokens:  # the common case: no sub-commands
-        if len(tokens) >= MAX_TOKENS:
-            raise ProtocolError(ErrorCode.SYNTAX, "too many tokens")
-        return [tokens]
     segments: list[list[bytes]] = [[]]
     for token in tokens:
         if token == SUBCOMMAND_SEPARATOR:
@@ -150,19 +151,15 @@ def _optional(tokens: list[bytes], index: int) -> bytes | None:
 _IPV4_CHARS = frozenset(b"0123456789.")
 
 
+_OCTET = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
+_DOTTED_IPV4 = re.compile(_OCTET + rb"(?:\." + _OCTET + rb"){3}")
+
+
 def dotted_ipv4(text: bytes) -> bool:
     """Whether ``text`` is an IPv4 address as :class:`ipaddress.IPv4Address` accepts a
     string: four decimal octets of at most 255, without leading zeros. Such a text is
     also the address's canonical form."""
-    octets = text.split(b".")
-    if len(octets) != 4:
-        return False
-    for octet in octets:
-        if not (0 < len(octet) <= 3 and octet.isdigit()):
-            return False
-        if (octet[0] == 0x30 and len(octet) > 1) or int(octet) > 255:
-            return False
-    return True
+    return _DOTTED_IPV4.fullmatch(text) is not None
 
 
 def _take_address(mods: bytes, pos: int, allow_label: bool) -> tuple[AddressSpec | None, int]:
@@ -310,26 +307,26 @@ def _parse_update(
     lookup_only: bool, mods: bytes, tokens: list[bytes], subs: list[list[bytes]], bridge: bool
 ) -> Update:
     _nargs(tokens, 5, 6 if lookup_only else 8)
+    count = len(tokens)
     modifiers = parse_update_modifiers(mods, bridge)
     to_tag = notify_socket = notify_tag = None
-    if len(tokens) in (6, 8):
+    if count == 6 or count == 8:
         to_tag = tokens[5]
-    if len(tokens) >= 7:
+    if count >= 7:
         notify_socket, notify_tag = tokens[-2], url_decode(tokens[-1])
+    # a single-shot U && L needs the answerer's tag (rtpproxy: E3 without it)
+    allow_lookup = not lookup_only and to_tag is not None
     return Update(
-        lookup_only=lookup_only,
-        call_id=tokens[1],
-        addr=tokens[2],
-        port=tokens[3],
-        from_tag=tokens[4],
-        to_tag=to_tag,
-        notify_socket=notify_socket,
-        notify_tag=notify_tag,
-        modifiers=modifiers,
-        # a single-shot U && L needs the answerer's tag (rtpproxy: E3 without it)
-        subcommands=_parse_subcommands(
-            subs, allow_lookup=not lookup_only and to_tag is not None, bridge=bridge
-        ),
+        lookup_only,
+        tokens[1],  # call-id
+        tokens[2],  # address
+        tokens[3],  # port
+        tokens[4],  # from tag
+        to_tag,
+        notify_socket,
+        notify_tag,
+        modifiers,
+        _parse_subcommands(subs, allow_lookup=allow_lookup, bridge=bridge) if subs else (),
     )
 
 
