@@ -4,7 +4,10 @@
 Each client creates and deletes sessions with U+L+D triples, waiting for every reply
 before it sends the next command (as Kamailio does), over the unix control socket and
 over UDP with cookies, with 1 and with 8 concurrent clients. A relay that has no unix
-control socket (rtpengine) is measured over UDP only.
+control socket (rtpengine) is measured over UDP only. With ``--media-sessions N`` the
+UDP configurations are run once more (socket ``udp+media``) while the C load generator
+keeps N calls relaying RTP (``--rate`` packets/s each way) through the same relay; the
+relay's CPU per triple then includes the media's.
 
 Example (``python benchmarks/control.py ARGS`` is ``run.py --mode control ARGS``):
     python benchmarks/run.py --mode control --relay base=/work/bench-base/.venv/bin/pyrtpproxy \\
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import multiprocessing
 import os
@@ -22,10 +26,12 @@ import queue
 import resource
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
@@ -40,9 +46,11 @@ from relays import (
     RelaySpec,
     UdpClient,
     UnixClient,
+    build_loadgen,
     control_query,
     descendants,
     ephemeral_range,
+    loadgen_argv,
     log,
     no_port,
     relay_cpus,
@@ -51,6 +59,7 @@ from relays import (
 )
 
 TRANSPORTS = ("unix", "udp")
+MEDIA = "udp+media"  # the UDP configuration again, with calls relaying RTP meanwhile
 COMMANDS = ("U", "L", "D")
 CLIENT_BOUND = 0.9  # clients using this share of the cores they run on measured themselves
 PROC_STAT_BUSY = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal, in /proc/stat "cpu"
@@ -223,6 +232,55 @@ def split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
+@contextlib.contextmanager
+def media_load(
+    args: argparse.Namespace, spec: RelaySpec, relay_pid: int, tag: str, rec: dict[str, Any]
+) -> Iterator[None]:
+    """``--media-sessions`` calls relaying RTP through the relay for as long as the block
+    runs (it is entered once they are set up and past ``--warmup``); the generator's loss
+    and one-way p99 go into ``rec["media"]``."""
+    seconds = args.seconds + 3 * args.timeout + 5  # outlasts the clients
+    argv = loadgen_argv(
+        args, build_loadgen(), spec, tag, args.media_sessions, seconds, [(args.ctl_port, relay_pid)]
+    )
+    gen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    set_up = threading.Event()
+    stderr: list[str] = []
+
+    def watch_stderr() -> None:
+        assert gen.stderr is not None
+        for line in gen.stderr:
+            stderr.append(line)
+            if " sessions set up in " in line:
+                set_up.set()
+
+    watcher = threading.Thread(target=watch_stderr, daemon=True)
+    watcher.start()
+    try:
+        if not set_up.wait(args.setup_timeout + 5):
+            raise RuntimeError(
+                "the media load did not set up its sessions: " + "".join(stderr)[-300:]
+            )
+        time.sleep(args.warmup)  # media flowing, the generator's own warm-up over
+        yield
+    finally:
+        try:
+            out, _ = gen.communicate(timeout=seconds + args.drain + args.setup_timeout + 30)
+        except subprocess.TimeoutExpired:
+            gen.kill()  # our own child, by its handle
+            out, _ = gen.communicate()
+        watcher.join(2)
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    if gen.returncode != 0 or not lines:
+        raise RuntimeError(f"media load rc={gen.returncode}: " + "".join(stderr)[-300:])
+    lg = json.loads(lines[-1])
+    rec["media"] = {
+        "sessions": args.media_sessions,
+        "loss_pct": lg.get("loss_pct_total"),
+        "p99_ms": lg["lat_us"]["p99"] / 1000 if "lat_us" in lg else None,
+    }
+
+
 def run_config(
     args: argparse.Namespace,
     spec: RelaySpec,
@@ -234,6 +292,9 @@ def run_config(
 ) -> dict[str, Any]:
     rec: dict[str, Any] = {"relay": spec.name, "transport": transport, "clients": clients}
     rec["rep"] = rep
+    with_media = transport == MEDIA
+    if with_media:
+        transport = "udp"
     sock_path = OUT_DIR / "run" / f"{spec.name}-ctl.sock"
     if len(str(sock_path)) > 100:  # sun_path holds 108 bytes
         sock_path = Path(tempfile.gettempdir()) / f"ctlbench-{os.getpid()}-{spec.name}.sock"
@@ -247,17 +308,26 @@ def run_config(
     ctx = multiprocessing.get_context("fork")
     workers: list[multiprocessing.context.ForkProcess] = []
     try:
-        with relay_process(
-            spec,
-            target.socket,
-            port_lo,
-            port_hi,
-            relay_cpu,
-            logfile,
-            args.ready_timeout,
-            probe=target.probe,
-        ) as proc:
+        with contextlib.ExitStack() as stack:
+            proc = stack.enter_context(
+                relay_process(
+                    spec,
+                    target.socket,
+                    port_lo,
+                    port_hi,
+                    relay_cpu,
+                    logfile,
+                    args.ready_timeout,
+                    probe=target.probe,
+                )
+            )
             relay_pids = descendants(proc.pid)
+            load = (
+                media_load(args, spec, proc.pid, f"cm{os.getpid()}r{rep}c{clients}", rec)
+                if with_media
+                else contextlib.nullcontext()
+            )
+            stack.enter_context(load)
             barrier = ctx.Barrier(clients + 1)
             results: Queue[Any] = ctx.Queue()
             prefix = f"cb{os.getpid()}r{rep}{transport}{clients}"
@@ -333,13 +403,19 @@ def tally(rec: dict[str, Any], reports: list[dict[str, Any]], busy: float, no_pi
 # --------------------------------------------------------------------------- summaries
 
 FIGURES = ["triples_per_s", "p50_ms", "p99_ms", "max_ms", "relay_us_per_triple",
-           "relay_cpu_pct", "client_cpu_pct", "foreign_pct"]  # fmt: skip
+           "relay_cpu_pct", "client_cpu_pct", "foreign_pct", "media_p99_ms",
+           "media_loss_pct"]  # fmt: skip
 
 
 def figure(rec: dict[str, Any], key: str) -> float | None:
     if "latency" not in rec:
         return None
-    value = rec["latency"][key] if key.endswith("_ms") else rec.get(key)
+    if key.startswith("media_"):
+        value = (rec.get("media") or {}).get(key.removeprefix("media_"))
+    elif key.endswith("_ms"):
+        value = rec["latency"][key]
+    else:
+        value = rec.get(key)
     return None if value is None else float(value)
 
 
@@ -387,14 +463,16 @@ def print_tables(rows: list[dict[str, Any]], baseline: str) -> None:
     cols = [("triples/s", "triples_per_s", ".0f"), ("p50 ms", "p50_ms", ".3f"),
             ("p99 ms", "p99_ms", ".3f"), ("max ms", "max_ms", ".2f"),
             ("us/triple", "relay_us_per_triple", ".0f"), ("relay%", "relay_cpu_pct", ".0f"),
-            ("client%", "client_cpu_pct", ".0f"), ("other%", "foreign_pct", ".0f")]  # fmt: skip
+            ("client%", "client_cpu_pct", ".0f"), ("other%", "foreign_pct", ".0f"),
+            ("RTP p99", "media_p99_ms", ".3f"), ("RTP loss%", "media_loss_pct", ".3f")]  # fmt: skip
     width = max([len(r["relay"]) for r in rows] + [5])
     print("\n== control plane: U+L+D triples, each client waits for every reply (medians)")
     print("   us/triple: relay CPU per triple; relay%/client%: of one core; errors: E or no reply")
-    head = f"{'relay':<{width}} {'socket':<6} {'clients':>7} {'triples':>8} {'errors':>6}"
+    print("   udp+media: while the load generator relays RTP (RTP p99: its one-way latency)")
+    head = f"{'relay':<{width}} {'socket':<9} {'clients':>7} {'triples':>8} {'errors':>6}"
     print(head + "".join(f" {c[0]:>9}" for c in cols) + "  flags")
     for r in rows:
-        line = f"{r['relay']:<{width}} {r['transport']:<6} {r['clients']:>7} {r['triples']:>8}"
+        line = f"{r['relay']:<{width}} {r['transport']:<9} {r['clients']:>7} {r['triples']:>8}"
         line += f" {r['errors']:>6}" + "".join(f" {fmt(r[k], f):>9}" for _, k, f in cols)
         flags = []
         if r["failed_runs"]:
@@ -422,7 +500,7 @@ def print_tables(rows: list[dict[str, Any]], baseline: str) -> None:
                            ("us/triple", "relay_us_per_triple")):  # fmt: skip
             a, d = r[key], b[key]
             parts.append(f"{label} {f'{a / d:.2f}x' if a is not None and d else '-'}")
-        print(f"{r['relay']:<{width}} {r['transport']:<6} {r['clients']:>7}  " + "  ".join(parts))
+        print(f"{r['relay']:<{width}} {r['transport']:<9} {r['clients']:>7}  " + "  ".join(parts))
 
 
 # --------------------------------------------------------------------------- options and run
@@ -458,6 +536,14 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help="triples each client runs before the measurement starts (default 20)",
     )
     g.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for a reply (1)")
+    g.add_argument(
+        "--media-sessions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the UDP configurations while N calls relay RTP (socket udp+media;\n"
+        "the media mode's --rate, --warmup and --setup-timeout apply; default 0: not)",
+    )
 
 
 def check_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -472,6 +558,16 @@ def check_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--clients takes integers 1..256")
     if args.triples < 1 or args.seconds <= 0:
         p.error("--triples and --seconds must be positive")
+    if not 0 <= args.media_sessions <= 4000:
+        p.error("--media-sessions takes 0..4000")
+    if args.media_sessions and "udp" not in args.transports:
+        p.error("--media-sessions needs the udp transport (the generator's control socket)")
+
+
+def configurations(args: argparse.Namespace, spec: RelaySpec) -> list[str]:
+    """The sockets ``spec`` is measured on, ``udp+media`` last when asked for."""
+    sockets = [t for t in args.transports if t in spec.transports]
+    return sockets + ([MEDIA] if args.media_sessions and "udp" in sockets else [])
 
 
 def run(args: argparse.Namespace, relays: list[RelaySpec], deadline: float) -> dict[str, Any]:
@@ -486,13 +582,14 @@ def run(args: argparse.Namespace, relays: list[RelaySpec], deadline: float) -> d
     section: dict[str, Any] = {
         "transports": args.transports, "clients": args.client_counts,
         "triples": args.triples, "seconds": args.seconds, "warmup": args.control_warmup,
-        "timeout": args.timeout, "port_range": [port_lo, port_hi], "results": [],
+        "timeout": args.timeout, "port_range": [port_lo, port_hi],
+        "media_sessions": args.media_sessions, "results": [],
     }  # fmt: skip
     results: list[dict[str, Any]] = section["results"]
     try:
         for rep, order in rounds(relays, args.repeat):
             for spec in order:
-                for transport in (t for t in args.transports if t in spec.transports):
+                for transport in configurations(args, spec):
                     for clients in args.client_counts:
                         if time.monotonic() > deadline:
                             raise Interrupted("max-wall")

@@ -254,6 +254,48 @@ def softirq_thread_seconds() -> float:
     return total / 1e9
 
 
+LOADGEN_SRC = HERE / "loadgen.c"
+LOADGEN_BIN = HERE / "build" / "loadgen"
+
+
+def build_loadgen() -> Path:
+    """The C load generator (benchmarks/loadgen.c), built when its source is newer."""
+    LOADGEN_BIN.parent.mkdir(parents=True, exist_ok=True)
+    if LOADGEN_BIN.exists() and LOADGEN_BIN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
+        return LOADGEN_BIN
+    cmd = ["gcc", "-O2", "-Wall", "-o", str(LOADGEN_BIN), str(LOADGEN_SRC)]
+    log("building: " + shlex.join(cmd))
+    subprocess.run(cmd, check=True, timeout=120)
+    return LOADGEN_BIN
+
+
+def loadgen_argv(
+    args: argparse.Namespace,
+    loadgen: Path,
+    spec: RelaySpec,
+    tag: str,
+    sessions: int,
+    seconds: float,
+    members: list[tuple[int, int]],
+) -> list[str]:
+    """The generator's command line: ``sessions`` calls at ``--rate`` packets/s each way for
+    ``seconds`` (after ``--warmup``), spread over ``members`` (UDP control port, relay pid)
+    by call-id, weight 1 each; pinned to ``--gen-cpu`` unless ``--no-pin``."""
+    argv = [
+        str(loadgen), "--tag", tag, "--tag-suffix", spec.tag_suffix,
+        "--sessions", str(sessions), "--duration", str(seconds),
+        "--warmup", str(args.warmup), "--drain", str(args.drain),
+        "--rate", str(args.rate),
+        "--setup-timeout", str(args.setup_timeout), "--tick-us", str(args.tick_us),
+        "--shared", str(args.gen_shared), *(["--ipv6"] if args.ipv6 else []),
+    ]  # fmt: skip
+    for ctl_port, pid in members:
+        argv += ["--ctl", f"127.0.0.1:{ctl_port}=1", "--relay-pid", str(pid)]
+    if not args.no_pin:
+        argv = ["taskset", "-c", str(args.gen_cpu), *argv]
+    return argv
+
+
 def rss_kb(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -27,16 +27,17 @@ from typing import Any
 
 import memory
 from relays import (
-    HERE,
     OUT_DIR,
     Interrupted,
     RelaySpec,
     _on_signal,
     add_common_options,
+    build_loadgen,
     control_query,
     cpu_seconds,
     ephemeral_range,
     kill_all_started,
+    loadgen_argv,
     log,
     machine_facts,
     nofile_limit,
@@ -49,25 +50,12 @@ from relays import (
 
 import control
 
-BUILD_DIR = HERE / "build"
-LOADGEN_SRC = HERE / "loadgen.c"
-LOADGEN_BIN = BUILD_DIR / "loadgen"
 MODES = ("media", "control", "memory")
 DEFAULT_STEPS = "100,250,500,1000,1500,2000,3000,4000"
 UNDERDELIVERED = 0.95  # a step that sent less than this share of its target rate
 
 
 # --------------------------------------------------------------------------- build
-
-
-def build_loadgen() -> Path:
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    if LOADGEN_BIN.exists() and LOADGEN_BIN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
-        return LOADGEN_BIN
-    cmd = ["gcc", "-O2", "-Wall", "-o", str(LOADGEN_BIN), str(LOADGEN_SRC)]
-    log("building: " + shlex.join(cmd))
-    subprocess.run(cmd, check=True, timeout=120)
-    return LOADGEN_BIN
 
 
 # --------------------------------------------------------------------------- one step
@@ -84,30 +72,14 @@ def run_step(
 ) -> dict[str, Any]:
     rec: dict[str, Any] = {"relay": spec.name, "rep": rep, "sessions": sessions}
     rec["instances"] = spec.instances
-    gen_cpu = None if args.no_pin else args.gen_cpu
     try:
         with relay_group(spec, args, port_lo, port_hi, f"{spec.name}-r{rep}-n{sessions}") as group:
             pids = [member.proc.pid for member in group]
             cpu0 = sum(cpu_seconds(pid) for pid in pids)
             tag = f"bn{rep}x{sessions}x{os.getpid()}"
             recorder = start_recording_share(args, tag, sessions, rec)
-            argv = [
-                str(loadgen), "--tag", tag, "--tag-suffix", spec.tag_suffix,
-                "--sessions", str(sessions), "--duration", str(args.step_seconds),
-                "--warmup", str(args.warmup), "--drain", str(args.drain),
-                "--rate", str(args.rate),
-                "--setup-timeout", str(args.setup_timeout), "--tick-us", str(args.tick_us),
-                "--shared", str(args.gen_shared), *(["--ipv6"] if args.ipv6 else []),
-            ]  # fmt: skip
-            for member in group:  # spread over the instances by call-id, weight 1 each
-                argv += [
-                    "--ctl",
-                    f"127.0.0.1:{member.ctl_port}=1",
-                    "--relay-pid",
-                    str(member.proc.pid),
-                ]
-            if gen_cpu is not None:
-                argv = ["taskset", "-c", str(gen_cpu), *argv]
+            members = [(member.ctl_port, member.proc.pid) for member in group]
+            argv = loadgen_argv(args, loadgen, spec, tag, sessions, args.step_seconds, members)
             limit = 2 * args.setup_timeout + args.step_seconds + args.drain + 30
             t0 = time.monotonic()
             softirq0 = softirq_thread_seconds()

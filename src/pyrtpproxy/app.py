@@ -161,6 +161,41 @@ def setup_logging(config: Config, daemon: bool) -> None:
     root.setLevel(config.log_level)
 
 
+_SCHED_POLICIES = {"fifo": os.SCHED_FIFO, "rr": os.SCHED_RR}
+
+
+def apply_scheduling(config: Config) -> None:
+    """Apply ``-c`` and ``--nice`` as rtpproxy does: a real-time policy at its highest
+    priority (refused: an error logged, the relay runs on), then the niceness (refused:
+    :class:`ConfigError`). A real-time policy keeps prompt pacing and relaying on time
+    when other programs compete for the CPU; the kernel's real-time throttling still
+    leaves the rest of the machine its share."""
+    if config.sched_policy is not None:
+        policy = _SCHED_POLICIES[config.sched_policy]
+        priority = os.sched_get_priority_max(policy)
+        try:
+            os.sched_setscheduler(0, policy, os.sched_param(priority))
+        except OSError as exc:
+            log.error(
+                "cannot set real-time scheduling (-c %s, priority %d): %s; running with "
+                "the default policy (the relay needs CAP_SYS_NICE)",
+                config.sched_policy,
+                priority,
+                exc.strerror,
+            )
+        else:
+            log.info(
+                "real-time scheduling SCHED_%s, priority %d", config.sched_policy.upper(), priority
+            )
+    if config.nice is not None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, config.nice)
+        except OSError as exc:
+            raise ConfigError(
+                f"--nice {config.nice}: cannot set the niceness: {exc.strerror}"
+            ) from exc
+
+
 def raise_file_limit(config: Config) -> None:
     """Apply ``-L`` and warn when the limit caps the sessions the port range could hold."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -967,6 +1002,7 @@ def run(config: Config) -> int:
     daemon = not config.foreground
     serving = daemonize(config) if daemon else None
     setup_logging(config, daemon)
+    apply_scheduling(config)
     raise_file_limit(config)
     write_pidfile(config.pidfile)
     relay = Relay(config, on_serving=serving)

@@ -154,6 +154,8 @@ def build_config(opts: dict[str, Any]) -> Config:
         log_facility=facility,
         send_small_twice=opts["twice"],
         sequential_ports=opts["sequential"],
+        sched_policy=opts["sched_policy"],
+        nice=opts["nice"],
         force_asymmetric=opts["force_asymmetric"],
         bridge_symmetric=opts["bridge_symmetric"],
         latching=_latching(opts["latching"], opts["latching_window"]),
@@ -352,7 +354,7 @@ def _flag(*names: str, help: str) -> Callable[[_F], _F]:
     "-c",
     "sched_policy",
     type=click.Choice(["fifo", "rr"]),
-    help="Real-time scheduling policy (accepted, not applied).",
+    help="Real-time scheduling policy, at the policy's highest priority (needs CAP_SYS_NICE).",
 )
 @_flag("-D", "no_chdir", help="Do not chdir to / when daemonising.")
 @click.option(
@@ -403,7 +405,12 @@ def _flag(*names: str, help: str) -> Callable[[_F], _F]:
 )
 @_flag("--no_resolve", "no_resolve", help="Numeric addresses only (always the case here).")
 @_flag("--no_redirect", "no_redirect", help="Keep stdio open when daemonising.")
-@click.option("--nice", "nice", type=int, help="Process niceness.")
+@click.option(
+    "--nice",
+    "nice",
+    type=click.IntRange(-20, 20),
+    help="Set the process's niceness (-20..20; lowering it needs CAP_SYS_NICE).",
+)
 @click.option(
     "--overload_prot",
     "overload_prot",
@@ -465,8 +472,6 @@ def relay_command(**opts: Any) -> None:
     except ConfigError as exc:
         click.echo(f"pyrtpproxy: {exc}", err=True)
         sys.exit(1)
-    if opts["nice"] is not None:
-        os.nice(opts["nice"])
     from .app import run
 
     try:

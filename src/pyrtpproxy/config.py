@@ -230,6 +230,8 @@ class Config:
     gid: int | None = None
     socket_mode: int | None = None
     nofile_limit: int | None = None
+    sched_policy: str | None = None  # -c: "fifo" or "rr" (real-time), None: the default
+    nice: int | None = None  # --nice: the niceness to set, None: leave it
     log_level: int = 10
     log_facility: str | None = None
     send_small_twice: bool = False

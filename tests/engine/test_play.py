@@ -212,7 +212,7 @@ def test_a_listener_without_an_address_hears_the_prompt_after_its_first_packet()
     session = next(iter(engine.table))
     assert run(engine, b"P w1 pr 0 ft tt") == b"0"
     assert engine.get_play_timer() is None
-    assert engine.handle_play_timer(100.0).sends == ()
+    assert engine.handle_play_timer(100.0).sends == []
     listener = session.legs[Side.B].rtp
     # nothing was signalled: --latching safe learns the address after its window, and
     # the prompt starts with the packet that latches it

@@ -101,7 +101,7 @@ def test_nothing_is_sent_before_it_is_due_and_a_late_timer_catches_up() -> None:
     players = Players()
     players.add(_player(bytes(8000)), 0.0)
     assert len(players.run_due(0.0).packets) == 1
-    assert players.run_due(0.0099).packets == ()
+    assert players.run_due(0.0099).packets == []
     assert len(players.run_due(0.035).packets) == 3  # 10, 20 and 30 ms
 
 
@@ -147,7 +147,7 @@ def test_a_negative_count_loops_until_removed() -> None:
     assert len(packets) == 1000 and len(players) == 1
     players.remove(player)
     assert players.next_deadline() is None
-    assert players.run_due(20.0).packets == ()
+    assert players.run_due(20.0).packets == []
 
 
 def test_end_of_file_finishes_the_player() -> None:
@@ -156,9 +156,9 @@ def test_end_of_file_finishes_the_player() -> None:
     players.add(player, 0.0)
     assert len(players.run_due(0.0).packets) == 1
     out = players.run_due(0.01)
-    assert len(out.packets) == 1 and out.finished == ()
+    assert len(out.packets) == 1 and out.finished == []
     out = players.run_due(0.02)
-    assert out.packets == () and out.finished == (player,)
+    assert out.packets == [] and out.finished == [player]
     assert players.next_deadline() is None
 
 
@@ -168,7 +168,7 @@ def test_a_file_shorter_than_one_packet_sends_nothing(size: int) -> None:
     player = _player(bytes(size), count=-1)
     players.add(player, 0.0)
     out = players.run_due(0.0)
-    assert out.packets == () and out.finished == (player,)
+    assert out.packets == [] and out.finished == [player]
 
 
 def test_a_waiting_player_starts_when_its_listener_is_known() -> None:
@@ -176,7 +176,7 @@ def test_a_waiting_player_starts_when_its_listener_is_known() -> None:
     player = _player(bytes(800))
     players.add(player, None)
     assert not player.started and players.next_deadline() is None
-    assert players.run_due(100.0).packets == ()
+    assert players.run_due(100.0).packets == []
     players.start(player, 42.0)
     assert players.next_deadline() == 42.0
     assert len(players.run_due(42.0).packets) == 1
@@ -190,7 +190,7 @@ def test_a_type_it_cannot_packetize_never_sends() -> None:
     players.add(player, 0.0)
     assert not player.playable
     assert players.next_deadline() is None
-    assert players.run_due(10.0).packets == ()
+    assert players.run_due(10.0).packets == []
     assert len(players) == 1  # it stays (and mutes) until stopped
 
 

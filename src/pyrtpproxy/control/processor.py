@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 from ..engine.engine import Engine, RequestContext
@@ -19,6 +18,7 @@ from ..protocol import replies
 from ..protocol.commands import READS_COUNTERS, Command
 from ..protocol.errors import ErrorCode, ProtocolError
 from ..protocol.parse import parse, split_cookie
+from .replycache import ReplyCache
 
 log = logging.getLogger("pyrtpproxy.control")
 
@@ -99,8 +99,7 @@ class CommandProcessor:
         self._observe = observe
         self._refresh = refresh
         self._bridge = engine.config.addresses.bridge_mode
-        self._cache: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
-        self._oldest = float("inf")  # when the oldest cached reply was stored
+        self._replies = ReplyCache(COOKIE_TTL, MAX_CACHED_REPLIES)
         self._bad_log = RateLimitedLog(clock)
 
     def handle(self, data: bytes, ctx: RequestContext) -> bytes:
@@ -114,18 +113,12 @@ class CommandProcessor:
             self._counters.command_refused()
             return replies.error_line(ErrorCode.SYNTAX)
         now = self._clock()
-        self._expire(now)
-        cached = self._cache.get(cookie)
+        cached = self._replies.get(cookie, now)
         if cached is not None:
             self._counters.retransmission_answered()
-            return cached[1]
+            return cached
         reply = replies.frame(self._execute(command, ctx), cookie)
-        if not self._cache:
-            self._oldest = now
-        self._cache[cookie] = (now, reply)
-        if len(self._cache) > MAX_CACHED_REPLIES:
-            self._cache.popitem(last=False)  # the oldest
-            self._oldest = next(iter(self._cache.values()))[0]
+        self._replies.put(cookie, reply, now)
         return reply
 
     def _execute(self, data: bytes, ctx: RequestContext) -> bytes:
@@ -157,15 +150,3 @@ class CommandProcessor:
             kind = "?" if command is None else type(command).__name__
             observe(kind, succeeded, time.perf_counter() - started)
         return body
-
-    def _expire(self, now: float) -> None:
-        if now - self._oldest < COOKIE_TTL:
-            return  # nothing is old enough yet (the common case: one comparison)
-        cache = self._cache
-        while cache:
-            cookie, (stored, _reply) = next(iter(cache.items()))
-            if now - stored < COOKIE_TTL:
-                self._oldest = stored
-                return
-            del cache[cookie]
-        self._oldest = float("inf")

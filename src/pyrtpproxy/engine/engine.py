@@ -145,7 +145,7 @@ class PlayOutput(NamedTuple):
     """What the players did by ``now``: packets to send and the events of those that
     ended."""
 
-    sends: tuple[tuple[Stream, bytes], ...]  # (out of this stream's socket, to its remote)
+    sends: list[tuple[Stream, bytes]]  # (out of this stream's socket, to its remote)
     events: tuple[Event, ...]
 
 
@@ -265,7 +265,7 @@ class Engine:
         for player in played.finished:
             self._end_player(player, PlayEnd.FINISHED)
         self.counters.played(len(played.packets))
-        sends = tuple((player.leg.rtp, packet) for player, packet in played.packets)
+        sends = [(player.leg.rtp, packet) for player, packet in played.packets]
         return PlayOutput(sends, self.outbox.take())
 
     def delete_all(self, now: float) -> tuple[Event, ...]:

@@ -73,6 +73,7 @@ class Player:
         "_started_at",
         "_timestamp",
         "count",
+        "due",
         "filed_at",
         "leg",
         "packet_bytes",
@@ -110,6 +111,9 @@ class Player:
         self._offset = 0
         self._started_at: float | None = None  # None: waiting for the listener's address
         self._sent_ms = 0
+        # When the next packet is due; None while waiting or if it never sends. Kept as an
+        # attribute, not computed: the prompt timer reads it for every packet it sends.
+        self.due: float | None = None
         self.filed_at: float | None = None  # Players' bookkeeping: its current heap entry
 
     @property
@@ -122,16 +126,11 @@ class Player:
         """Whether the player has begun pacing (its listener's address is known)."""
         return self._started_at is not None
 
-    @property
-    def due(self) -> float | None:
-        """When the next packet is due; None while waiting or if it never sends."""
-        if self._started_at is None or not self.playable:
-            return None
-        return self._started_at + self._sent_ms / 1000.0
-
     def start(self, now: float) -> None:
         """Begin: the first packet is due at ``now``."""
         self._started_at = now
+        if self.playable:
+            self.due = now
 
     def catch_up(self, now: float) -> None:
         """After a stall longer than :data:`MAX_LATENESS`, go on from ``now`` instead of
@@ -139,6 +138,7 @@ class Player:
         due = self.due
         if due is not None and now - due > MAX_LATENESS:
             self._started_at = now - self._sent_ms / 1000.0
+            self.due = now
 
     def next_packet(self) -> bytes | None:
         """The next RTP packet, or None when the prompt has ended (a trailing piece
@@ -162,6 +162,8 @@ class Player:
         self._seq = (self._seq + 1) & 0xFFFF
         self._timestamp = (self._timestamp + RTP_CLOCK_PER_MS * self.packet_ms) & 0xFFFFFFFF
         self._sent_ms += self.packet_ms
+        assert self._started_at is not None  # only a started player is asked for packets
+        self.due = self._started_at + self._sent_ms / 1000.0
         return header + payload
 
 
@@ -169,8 +171,8 @@ class Player:
 class Played:
     """What one run of :meth:`Players.run_due` produced."""
 
-    packets: tuple[tuple[Player, bytes], ...]  # in send order
-    finished: tuple[Player, ...]  # reached the end of their prompt
+    packets: list[tuple[Player, bytes]]  # in send order
+    finished: list[Player]  # reached the end of their prompt
 
 
 class Players:
@@ -220,26 +222,27 @@ class Players:
     def run_due(self, now: float) -> Played:
         """Every packet due by ``now``, and the players that finished."""
         heap = self._heap
+        pop = heapq.heappop
         packets: list[tuple[Player, bytes]] = []
         finished: list[Player] = []
         while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)
-            if not self._current(entry):
-                continue
-            player = entry[2]
-            player.catch_up(now)
-            due = player.due
-            while due is not None and due <= now:
+            due, _order, player = pop(heap)
+            if player.filed_at != due:
+                continue  # stale: stopped, or filed again since
+            if now - due > MAX_LATENESS:
+                player.catch_up(now)
+            while True:
                 packet = player.next_packet()
                 if packet is None:
                     finished.append(player)
                     self.remove(player)
                     break
                 packets.append((player, packet))
-                due = player.due
-            else:
-                self._file(player)
-        return Played(tuple(packets), tuple(finished))
+                next_due = player.due
+                if next_due is None or next_due > now:
+                    self._file(player)
+                    break
+        return Played(packets, finished)
 
     def _file(self, player: Player) -> None:
         due = player.due
@@ -247,6 +250,7 @@ class Players:
         if due is not None:
             heapq.heappush(self._heap, (due, next(self._order), player))
 
-    def _current(self, entry: tuple[float, int, Player]) -> bool:
+    @staticmethod
+    def _current(entry: tuple[float, int, Player]) -> bool:
         due, _order, player = entry
-        return player.filed_at == due and player in self._active
+        return player.filed_at == due  # remove() clears filed_at
