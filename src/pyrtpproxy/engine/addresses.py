@@ -10,6 +10,7 @@ from typing import NamedTuple
 from ..protocol.commands import Interface
 from ..protocol.errors import ErrorCode, ProtocolError
 from ..protocol.parse import dotted_ipv4
+from ..protocol.values import slot_init
 
 
 class Endpoint(NamedTuple):
@@ -66,6 +67,7 @@ class AddressPlan:
         return self.ipv4 + self.ipv6 + self.labelled
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class MediaAddress:
     """Where a U/L says its party's media comes from.
