@@ -688,7 +688,12 @@ class MediaRelay:
                 connected = adopted.pop(number, None)
                 if connected is not None:
                     transport.adopt_connected(connected)
-            self._stream_changed(stream)
+            if (
+                stream.remote is not None
+                or transport.connected is not None
+                or isinstance(stream.peer.transport, StreamSocket)
+            ):
+                self._stream_changed(stream)  # else nothing to aim, nothing aimed at it
 
     def _close_leg(self, leg: Leg, local: LocalAddress, port: int) -> None:
         if self._bound:

@@ -44,8 +44,6 @@ MAX_COUNTER_NAMES = 40  # G accepts at most one name per counter (E1 beyond)
 
 _SEPARATORS = re.compile(rb"[ \t\r\n]+")
 _TRAILING_JUNK = b"\0 \t\r\n"
-# bytes.split() also splits at these, which rtpproxy keeps inside tokens
-_OTHER_WHITESPACE = (b"\x0b", b"\x0c")
 MODIFIER_CACHE = 512  # distinct U/L modifier strings remembered (clients use a handful)
 
 
@@ -55,7 +53,8 @@ def tokenize(data: bytes) -> list[bytes]:
 
 
 def _tokens(stripped: bytes) -> list[bytes]:
-    if _OTHER_WHITESPACE[0] in stripped or _OTHER_WHITESPACE[1] in stripped:
+    # bytes.split() also splits at vertical tab and form feed, which stay inside tokens
+    if b"\x0b" in stripped or b"\x0c" in stripped:
         return [t for t in _SEPARATORS.split(stripped) if t]
     return stripped.split()  # the same split, in C
 
