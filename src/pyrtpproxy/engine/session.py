@@ -555,7 +555,8 @@ class Session:
     @property
     def persistent(self) -> bool:
         """A session survives D while strong or while either leg is weak."""
-        return self.strong or any(leg.weak for leg in self.legs)
+        a, b = self.legs
+        return self.strong or a.weak or b.weak
 
     def streams(self) -> tuple[Stream, ...]:
         """All four streams."""
