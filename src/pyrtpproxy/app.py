@@ -657,8 +657,8 @@ class Relay:
             engine,
             loop.time,
             on_events=self._after_command,
+            observe=observe,
             refresh=media.refresh_counters,
-            **({} if observe is None else {"observe": observe}),
         )
         stdio_only = all(s.kind in (ControlKind.STDIO, ControlKind.STDIOC) for s in config.control)
         self.server = server = ControlServer(

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import _socket
 import socket
+from typing import TypeAlias
+
+# Media sockets are made as the C type itself: ``socket.socket`` adds a Python-level
+# constructor and close to every one, and a relay makes and closes two per leg. Sockets
+# made as ``socket.socket`` (handed over by a previous relay) are of this type too.
+MediaSocket: TypeAlias = _socket.socket
 
 
 def family_of(host: str) -> socket.AddressFamily:

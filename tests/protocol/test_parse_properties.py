@@ -26,7 +26,14 @@ from pyrtpproxy.protocol.commands import (
     VersionFeature,
 )
 from pyrtpproxy.protocol.errors import ErrorCode, ProtocolError
-from pyrtpproxy.protocol.parse import parse, split_cookie, tokenize, url_decode
+from pyrtpproxy.protocol.parse import (
+    MODIFIER_CACHE,
+    parse,
+    parse_update_modifiers,
+    split_cookie,
+    tokenize,
+    url_decode,
+)
 from pyrtpproxy.protocol.sessions import decode_page
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -103,6 +110,31 @@ def test_tokenize_drops_separators(data: bytes) -> None:
     tokens = tokenize(data)
     assert all(t and not any(c in SEPARATORS for c in t) for t in tokens)
     assert b"".join(tokens) == bytes(c for c in data.rstrip(b"\0 \t\r\n") if c not in SEPARATORS)
+
+
+def test_vertical_tab_and_form_feed_stay_inside_tokens() -> None:
+    assert tokenize(b"U\x0bx c\x0c1 \x0b") == [b"U\x0bx", b"c\x0c1", b"\x0b"]
+
+
+@SETTINGS
+@given(st.binary(max_size=12), st.booleans())
+def test_modifiers_parse_the_same_every_time(mods: bytes, bridge: bool) -> None:
+    """U/L modifiers are remembered once parsed: the remembered value is the one a
+    fresh parse gives, and a bad string fails with the same code every time."""
+    outcomes = []
+    for _ in range(2):
+        try:
+            outcomes.append(parse_update_modifiers(mods, bridge))
+        except ProtocolError as exc:
+            outcomes.append(exc.code)
+    for other in range(MODIFIER_CACHE + 1):  # the memory is bounded: it starts again
+        with contextlib.suppress(ProtocolError):
+            parse_update_modifiers(b"z%d" % (other + 1), bridge)
+    try:
+        outcomes.append(parse_update_modifiers(mods, bridge))
+    except ProtocolError as exc:
+        outcomes.append(exc.code)
+    assert outcomes[0] == outcomes[1] == outcomes[2]
 
 
 @SETTINGS

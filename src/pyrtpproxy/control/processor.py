@@ -15,7 +15,7 @@ from collections.abc import Callable
 from ..engine.engine import Engine, RequestContext
 from ..engine.events import Event
 from ..protocol import replies
-from ..protocol.commands import READS_COUNTERS
+from ..protocol.commands import READS_COUNTERS, Command
 from ..protocol.errors import ErrorCode, ProtocolError
 from ..protocol.parse import parse, split_cookie
 from .replycache import ReplyCache
@@ -32,10 +32,6 @@ BAD_COMMAND_WINDOW = 10.0
 
 CommandObserver = Callable[[str, bool, float], None]
 EventSink = Callable[[tuple[Event, ...]], None]
-
-
-def _observe_nothing(kind: str, succeeded: bool, seconds: float) -> None:
-    return None
 
 
 def _ignore_events(events: tuple[Event, ...]) -> None:
@@ -83,8 +79,9 @@ class CommandProcessor:
     """Parses and executes commands, counts them, and keeps the UDP reply cache.
 
     ``on_events`` receives the events of every command (ports to open and close,
-    sessions that ended...); ``refresh`` runs before commands whose answer includes
-    live packet counts (it folds in kernel-forwarded packets).
+    sessions that ended...); ``observe``, if given, each command's kind, success and
+    duration; ``refresh`` runs before commands whose answer includes live packet counts
+    (it folds in kernel-forwarded packets).
     """
 
     def __init__(
@@ -92,7 +89,7 @@ class CommandProcessor:
         engine: Engine,
         clock: Callable[[], float],
         on_events: EventSink = _ignore_events,
-        observe: CommandObserver = _observe_nothing,
+        observe: CommandObserver | None = None,
         refresh: Callable[[], None] = _nothing,
     ) -> None:
         self._engine = engine
@@ -126,13 +123,14 @@ class CommandProcessor:
 
     def _execute(self, data: bytes, ctx: RequestContext) -> bytes:
         """Parse and run one command; the reply body. Never raises."""
-        self._counters.command_received()
-        started = time.perf_counter()
-        kind = "?"
+        counters = self._counters
+        counters.command_received()
+        observe = self._observe
+        started = 0.0 if observe is None else time.perf_counter()  # only if anyone asks
+        command: Command | None = None
         succeeded = False
         try:
             command = parse(data, bridge_mode=self._bridge)
-            kind = type(command).__name__
             if isinstance(command, READS_COUNTERS):
                 self._refresh()
             reply, events = self._engine.execute(command, self._clock(), ctx)
@@ -147,6 +145,8 @@ class CommandProcessor:
             log.exception("internal error on command %r", data[:120])
             self._on_events(self._engine.take_events())
             body = ErrorCode.INTERNAL_ERROR.wire
-        self._counters.command_replied(succeeded)
-        self._observe(kind, succeeded, time.perf_counter() - started)
+        counters.command_replied(succeeded)
+        if observe is not None:
+            kind = "?" if command is None else type(command).__name__
+            observe(kind, succeeded, time.perf_counter() - started)
         return body

@@ -31,6 +31,7 @@ REFUSED_LOG_WINDOW = 10.0  # seconds: one line about refused connections per win
 MAX_LINE = 8192
 LOCAL_CONTEXT = RequestContext("127.0.0.1")
 SYSTEMD_FIRST_FD = 3
+MAX_CLIENT_HOSTS = 1024  # request contexts of UDP client hosts remembered
 
 
 class OneShotProtocol(asyncio.Protocol):
@@ -141,6 +142,8 @@ class DatagramProtocol(asyncio.DatagramProtocol):
     def __init__(self, processor: CommandProcessor) -> None:
         self._processor = processor
         self._transport: asyncio.DatagramTransport | None = None
+        # a client sends from one host or a few: one context each, not one per datagram
+        self._contexts: dict[str | int, RequestContext] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
@@ -148,8 +151,13 @@ class DatagramProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         if self._transport is None:
             return
-        reply = self._processor.handle_datagram(data, RequestContext(str(addr[0])))
-        self._transport.sendto(reply, addr)
+        host = addr[0]
+        context = self._contexts.get(host)
+        if context is None:
+            if len(self._contexts) >= MAX_CLIENT_HOSTS:
+                self._contexts.clear()
+            context = self._contexts[host] = RequestContext(str(host))
+        self._transport.sendto(self._processor.handle_datagram(data, context), addr)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("control socket error: %s", exc)

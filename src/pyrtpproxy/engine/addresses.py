@@ -9,6 +9,8 @@ from typing import NamedTuple
 
 from ..protocol.commands import Interface
 from ..protocol.errors import ErrorCode, ProtocolError
+from ..protocol.parse import dotted_ipv4
+from ..protocol.values import slot_init
 
 
 class Endpoint(NamedTuple):
@@ -65,6 +67,7 @@ class AddressPlan:
         return self.ipv4 + self.ipv6 + self.labelled
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class MediaAddress:
     """Where a U/L says its party's media comes from.
@@ -73,11 +76,12 @@ class MediaAddress:
     null host (``0.0.0.0``/``::``), which puts the leg on hold and keeps the old address.
     """
 
-    endpoint: tuple[str, int] | None
+    endpoint: Endpoint | None
     hold: bool = False
 
 
 IGNORED_ADDRESS = MediaAddress(None)
+UNSPECIFIED_IPV4 = "0.0.0.0"  # the null host: no leading zeros, so its only spelling
 
 
 def resolve_media_address(addr: bytes, port: bytes, ipv6: bool) -> MediaAddress:
@@ -85,17 +89,23 @@ def resolve_media_address(addr: bytes, port: bytes, ipv6: bool) -> MediaAddress:
     low, high = (2, 45) if ipv6 else (7, 15)
     if not low <= len(addr) <= high:
         return IGNORED_ADDRESS
-    try:
-        text = addr.decode("ascii")
-        ip = ipaddress.IPv6Address(text) if ipv6 else ipaddress.IPv4Address(text)
-    except (UnicodeDecodeError, ValueError):
-        raise ProtocolError(ErrorCode.BAD_ADDRESS, f"bad address {addr!r}") from None
+    if ipv6:
+        try:
+            ip = ipaddress.IPv6Address(addr.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            raise ProtocolError(ErrorCode.BAD_ADDRESS, f"bad address {addr!r}") from None
+        host, unspecified = ip.compressed, ip.is_unspecified
+    elif dotted_ipv4(addr):  # the common case, without building an IPv4Address
+        host = addr.decode("ascii")  # already canonical
+        unspecified = host == UNSPECIFIED_IPV4
+    else:
+        raise ProtocolError(ErrorCode.BAD_ADDRESS, f"bad address {addr!r}")
     if not port.isdigit():
         raise ProtocolError(ErrorCode.BAD_ADDRESS, f"bad port {port!r}")
-    if ip.is_unspecified:
+    if unspecified:
         return MediaAddress(None, hold=True)
     # 10**16 is a multiple of 65536, so the last 16 digits decide the wrapped port
-    return MediaAddress((ip.compressed, int(port[-16:]) % 65536))
+    return MediaAddress(Endpoint(host, int(port[-16:]) % 65536))
 
 
 CC_SELF = "%%CC_SELF%%"

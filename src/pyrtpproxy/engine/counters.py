@@ -175,6 +175,23 @@ def session_totals(session: Session) -> SessionTotals:
     )
 
 
+def _silent(session: Session) -> bool:
+    """No packet ever reached the session's streams (set up and torn down by signalling
+    alone): every count of :func:`session_totals` and :func:`rtpa_counts` is zero. Each
+    packet that arrives is counted in one of these, whichever path it takes."""
+    for leg in session.legs:
+        for stream in (leg.rtp, leg.rtcp):
+            if (
+                stream.fast_count
+                or stream.accepted
+                or stream.ignored
+                or stream.incomplete
+                or stream.muted
+            ):
+                return False
+    return True
+
+
 def _add_drops(drops: dict[str, int], totals: SessionTotals) -> None:
     drops["no_destination"] += totals.no_destination
     drops["wrong_source"] += totals.wrong_source
@@ -251,8 +268,9 @@ class Counters:
     def retire(self, session: Session, now: float) -> None:
         """Fold the counters of a session that just left the table into the totals."""
         g, relay = self.g, self.relay
-        totals = session_totals(session)
-        _add_drops(relay.drops, totals)
+        totals = None if _silent(session) else session_totals(session)
+        if totals is not None:
+            _add_drops(relay.drops, totals)
         if not session.created:
             return  # a failed creation never existed for rtpproxy's counters
         g.total_duration += max(0.0, now - session.created_at)
@@ -264,6 +282,8 @@ class Counters:
             g.nsess_owrtp += rtp_ways == 1
             g.nsess_nortcp += rtcp_ways == 0
             g.nsess_owrtcp += rtcp_ways == 1
+        if totals is None:
+            return  # signalling only: every stream count is zero
         g.npkts_rcvd += totals.received
         g.npkts_relayed += totals.relayed
         g.npkts_discard += totals.discarded

@@ -120,6 +120,7 @@ class RequestContext:
 
 
 LOCAL_REQUEST = RequestContext()
+DONE = Reply(OK)  # the answer of every command that just did what it was asked
 
 
 class Outcome(NamedTuple):
@@ -172,6 +173,8 @@ class Engine:
         self.players = Players()
         self._rng = rng or random.Random()  # players' SSRC, sequence and timestamp
         self._resolved: dict[str, str] = {}  # advertised DNS name -> its address now
+        bridged = config.addresses.bridge_mode and not config.bridge_symmetric
+        self._default_asymmetric = config.force_asymmetric or bridged  # a leg's without a/s
 
     # --- entry points ------------------------------------------------------------------
 
@@ -322,7 +325,7 @@ class Engine:
                 return Reply(replies.Flag(capabilities.supports(command.date, notify)))
             case DeleteAll():
                 self._delete_all(now)
-                return Reply(OK)
+                return DONE
             case Record():
                 return self._record(command)
             case StopRecord():
@@ -342,7 +345,8 @@ class Engine:
     # --- U / L -------------------------------------------------------------------------
 
     def _update(self, cmd: Update, now: float, ctx: RequestContext) -> Reply:
-        self._check_subcommands(cmd.subcommands)
+        if cmd.subcommands:
+            self._check_subcommands(cmd.subcommands)
         mods = cmd.modifiers
         if cmd.notify_socket is not None and not self.config.notify_targets:
             raise ProtocolError(ErrorCode.NOTIFY_DISABLED, "notify requested but no -n configured")
@@ -379,6 +383,8 @@ class Engine:
         if not cmd.lookup_only:
             self._set_notify(session, cmd, ctx)
         reply = self._port_reply(reply_leg)
+        if not cmd.subcommands:
+            return Reply(reply)
         return Reply(
             reply, self._run_subcommands(cmd.subcommands, session, side, now, addr_leg.side)
         )
@@ -391,11 +397,15 @@ class Engine:
             raise ProtocolError(ErrorCode.OVERLOADED, "overloaded, no new sessions")
         session = Session(cmd.call_id, cmd.from_tag, now, self.outbox, self.config.latching)
         mods = cmd.modifiers
-        interfaces = mods.interfaces + (Interface.INTERNAL,) * (2 - len(mods.interfaces))
         a, b = session.legs
-        # the first i/e is the offerer's side (leg B), the second the answerer's (leg A)
-        b.local = self.config.addresses.pick(mods.ipv6, interfaces[0])
-        a.local = self.config.addresses.pick(mods.ipv6, interfaces[1])
+        plan = self.config.addresses
+        if mods.interfaces:
+            interfaces = mods.interfaces + (Interface.INTERNAL,) * (2 - len(mods.interfaces))
+            # the first i/e is the offerer's side (leg B), the second the answerer's (leg A)
+            b.local = plan.pick(mods.ipv6, interfaces[0])
+            a.local = plan.pick(mods.ipv6, interfaces[1])
+        else:
+            a.local = b.local = plan.pick(mods.ipv6, Interface.INTERNAL)
         return session
 
     def _apply_update(
@@ -412,7 +422,7 @@ class Engine:
             if mods.local_address is not None or mods.remote_address is not None:
                 reply_leg.local = self._explicit_local(mods)
             self._allocate(reply_leg, new_session=created)
-        if not session.complete and all(leg.port for leg in session.legs):
+        if not session.complete and session.legs[0].port and session.legs[1].port:
             session.complete = True
             self.outbox.emit(SessionCompleted(session))
         if mods.asymmetric is not None:
@@ -423,7 +433,7 @@ class Engine:
             addr_leg.on_hold = True
         elif media.endpoint is not None:
             addr_leg.on_hold = False
-            addr_leg.signal(Endpoint(*media.endpoint), now)
+            addr_leg.signal(media.endpoint, now)
         addr_leg.codecs = mods.codecs  # each U/L of a party replaces (or clears) its list
         reply_leg.ptime_ms = mods.repacketize_ms  # P … session's ptime towards the other
         if mods.weak:
@@ -457,11 +467,6 @@ class Engine:
         if resizer is not None:
             stream.resizer = None
             self.counters.resized(0, 0, resizer.discard())
-
-    @property
-    def _default_asymmetric(self) -> bool:
-        bridged = self.config.addresses.bridge_mode and not self.config.bridge_symmetric
-        return self.config.force_asymmetric or bridged
 
     def _explicit_local(self, mods: UpdateModifiers) -> LocalAddress:
         if mods.local_address is not None:
@@ -618,7 +623,7 @@ class Engine:
             raise ProtocolError(ErrorCode.NO_SESSION, "no such session")
         for session, side in matches:
             self._delete_one(session, side, cmd.weak, now)
-        return Reply(OK)
+        return DONE
 
     def _delete_one(self, session: Session, side: Side, weak: bool, now: float) -> None:
         if weak:
@@ -639,9 +644,12 @@ class Engine:
         self.table.remove(session)
         self.timers.forget(session)
         for leg in session.legs:
-            self._detach(leg)
-            self._stop_player(leg, PlayEnd.SESSION_ENDED)
-            self._stop_resizer(leg.rtp)
+            if leg.tap is not None:
+                self._detach(leg)
+            if leg.player is not None:
+                self._stop_player(leg, PlayEnd.SESSION_ENDED)
+            if leg.rtp.resizer is not None:
+                self._stop_resizer(leg.rtp)
             if leg.port:
                 self._release(leg)
         self.counters.retire(session, now)
@@ -672,7 +680,7 @@ class Engine:
                 succeeded |= self._start_recording(session, chosen, single)
         if not succeeded:
             raise ProtocolError(ErrorCode.NO_SESSION, "no leg could be recorded")
-        return Reply(OK)
+        return DONE
 
     def _start_recording(self, session: Session, side: Side, single_file: bool) -> bool:
         """Record one leg. A leg that already has a tap counts as recording, except in
@@ -696,7 +704,7 @@ class Engine:
                 stopped |= self._detach(leg)
         if not stopped:
             raise ProtocolError(ErrorCode.NO_SESSION, "nothing was recorded")
-        return Reply(OK)
+        return DONE
 
     def _copy(self, cmd: Copy) -> Reply:
         """``C[s][p]``: copy a leg's media to ``udp:HOST:PORT`` or record it to a file."""
@@ -752,7 +760,7 @@ class Engine:
         )
         if not self._attach(leg, tap):
             raise ProtocolError(ErrorCode.COPY_FAILED, "the file could not be opened")
-        return Reply(OK)
+        return DONE
 
     def _attach(self, leg: Leg, tap: Tap) -> bool:
         """Give ``leg`` its tap if the host can open it; its streams leave the fast path."""
@@ -782,7 +790,7 @@ class Engine:
         leg = session.legs[side]
         self._stop_player(leg, PlayEnd.STOPPED)
         if isinstance(cmd, StopPlay):
-            return Reply(OK)
+            return DONE
         ptime: int | None = None
         codecs = cmd.codecs
         if codecs == b"session":
@@ -790,7 +798,7 @@ class Engine:
                 raise ProtocolError(ErrorCode.INVALID_MODIFIER, "no codec list stored for this leg")
             codecs, ptime = leg.codecs, leg.ptime_ms
         if cmd.count == 0:
-            return Reply(OK)
+            return DONE
         for token in codecs.split(b","):
             if not token.isdigit():
                 raise ProtocolError(ErrorCode.PLAY_FAILED, f"invalid codec list {codecs!r}")
@@ -808,7 +816,7 @@ class Engine:
             leg.player = player
             self.players.add(player, now if leg.rtp.remote is not None else None)
             self.outbox.emit(PlayerCreated(player, path))
-            return Reply(OK)
+            return DONE
         raise ProtocolError(ErrorCode.PLAY_FAILED, f"no prompt file {cmd.prompt!r}.<{codecs!r}>")
 
     def _stop_player(self, leg: Leg, reason: PlayEnd) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from ..protocol.values import slot_init
 from .latching import LatchCause
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class EndReason(Enum):
     FAILED = "failed"  # the creating U failed after ports were bound; never counted as created
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class SessionCreated:
     """A U created a session (it is in the table now)."""
@@ -38,6 +40,7 @@ class SessionCreated:
     session: Session
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class SessionCompleted:
     """Both legs of the session have a port: media is relayed from now on."""
@@ -45,6 +48,7 @@ class SessionCompleted:
     session: Session
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class SessionEnded:
     """The session is gone; its legs' ports were released."""
@@ -53,6 +57,7 @@ class SessionEnded:
     reason: EndReason
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class LegOpened:
     """The port probe bound ``port`` and ``port + 1`` on ``local`` for ``leg``; the media
@@ -63,6 +68,7 @@ class LegOpened:
     port: int
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class LegClosed:
     """``leg`` gave up ``port`` (session ended, ``n`` modifier, or a failed creation)."""
@@ -72,6 +78,7 @@ class LegClosed:
     port: int
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class PortsReleased:
     """The probe bound ``port`` and ``port + 1`` on ``local`` but nothing will use them
@@ -81,6 +88,7 @@ class PortsReleased:
     port: int
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class TapStarted:
     """``leg`` records or copies what it receives from now on (the host probe has opened
@@ -90,6 +98,7 @@ class TapStarted:
     tap: Tap
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class TapStopped:
     """``leg``'s tap ended (N, D, X, timeout, shutdown): close it; a recording's files
@@ -100,6 +109,7 @@ class TapStopped:
     tap: Tap
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class ResizerChanged:
     """A U/L set (``target_ms``) or removed (None) the re-packetization of the RTP that
@@ -110,6 +120,7 @@ class ResizerChanged:
     target_ms: int | None
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class TosChanged:
     """``&& S tos=N``: the leg's sockets send with IPv4 TOS ``tos`` from now on."""
@@ -118,6 +129,7 @@ class TosChanged:
     tos: int
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class PlayerCreated:
     """``P`` gave ``player.leg`` a prompt: the other party's RTP towards it is muted
@@ -128,6 +140,7 @@ class PlayerCreated:
     prompt: bytes
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class PlayerStarted:
     """A waiting player's listener sent its first packet: its packets are due now."""
@@ -135,6 +148,7 @@ class PlayerStarted:
     player: Player
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class PlayerEnded:
     """A player stopped; the other party's RTP reaches its leg again."""
@@ -143,6 +157,7 @@ class PlayerEnded:
     reason: PlayEnd
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class StreamChanged:
     """``stream``'s party address or its latching rules changed (signalling, latching,
@@ -152,6 +167,7 @@ class StreamChanged:
     stream: Stream
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Latched:
     """``stream`` latched to its party's source address (``relatched``: moved to a new
@@ -162,6 +178,7 @@ class Latched:
     cause: LatchCause = LatchCause.FIRST_SOURCE
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class LearningStarted:
     """``--latching safe``: ``source`` is not on a host the signalling named, so the
@@ -172,6 +189,7 @@ class LearningStarted:
     source: Endpoint
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class SourceRefused:
     """The latched ``stream`` refused a packet from ``source`` (the first refusal of the
@@ -183,6 +201,7 @@ class SourceRefused:
     foreign: bool
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class NotifyWanted:
     """A session with a notification request timed out: send ``tag + b"\\n"``."""
@@ -193,6 +212,7 @@ class NotifyWanted:
     call_id: bytes
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class NotifyTargetUnknown:
     """A U named a notification socket that no ``-n`` target matches (U still succeeds)."""
@@ -201,6 +221,7 @@ class NotifyTargetUnknown:
     name: bytes
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class OverloadChanged:
     """``--overload_prot``: the relay became overloaded (new sessions get E98) or

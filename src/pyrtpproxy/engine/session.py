@@ -10,7 +10,7 @@ media layer when it may relay a source's packets without asking again.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .addresses import Endpoint, LocalAddress, NotifyTarget
 from .events import Latched, LearningStarted, Outbox, SourceRefused, StreamChanged
@@ -26,6 +26,9 @@ RELATCH_WINDOW = 10.0  # seconds after U/L during which any RTP source may re-la
 RELATCH_MAX_SEQ_DISTANCE = 536
 SAMPLE_INTERVAL = 1.0  # the latched SSRC/sequence are refreshed at most this often
 NEVER = float("-inf")
+UNFILED = float("inf")  # the deadline of a session not filed with the timers
+# timers.py's heap entry: [deadline, order, session, or None once the entry is stale]
+TimerEntry = list[Any]
 
 
 class StreamTransport(Protocol):
@@ -514,7 +517,7 @@ class Session:
         "outbox",
         "strong",
         "tag",
-        "timer_at",
+        "timer_entry",
     )
 
     def __init__(
@@ -529,7 +532,7 @@ class Session:
         self.ended = False
         self.complete = False
         self.strong = False
-        self.timer_at = float("inf")  # the deadline this session is filed under (timers.py)
+        self.timer_entry: TimerEntry | None = None  # where timers.py filed it
         self.notify_target: NotifyTarget | None = None
         self.notify_tag: bytes | None = None
         self.notify_source: str | None = None
@@ -537,6 +540,12 @@ class Session:
         a, b = self.legs
         a.rtp.peer, b.rtp.peer = b.rtp, a.rtp
         a.rtcp.peer, b.rtcp.peer = b.rtcp, a.rtcp
+
+    @property
+    def timer_at(self) -> float:
+        """The deadline this session is filed under (timers.py); UNFILED if none."""
+        entry = self.timer_entry
+        return UNFILED if entry is None else float(entry[0])
 
     def reset_timer(self, now: float, seconds: int) -> None:
         """Give both legs a full timer of ``seconds`` from ``now`` (a U or L touched it)."""
@@ -546,7 +555,8 @@ class Session:
     @property
     def persistent(self) -> bool:
         """A session survives D while strong or while either leg is weak."""
-        return self.strong or any(leg.weak for leg in self.legs)
+        a, b = self.legs
+        return self.strong or a.weak or b.weak
 
     def streams(self) -> tuple[Stream, ...]:
         """All four streams."""

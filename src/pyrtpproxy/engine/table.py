@@ -46,7 +46,8 @@ class SessionTable:
         sessions = self._by_call.get(session.call_id)
         if sessions is None or session not in sessions:
             return
-        left = tuple(s for s in sessions if s is not session)
+        # most call-ids have one session: no tuple to rebuild
+        left = () if len(sessions) == 1 else tuple(s for s in sessions if s is not session)
         self._count -= 1
         if left:
             self._by_call[session.call_id] = left

@@ -9,7 +9,10 @@ the session expires when either leg's runs out.
 
 Sessions are filed in a heap under a deadline that is never later than their true
 expiry; packets only move the true expiry later, so :meth:`Deadlines.due` re-files a
-session that turns out to be alive instead of touching it per packet.
+session that turns out to be alive instead of touching it per packet. An entry that is
+no longer a session's (re-filed earlier, or the session ended) lets go of the session at
+once and is dropped when it comes up: an ended session is freed with its last reference
+elsewhere, not kept alive by the heap until then.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ import heapq
 import itertools
 import math
 
-from .session import Leg, Session
+from .session import Leg, Session, TimerEntry
 
-UNFILED = float("inf")
 COMPACT_AT = 1024  # stale entries tolerated before the heap is rebuilt
+SESSION = 2  # TimerEntry: [deadline, order, session or None once stale]
 
 
 class Deadlines:
@@ -32,7 +35,7 @@ class Deadlines:
         self.setup_ttl = setup_ttl
         self._idle_life = ttl + 1  # how long after its last packet an idle leg lives
         self._independent = independent
-        self._heap: list[tuple[float, int, Session]] = []
+        self._heap: list[TimerEntry] = []
         self._order = itertools.count()  # ties: first filed, first out
         self._stale = 0  # heap entries of ended or re-filed sessions, not yet popped
         self._next: float | None = None  # next_deadline's answer while nothing was filed
@@ -73,25 +76,36 @@ class Deadlines:
         earlier than where it is filed now (later expiries are found lazily)."""
         expiry = self.expiry(session)
         if expiry < session.timer_at:
-            if session.timer_at != UNFILED:
-                self._stale += 1
-            session.timer_at = expiry
-            heapq.heappush(self._heap, (expiry, next(self._order), session))
+            self._drop_entry(session)
+            self._push(expiry, session)
             self._moved = True
 
     def forget(self, session: Session) -> None:
         """``session`` ended: its heap entries are stale from now on."""
-        if session.timer_at != UNFILED:
-            session.timer_at = UNFILED
-            self._stale += 1
+        if self._drop_entry(session):
             self._moved = True
             if self._stale > COMPACT_AT and 2 * self._stale > len(self._heap):
                 self._compact()
 
+    def _push(self, expiry: float, session: Session) -> None:
+        entry: TimerEntry = [expiry, next(self._order), session]
+        session.timer_entry = entry
+        heapq.heappush(self._heap, entry)
+
+    def _drop_entry(self, session: Session) -> bool:
+        """Make the session's entry stale (it stays in the heap until it comes up)."""
+        entry = session.timer_entry
+        if entry is None:
+            return False
+        entry[SESSION] = None
+        session.timer_entry = None
+        self._stale += 1
+        return True
+
     def _compact(self) -> None:
         """Drop stale entries, so ended sessions are not kept alive until their old
         deadline (at a high call rate they would outnumber the live ones)."""
-        self._heap = [entry for entry in self._heap if entry[0] == entry[2].timer_at]
+        self._heap = [entry for entry in self._heap if entry[SESSION] is not None]
         heapq.heapify(self._heap)
         self._stale = 0
 
@@ -113,15 +127,15 @@ class Deadlines:
         heap = self._heap
         while heap:
             deadline, _, session = heap[0]
-            if deadline != session.timer_at:
+            if session is None:
                 heapq.heappop(heap)  # stale: re-filed earlier, or ended
                 self._stale -= 1
                 continue
             expiry = self.expiry(session)
             if expiry <= deadline:
-                return deadline
-            session.timer_at = expiry  # packets moved it later: re-file, look again
-            heapq.heapreplace(heap, (expiry, next(self._order), session))
+                return float(deadline)
+            heapq.heappop(heap)  # packets moved it later: re-file, look again
+            self._push(expiry, session)
         return None
 
     def due(self, now: float) -> list[Session]:
@@ -130,15 +144,14 @@ class Deadlines:
         self._moved = True
         expired: list[Session] = []
         while heap and heap[0][0] <= now:
-            deadline, _, session = heapq.heappop(heap)
-            if deadline != session.timer_at:
+            session = heapq.heappop(heap)[SESSION]
+            if session is None:
                 self._stale -= 1
                 continue
             expiry = self.expiry(session)
             if expiry <= now:
-                session.timer_at = UNFILED
+                session.timer_entry = None
                 expired.append(session)
             else:
-                session.timer_at = expiry
-                heapq.heappush(heap, (expiry, next(self._order), session))
+                self._push(expiry, session)
         return expired

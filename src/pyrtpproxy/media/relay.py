@@ -50,7 +50,7 @@ from ..engine.ports import PortsExhausted
 from ..engine.session import DETACHED, Leg, Stream
 from ..engine.taps import Tap, UdpCopy
 from ..names import system_resolver
-from ..net import family_of, probe_bind
+from ..net import MediaSocket, family_of, probe_bind
 from .kernel import KernelForwarder
 from .prompts import PromptFiles
 from .record import RecordDirs
@@ -68,6 +68,7 @@ FD_WARNING_INTERVAL = 10.0  # seconds between two warnings about the open-file l
 # recording files still open when the open-file limit (-L) is the bottleneck.
 RESERVED_FDS = 16
 SOCKETS_PER_LEG = 4  # RTP and RTCP, each with its connected twin
+_NONBLOCKING_DATAGRAM = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK  # one system call less
 
 log = logging.getLogger("pyrtpproxy.media")
 
@@ -85,13 +86,12 @@ class MediaConfig:
     send_small_twice: bool = False
 
 
-def _media_socket(local: LocalAddress, port: int, tos: int, twin: bool = False) -> socket.socket:
+def _media_socket(local: LocalAddress, port: int, tos: int, twin: bool = False) -> MediaSocket:
     """A media socket bound to ``local``:``port``. The first socket of a port binds
     without ``SO_REUSEPORT``, so the bind itself proves nobody else holds the port; a
     connected ``twin`` shares the port with it."""
-    sock = socket.socket(family_of(local.bind_host), socket.SOCK_DGRAM)
+    sock = MediaSocket(family_of(local.bind_host), _NONBLOCKING_DATAGRAM)
     try:
-        sock.setblocking(False)
         if twin:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
@@ -160,14 +160,14 @@ class StreamSocket:
     )
 
     def __init__(
-        self, relay: MediaRelay, stream: Stream, sock: socket.socket, local: LocalAddress, port: int
+        self, relay: MediaRelay, stream: Stream, sock: MediaSocket, local: LocalAddress, port: int
     ) -> None:
         self.relay = relay
         self.stream = stream
         self.sock = sock
         self.local = local
         self.port = port
-        self.connected: socket.socket | None = None
+        self.connected: MediaSocket | None = None
         self.connected_to: Endpoint | None = None
         self.target: Endpoint | None = None  # where send() delivers
         self.fast_src: object = None
@@ -244,7 +244,7 @@ class StreamSocket:
 
     __call__ = read  # the epoll dispatcher calls readers; no bound method per socket
 
-    def adopt_connected(self, connected: socket.socket) -> None:
+    def adopt_connected(self, connected: MediaSocket) -> None:
         """Serve a connected twin a previous relay made (a hand-over): what the kernel
         queued on it is read, not lost."""
         host, port = connected.getpeername()[:2]
@@ -266,7 +266,7 @@ class StreamSocket:
         self.unsettle()
         self._drop_connected()
         self.relay.unwatch(self.sock)
-        self.send = _send_nowhere
+        self.send = _send_nowhere  # (a bound method here would keep a closed stream alive)
 
 
 class MediaRelay:
@@ -295,15 +295,15 @@ class MediaRelay:
         self._on_events = on_events
         self._local_hosts: dict[str, bool] = {}
         self._route_sources: dict[str, str | None] = {}  # remote host -> our address to it
-        self._bound: dict[tuple[LocalAddress, int], tuple[socket.socket, socket.socket]] = {}
+        self._bound: dict[tuple[LocalAddress, int], tuple[MediaSocket, MediaSocket]] = {}
         self._opener = TapOpener(record_dirs, self._tap_failed)
         self._pending_taps: dict[Leg, TapSink] = {}
         self.taps: dict[Leg, TapSink] = {}
         self._failed_calls: set[bytes] = set()  # calls whose recording failure was logged
         self._resuming = False  # restoring sessions: recordings continue their files
         # sockets a previous relay handed over, by port, until a restored leg takes them
-        self._adopted: dict[int, socket.socket] = {}
-        self._adopted_connected: dict[int, socket.socket] = {}
+        self._adopted: dict[int, MediaSocket] = {}
+        self._adopted_connected: dict[int, MediaSocket] = {}
         self._prompts = PromptFiles()
         self._wall_offset = time.time() - loop.time()  # record times are wall clock
         self.now = loop.time()
@@ -427,7 +427,7 @@ class MediaRelay:
         if self._media_sockets() + SOCKETS_PER_LEG > self._media_fd_budget():
             self._warn_no_descriptors("the open-file limit is reached")
             raise PortsExhausted
-        sockets: list[socket.socket] = []
+        sockets: list[MediaSocket] = []
         try:
             for number in (port, port + 1):
                 sockets.append(_media_socket(local, number, self.config.tos))
@@ -664,35 +664,43 @@ class MediaRelay:
     def _stream_changed(self, stream: Stream) -> None:
         """The one place shortcuts are dropped: the stream's own, and the peer's, which
         sends through this stream's socket and whose kernel offload names its address."""
-        if stream.transport is DETACHED and stream.peer.transport is DETACHED:
+        transport, peer = stream.transport, stream.peer.transport
+        if transport is DETACHED and peer is DETACHED:
             return  # no sockets yet (the U's leg B): nothing aims at anything
-        self.take_back(stream)
-        for affected in (stream, stream.peer):
-            transport = affected.transport
-            if isinstance(transport, StreamSocket):
-                transport.unsettle()
-        transport = stream.transport
+        if self.kernel is not None:
+            self.take_back(stream)
+        if isinstance(peer, StreamSocket):
+            peer.unsettle()
         if isinstance(transport, StreamSocket):
+            transport.unsettle()
             transport.aim(stream.remote)
 
     def _open_leg(self, leg: Leg, local: LocalAddress, port: int) -> None:
         pair = self._bound.pop((local, port), None)
         if pair is None:
             return  # the leg closed again before it was served
-        for sock, stream, number in zip(pair, leg.streams, (port, port + 1), strict=True):
-            transport = StreamSocket(self, sock=sock, stream=stream, local=local, port=number)
+        adopted = self._adopted_connected
+        for sock, stream, number in ((pair[0], leg.rtp, port), (pair[1], leg.rtcp, port + 1)):
+            transport = StreamSocket(self, stream, sock, local, number)
             stream.transport = transport
             self.watch(sock, transport)
-            connected = self._adopted_connected.pop(number, None)
-            if connected is not None:
-                transport.adopt_connected(connected)
-            self._stream_changed(stream)
+            if adopted:
+                connected = adopted.pop(number, None)
+                if connected is not None:
+                    transport.adopt_connected(connected)
+            if (
+                stream.remote is not None
+                or transport.connected is not None
+                or isinstance(stream.peer.transport, StreamSocket)
+            ):
+                self._stream_changed(stream)  # else nothing to aim, nothing aimed at it
 
     def _close_leg(self, leg: Leg, local: LocalAddress, port: int) -> None:
-        self._close_bound(local, port)  # bound but never served (a creating U that failed)
-        for stream in leg.streams:
-            self.take_back(stream)
+        if self._bound:
+            self._close_bound(local, port)  # bound but never served (a creating U that failed)
         if self.kernel is not None:
+            for stream in leg.streams:
+                self.take_back(stream)
             self.kernel.flush()  # now: the port may be handed to another session next
         for stream in leg.streams:
             transport = stream.transport
@@ -761,7 +769,7 @@ class MediaRelay:
 
     # --- sockets and readers ---------------------------------------------------------
 
-    def watch(self, sock: socket.socket, reader: Callable[[], None]) -> None:
+    def watch(self, sock: MediaSocket, reader: Callable[[], None]) -> None:
         """Start calling ``reader`` when ``sock`` is readable (or has an error to read)."""
         fd = sock.fileno()
         readers = self._readers
@@ -772,7 +780,7 @@ class MediaRelay:
         readers[fd] = reader
         self._epoll.register(fd, select.EPOLLIN)
 
-    def unwatch(self, sock: socket.socket) -> None:
+    def unwatch(self, sock: MediaSocket) -> None:
         """Stop reading ``sock`` and close it."""
         fd = sock.fileno()
         if fd >= 0:
@@ -780,8 +788,10 @@ class MediaRelay:
             if fd < len(readers) and readers[fd] is not None:
                 readers[fd] = None
                 self._watched -= 1
-            with contextlib.suppress(OSError, ValueError):
+            try:  # noqa: SIM105 (suppress() would cost an object per closed socket)
                 self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass  # never registered, or the epoll set is closed already
         sock.close()
 
     def forwarder(self, stream: Stream) -> Callable[[bytes], None]:

@@ -8,7 +8,6 @@ rules accepted it, whether or not it could be relayed.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -16,6 +15,7 @@ from typing import Protocol
 from ..engine.counters import RelayCounters
 from ..engine.session import Leg, Stream
 from ..engine.taps import Recording, UdpCopy
+from ..net import MediaSocket
 from .record import (
     RecordDirs,
     RecordFormat,
@@ -114,7 +114,7 @@ class CopyTap:
     """Copies of a leg's packets sent from a port pair of their own."""
 
     def __init__(
-        self, tap: UdpCopy, rtp: socket.socket, rtcp: socket.socket, counters: RelayCounters
+        self, tap: UdpCopy, rtp: MediaSocket, rtcp: MediaSocket, counters: RelayCounters
     ) -> None:
         self._rtp_dest = (tap.dest.host, tap.dest.port)
         self._rtcp_dest = (tap.dest.host, tap.dest.port + 1)
@@ -135,7 +135,7 @@ class CopyTap:
     def flush(self) -> None:
         return None
 
-    def sockets(self) -> tuple[socket.socket, socket.socket]:
+    def sockets(self) -> tuple[MediaSocket, MediaSocket]:
         """The pair the copies leave from (a hand-over passes them on)."""
         return self._rtp, self._rtcp
 

@@ -503,11 +503,20 @@ class RelayMetrics:
         )
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
+        # each command's series, looked up once (labels() costs more than inc())
+        self._series: dict[tuple[str, bool], tuple[Counter, Histogram]] = {}
 
     def observe(self, kind: str, succeeded: bool, seconds: float) -> None:
         """``CommandProcessor``'s observe hook: count one command and its duration."""
-        self.commands.labels(kind, "ok" if succeeded else "error").inc()
-        self.latency.labels(kind).observe(seconds)
+        series = self._series.get((kind, succeeded))
+        if series is None:
+            series = self._series[kind, succeeded] = (
+                self.commands.labels(kind, "ok" if succeeded else "error"),
+                self.latency.labels(kind),
+            )
+        count, latency = series
+        count.inc()
+        latency.observe(seconds)
 
     def serve(self, host: str, port: int) -> tuple[str, int]:
         """Start the HTTP endpoint in a daemon thread; returns the bound address."""

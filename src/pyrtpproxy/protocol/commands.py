@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from .values import slot_init
+
 CallId = bytes
 Tag = bytes
 
@@ -16,6 +18,7 @@ class Interface(Enum):
     EXTERNAL = 1
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class AddressSpec:
     """An ``l``/``r`` modifier argument: a literal address or a ``{label}``."""
@@ -24,6 +27,7 @@ class AddressSpec:
     is_label: bool = False
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class UpdateModifiers:
     """Modifiers of U and L (protocol.md §5.5)."""
@@ -39,6 +43,7 @@ class UpdateModifiers:
     new_port: bool = False
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Update:
     """``U`` (create or update) and ``L`` (lookup/answer): one command, two behaviours."""
@@ -55,6 +60,7 @@ class Update:
     subcommands: tuple[SubCommand, ...] = ()
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Delete:
     """``D[w] call-id from_tag [to_tag]``."""
@@ -65,6 +71,7 @@ class Delete:
     weak: bool = False
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Record:
     """``R[s]``: start recording the matching legs."""
@@ -75,6 +82,7 @@ class Record:
     single_file: bool = False
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class StopRecord:
     """``N[a]``: stop recording (``a``: both legs)."""
@@ -85,6 +93,7 @@ class StopRecord:
     both: bool = False
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Copy:
     """``C[s][p] call-id target from_tag [to_tag]``: fork a leg's media."""
@@ -97,6 +106,7 @@ class Copy:
     reply_port: bool = False
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Play:
     """``P[count] call-id prompt codecs from_tag [to_tag]``: ``count`` plays, 0 only
@@ -110,6 +120,7 @@ class Play:
     count: int = 1
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class StopPlay:
     """``S call-id from_tag [to_tag]``."""
@@ -119,6 +130,7 @@ class StopPlay:
     to_tag: Tag | None = None
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Query:
     """``Q[v] call-id from_tag [to_tag [counter ...]]``.
@@ -136,11 +148,13 @@ class Query:
     subcommands: tuple[SubCommand, ...] = ()
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Version:
     """``V``."""
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class VersionFeature:
     """``VF <date>``."""
@@ -148,6 +162,7 @@ class VersionFeature:
     date: bytes
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Info:
     """``I[b][l]``."""
@@ -156,11 +171,13 @@ class Info:
     load: bool = False
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class DeleteAll:
     """``X``."""
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class GetCounters:
     """``G[v] [name ...]``."""
@@ -169,6 +186,7 @@ class GetCounters:
     verbose: bool = False
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Introspect:
     """``Zsessions [offset [limit]]``: a page of the live sessions (our extension;
@@ -178,6 +196,7 @@ class Introspect:
     limit: int = 100
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class SubDelete:
     """``&& D[w]``: delete the session the main command used."""
@@ -185,6 +204,7 @@ class SubDelete:
     weak: bool = False
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class SubLookup:
     """``&& L[mods] addr port``: set up the other leg of the session a ``U`` just used."""
@@ -194,6 +214,7 @@ class SubLookup:
     modifiers: UpdateModifiers = field(default_factory=UpdateModifiers)
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class SubSet:
     """``&& S ttl=N`` / ``&& S tos=N`` (``Sr``: the other leg): change a leg's idle

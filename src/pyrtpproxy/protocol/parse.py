@@ -7,7 +7,6 @@ command-specific modifiers and arguments.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable
 
@@ -45,11 +44,19 @@ MAX_COUNTER_NAMES = 40  # G accepts at most one name per counter (E1 beyond)
 
 _SEPARATORS = re.compile(rb"[ \t\r\n]+")
 _TRAILING_JUNK = b"\0 \t\r\n"
+MODIFIER_CACHE = 512  # distinct U/L modifier strings remembered (clients use a handful)
 
 
 def tokenize(data: bytes) -> list[bytes]:
     """Split a command into tokens; trailing NUL padding (OpenSIPS 1.9) is ignored."""
-    return [t for t in _SEPARATORS.split(data.rstrip(_TRAILING_JUNK)) if t]
+    return _tokens(data.rstrip(_TRAILING_JUNK))
+
+
+def _tokens(stripped: bytes) -> list[bytes]:
+    # bytes.split() also splits at vertical tab and form feed, which stay inside tokens
+    if b"\x0b" in stripped or b"\x0c" in stripped:
+        return [t for t in _SEPARATORS.split(stripped) if t]
+    return stripped.split()  # the same split, in C
 
 
 def split_cookie(data: bytes) -> tuple[bytes | None, bytes]:
@@ -64,15 +71,21 @@ def split_cookie(data: bytes) -> tuple[bytes | None, bytes]:
 
 def parse(data: bytes, *, bridge_mode: bool = False) -> Command:
     """Parse one command (without cookie). Raises :class:`ProtocolError`."""
-    tokens = tokenize(data)
+    stripped = data.rstrip(_TRAILING_JUNK)
+    tokens = _tokens(stripped)
     if tokens and tokens[0] == sessions.COMMAND_WORD:
         listing = _parse_introspect(tokens)
         if listing is not None:
             return listing
-    if not tokens or any(b"\0" in t for t in tokens):
+    if not tokens or b"\0" in stripped:  # separators are never NUL: a token has it
         raise ProtocolError(ErrorCode.SYNTAX, "empty command or NUL byte")
-    segments = _split_segments(tokens)
-    main, subs = segments[0], segments[1:]
+    if SUBCOMMAND_SEPARATOR in tokens:
+        segments = _split_segments(tokens)
+        main, subs = segments[0], segments[1:]
+    elif len(tokens) >= MAX_TOKENS:
+        raise ProtocolError(ErrorCode.SYNTAX, "too many tokens")
+    else:  # the common case: no sub-commands
+        main, subs = tokens, []
     word = main[0]
     letter = word[:1].upper()
     parser = _PARSERS.get(letter)
@@ -137,6 +150,17 @@ def _optional(tokens: list[bytes], index: int) -> bytes | None:
 _IPV4_CHARS = frozenset(b"0123456789.")
 
 
+_OCTET = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
+_DOTTED_IPV4 = re.compile(_OCTET + rb"(?:\." + _OCTET + rb"){3}")
+
+
+def dotted_ipv4(text: bytes) -> bool:
+    """Whether ``text`` is an IPv4 address as :class:`ipaddress.IPv4Address` accepts a
+    string: four decimal octets of at most 255, without leading zeros. Such a text is
+    also the address's canonical form."""
+    return _DOTTED_IPV4.fullmatch(text) is not None
+
+
 def _take_address(mods: bytes, pos: int, allow_label: bool) -> tuple[AddressSpec | None, int]:
     """Read an ``l``/``r`` argument starting at ``pos``; returns (spec or None, new pos)."""
     if pos < len(mods) and mods[pos : pos + 1] in (b"[", b"{"):
@@ -153,12 +177,9 @@ def _take_address(mods: bytes, pos: int, allow_label: bool) -> tuple[AddressSpec
     end = pos
     while end < len(mods) and mods[end] in _IPV4_CHARS:
         end += 1
-    text = mods[pos:end].decode("latin-1")
-    try:
-        ipaddress.IPv4Address(text)
-    except ValueError:
+    if not dotted_ipv4(mods[pos:end]):
         return None, pos
-    return AddressSpec(text), end
+    return AddressSpec(mods[pos:end].decode("latin-1")), end
 
 
 def _take_digits(mods: bytes, pos: int, extra: bytes = b"") -> tuple[bytes, int]:
@@ -177,8 +198,22 @@ def _decimal(digits: bytes, cap: int) -> int:
     return min(int(significant or b"0"), cap)
 
 
+_known_modifiers: tuple[dict[bytes, UpdateModifiers], dict[bytes, UpdateModifiers]] = ({}, {})
+
+
 def parse_update_modifiers(mods: bytes, bridge_mode: bool) -> UpdateModifiers:
     """Parse U/L modifiers left to right; the first bad one decides the error code."""
+    known = _known_modifiers[bridge_mode]
+    modifiers = known.get(mods)
+    if modifiers is None:  # the value is immutable: every command with these shares it
+        modifiers = _parse_modifiers(mods, bridge_mode)
+        if len(known) >= MODIFIER_CACHE:
+            known.clear()
+        known[mods] = modifiers
+    return modifiers
+
+
+def _parse_modifiers(mods: bytes, bridge_mode: bool) -> UpdateModifiers:
     asymmetric: bool | None = None
     weak = ipv6 = new_port = False
     interfaces: list[Interface] = []
@@ -271,26 +306,26 @@ def _parse_update(
     lookup_only: bool, mods: bytes, tokens: list[bytes], subs: list[list[bytes]], bridge: bool
 ) -> Update:
     _nargs(tokens, 5, 6 if lookup_only else 8)
+    count = len(tokens)
     modifiers = parse_update_modifiers(mods, bridge)
     to_tag = notify_socket = notify_tag = None
-    if len(tokens) in (6, 8):
+    if count == 6 or count == 8:
         to_tag = tokens[5]
-    if len(tokens) >= 7:
+    if count >= 7:
         notify_socket, notify_tag = tokens[-2], url_decode(tokens[-1])
+    # a single-shot U && L needs the answerer's tag (rtpproxy: E3 without it)
+    allow_lookup = not lookup_only and to_tag is not None
     return Update(
-        lookup_only=lookup_only,
-        call_id=tokens[1],
-        addr=tokens[2],
-        port=tokens[3],
-        from_tag=tokens[4],
-        to_tag=to_tag,
-        notify_socket=notify_socket,
-        notify_tag=notify_tag,
-        modifiers=modifiers,
-        # a single-shot U && L needs the answerer's tag (rtpproxy: E3 without it)
-        subcommands=_parse_subcommands(
-            subs, allow_lookup=not lookup_only and to_tag is not None, bridge=bridge
-        ),
+        lookup_only,
+        tokens[1],  # call-id
+        tokens[2],  # address
+        tokens[3],  # port
+        tokens[4],  # from tag
+        to_tag,
+        notify_socket,
+        notify_tag,
+        modifiers,
+        _parse_subcommands(subs, allow_lookup=allow_lookup, bridge=bridge) if subs else (),
     )
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ErrorCode
+from .values import slot_init
 
 MAX_REPLY = 1024  # rtpproxy's reply buffer
 REPLY_HEADROOM = 64  # Q and G fail (E26/E25) before their reply fills the buffer
@@ -24,6 +25,7 @@ def format_value(value: int | float) -> bytes:
     return b"%d" % value
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Done:
     """``0``: the command did what it was asked (D, X, S, an empty L/U lookup...)."""
@@ -35,6 +37,7 @@ OK = Done()
 NOT_FOUND = Done(succeeded=False)  # L (or U lookup) for an unknown session: ``0``, an error
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Failure:
     """``E<n>``."""
@@ -47,6 +50,7 @@ class Failure:
         return False
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class PortReply:
     """The port of a leg, with the address to use when it is not the wildcard."""
@@ -57,6 +61,7 @@ class PortReply:
     succeeded: bool = True
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Flag:
     """``1`` or ``0`` (VF)."""
@@ -65,6 +70,7 @@ class Flag:
     succeeded: bool = True
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Version:
     """The protocol version (V)."""
@@ -73,6 +79,7 @@ class Version:
     succeeded: bool = True
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Values:
     """Counter values (Q, G): ``v1 v2`` or, verbose, ``name1=v1 name2=v2``."""
@@ -82,6 +89,7 @@ class Values:
     succeeded: bool = True
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class InfoReply:
     """The ``I`` report."""
@@ -94,6 +102,7 @@ class InfoReply:
     succeeded: bool = True
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Raw:
     """A body made elsewhere in protocol/ (the ``Zsessions`` JSON)."""
@@ -102,6 +111,7 @@ class Raw:
     succeeded: bool = True
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class SubFailure:
     """A failed ``&&`` sub-command: ``-<n>``."""
@@ -113,6 +123,7 @@ Body = Done | Failure | PortReply | Flag | Version | Values | InfoReply | Raw
 SubResult = Done | PortReply | SubFailure
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Reply:
     """A command's answer: its own body and, for U/L/Q, the sub-commands' results."""
