@@ -52,29 +52,27 @@ def test_refused_real_time_policy_is_logged_and_the_relay_runs_on(
     assert parse_port(relay.cmd("U c1 127.0.0.1 5000 ft"))
 
 
-def test_refused_niceness_is_a_start_up_error(tmp_path: Path) -> None:
-    args = ["-f", "-F", "-p", str(tmp_path / "pid"), "-s", f"unix:{tmp_path}/ctl",
-            "-l", "127.0.0.1", "--nice", "-5"]  # fmt: skip
+def _start_up(tmp_path: Path, *args: str, wrapper: tuple[str, ...] = ()) -> tuple[int, str]:
+    """Run a relay that is expected to stop at start-up: its exit status and output."""
     done = subprocess.run(
-        [*WITHOUT_SYS_NICE, *PYRTPPROXY, *args],
+        [*wrapper, *PYRTPPROXY, "-f", "-F", "-p", str(tmp_path / "pid"),
+         "-s", f"unix:{tmp_path}/ctl", "-l", "127.0.0.1", *args],
         capture_output=True,
         text=True,
         check=False,
         timeout=20,
         cwd=tmp_path,
-    )
-    assert done.returncode == 1
-    assert "--nice -5: cannot set the niceness" in done.stderr + done.stdout
+    )  # fmt: skip
+    return done.returncode, done.stderr + done.stdout
+
+
+def test_refused_niceness_is_a_start_up_error(tmp_path: Path) -> None:
+    status, output = _start_up(tmp_path, "--nice", "-5", wrapper=WITHOUT_SYS_NICE)
+    assert status == 1
+    assert "--nice -5: cannot set the niceness" in output
 
 
 def test_out_of_range_niceness_is_a_usage_error(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*PYRTPPROXY, "-f", "-s", f"unix:{tmp_path}/ctl", "--nice", "21"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=20,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 1
-    assert "--nice" in done.stderr
+    status, output = _start_up(tmp_path, "--nice", "21")
+    assert status == 1
+    assert "--nice" in output and "21" in output
