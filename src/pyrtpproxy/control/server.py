@@ -41,15 +41,24 @@ class OneShotProtocol(asyncio.Protocol):
     command right after connecting, and an idle one would hold a descriptor for ever.
     """
 
-    def __init__(self, processor: CommandProcessor, idle: float = ONE_SHOT_IDLE) -> None:
+    def __init__(
+        self,
+        processor: CommandProcessor,
+        idle: float = ONE_SHOT_IDLE,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self._processor = processor
         self._idle = idle
+        # The server passes its loop: asking for the running one costs a getpid() system
+        # call, once per command on this transport.
+        self._loop = loop
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        self._timer = asyncio.get_running_loop().call_later(self._idle, self._close)
+        loop = self._loop or asyncio.get_running_loop()
+        self._timer = loop.call_later(self._idle, self._close)
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
@@ -220,7 +229,7 @@ class ControlServer:
             if passed:
                 self._unix_paths.append(spec.path)
             factory: Callable[[], asyncio.Protocol] = (
-                (lambda: OneShotProtocol(self._processor))
+                (lambda: OneShotProtocol(self._processor, loop=loop))
                 if kind is ControlKind.UNIX
                 else self._line_protocol
             )
