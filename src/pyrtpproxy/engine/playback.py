@@ -226,11 +226,11 @@ class Players:
         packets: list[tuple[Player, bytes]] = []
         finished: list[Player] = []
         while heap and heap[0][0] <= now:
-            due, _order, player = pop(heap)
-            if player.filed_at != due:
+            entry = pop(heap)
+            if not self._current(entry):
                 continue  # stale: stopped, or filed again since
-            if now - due > MAX_LATENESS:
-                player.catch_up(now)
+            player = entry[2]
+            player.catch_up(now)
             while True:
                 packet = player.next_packet()
                 if packet is None:
