@@ -31,9 +31,7 @@ class ReplyCache:
 
     def get(self, cookie: bytes, now: float) -> bytes | None:
         """The reply ``cookie`` got, if it is still kept at ``now``."""
-        buckets = self._buckets
-        if buckets and now - (buckets[0][0] + 1) >= self.ttl:
-            self._expire(now)
+        self._expire(now)
         return self._replies.get(cookie)
 
     def put(self, cookie: bytes, reply: bytes, now: float) -> None:
