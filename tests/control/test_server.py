@@ -33,7 +33,8 @@ class Transport(asyncio.Transport):
 
 
 def _one_shot(idle: float) -> tuple[OneShotProtocol, Transport]:
-    protocol = OneShotProtocol(CommandProcessor(make_engine(), FakeClock()), idle=idle)
+    processor = CommandProcessor(make_engine(), FakeClock())
+    protocol = OneShotProtocol(processor, asyncio.get_running_loop(), idle=idle)
     transport = Transport()
     protocol.connection_made(transport)
     return protocol, transport

@@ -44,21 +44,20 @@ class OneShotProtocol(asyncio.Protocol):
     def __init__(
         self,
         processor: CommandProcessor,
+        loop: asyncio.AbstractEventLoop,
         idle: float = ONE_SHOT_IDLE,
-        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._processor = processor
         self._idle = idle
-        # The server passes its loop: asking for the running one costs a getpid() system
-        # call, once per command on this transport.
+        # Given, not asked for: asyncio.get_running_loop() costs a getpid() system call,
+        # which here would be one per command.
         self._loop = loop
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        loop = self._loop or asyncio.get_running_loop()
-        self._timer = loop.call_later(self._idle, self._close)
+        self._timer = self._loop.call_later(self._idle, self._close)
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
@@ -229,7 +228,7 @@ class ControlServer:
             if passed:
                 self._unix_paths.append(spec.path)
             factory: Callable[[], asyncio.Protocol] = (
-                (lambda: OneShotProtocol(self._processor, loop=loop))
+                (lambda: OneShotProtocol(self._processor, loop))
                 if kind is ControlKind.UNIX
                 else self._line_protocol
             )
