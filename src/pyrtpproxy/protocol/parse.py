@@ -79,13 +79,8 @@ def parse(data: bytes, *, bridge_mode: bool = False) -> Command:
             return listing
     if not tokens or b"\0" in stripped:  # separators are never NUL: a token has it
         raise ProtocolError(ErrorCode.SYNTAX, "empty command or NUL byte")
-    if SUBCOMMAND_SEPARATOR in tokens:
-        segments = _split_segments(tokens)
-        main, subs = segments[0], segments[1:]
-    elif len(tokens) >= MAX_TOKENS:
-        raise ProtocolError(ErrorCode.SYNTAX, "too many tokens")
-    else:  # the common case: no sub-commands
-        main, subs = tokens, []
+    segments = _split_segments(tokens)
+    main, subs = segments[0], segments[1:]
     word = main[0]
     letter = word[:1].upper()
     parser = _PARSERS.get(letter)
@@ -106,14 +101,17 @@ def _parse_introspect(tokens: list[bytes]) -> Introspect | None:
 
 
 def _split_segments(tokens: list[bytes]) -> list[list[bytes]]:
-    segments: list[list[bytes]] = [[]]
-    for token in tokens:
-        if token == SUBCOMMAND_SEPARATOR:
-            segments.append([])
-        else:
-            segments[-1].append(token)
-    if any(not s for s in segments) or len(segments) - 1 > MAX_SUBCOMMANDS:
-        raise ProtocolError(ErrorCode.SYNTAX, "misplaced &&")
+    if SUBCOMMAND_SEPARATOR not in tokens:
+        segments = [tokens]  # the common case: no sub-commands, nothing to split
+    else:
+        segments = [[]]
+        for token in tokens:
+            if token == SUBCOMMAND_SEPARATOR:
+                segments.append([])
+            else:
+                segments[-1].append(token)
+        if any(not s for s in segments) or len(segments) - 1 > MAX_SUBCOMMANDS:
+            raise ProtocolError(ErrorCode.SYNTAX, "misplaced &&")
     if any(len(s) >= MAX_TOKENS for s in segments):
         raise ProtocolError(ErrorCode.SYNTAX, "too many tokens")
     return segments
