@@ -103,8 +103,8 @@ class Deadlines:
         return True
 
     def _compact(self) -> None:
-        """Drop stale entries, so ended sessions are not kept alive until their old
-        deadline (at a high call rate they would outnumber the live ones)."""
+        """Drop stale entries: they hold no session any more, but at a high call rate
+        they would outnumber the live ones and slow every push and pop."""
         self._heap = [entry for entry in self._heap if entry[SESSION] is not None]
         heapq.heapify(self._heap)
         self._stale = 0
