@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Iterator
 
@@ -98,3 +99,54 @@ def test_a_changed_stream_is_reaimed_and_loses_its_shortcuts(relay: MediaRelay) 
     a.rtp.remote = None
     relay.apply(StreamChanged(a.rtp))
     assert rtp.connected is None
+
+
+def _registered(relay: MediaRelay) -> int:
+    """How many descriptors the relay's epoll set holds, as the kernel tells."""
+    with open(f"/proc/self/fdinfo/{relay._epoll.fileno()}") as info:
+        return sum(line.startswith("tfd:") for line in info)
+
+
+def test_closed_legs_leave_the_epoll_set(relay: MediaRelay) -> None:
+    for _ in range(20):
+        a, b = _session().legs
+        ports = _open(relay, a), _open(relay, b)
+        assert _registered(relay) == 4
+        for leg, port in zip((a, b), ports, strict=True):
+            relay.apply(LegClosed(leg, LOCAL, port))
+        assert _registered(relay) == 0
+
+
+def test_a_socket_another_process_shares_is_unregistered_before_it_closes(
+    relay: MediaRelay,
+) -> None:
+    # A previous relay's sockets: it holds the same sockets until it exits, so closing
+    # ours alone would leave them in the epoll set.
+    port = next(p for p in range(33000, 34000, 2) if not _port_taken(p) and not _port_taken(p + 1))
+    theirs = []
+    for number in (port, port + 1):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", number))
+        theirs.append(sock)
+    relay.adopt([socket.socket(fileno=os.dup(sock.fileno())) for sock in theirs])
+    a, _b = _session().legs
+    assert relay.try_bind(LOCAL, port)
+    a.local, a.port = LOCAL, port
+    relay.apply(LegOpened(a, LOCAL, port))
+    assert _registered(relay) == 2
+    relay.apply(LegClosed(a, LOCAL, port))
+    assert _registered(relay) == 0
+    for sock in theirs:
+        sock.close()
+
+
+def test_once_handed_over_every_socket_is_unregistered_before_it_closes(
+    relay: MediaRelay,
+) -> None:
+    a, _b = _session().legs
+    port = _open(relay, a)
+    successor = [os.dup(fd) for fd in relay.handover_sockets()]  # a hand-over that failed
+    relay.apply(LegClosed(a, LOCAL, port))
+    assert _registered(relay) == 0
+    for fd in successor:
+        os.close(fd)

@@ -317,6 +317,13 @@ class MediaRelay:
         # entry and its int key cost about 70, for each of an idle session's 4 sockets.
         self._readers: list[Callable[[], None] | None] = []
         self._watched = 0
+        # Closing a socket takes it out of the epoll set, unless another process holds
+        # the same socket: then it must be unregistered first, or the set keeps reporting
+        # it under an fd number a new socket may get. Such are the sockets a previous
+        # relay handed over (it holds them until it exits) and, once this relay has
+        # handed its sockets over, all of them.
+        self._shared_fds: set[int] = set()
+        self._all_shared = False
         loop.add_reader(self._epoll.fileno(), self._dispatch)
         self._handlers = self.handlers()
 
@@ -359,6 +366,7 @@ class MediaRelay:
     def handover_sockets(self) -> list[int]:
         """The descriptors of every media socket, for a successor: each stream's
         unconnected and connected ones, and the port pairs copies send from."""
+        self._all_shared = True
         fds = [fd for fd, reader in enumerate(self._readers) if reader is not None]
         for sink in self.taps.values():
             if isinstance(sink, CopyTap):
@@ -369,6 +377,7 @@ class MediaRelay:
         """Sockets a previous relay handed over: :meth:`try_bind` takes them for their
         port instead of binding, a restored stream takes its connected twin."""
         for sock in sockets:
+            self._shared_fds.add(sock.fileno())
             port = sock.getsockname()[1]
             try:
                 sock.getpeername()
@@ -381,6 +390,7 @@ class MediaRelay:
         """Close the handed-over sockets no restored session took; how many."""
         left = [*self._adopted.values(), *self._adopted_connected.values()]
         for sock in left:
+            self._shared_fds.discard(sock.fileno())
             sock.close()
         self._adopted.clear()
         self._adopted_connected.clear()
@@ -788,11 +798,13 @@ class MediaRelay:
             if fd < len(readers) and readers[fd] is not None:
                 readers[fd] = None
                 self._watched -= 1
-            try:  # noqa: SIM105 (suppress() would cost an object per closed socket)
-                self._epoll.unregister(fd)
-            except (OSError, ValueError):
-                pass  # never registered, or the epoll set is closed already
-        sock.close()
+            if self._all_shared or fd in self._shared_fds:
+                self._shared_fds.discard(fd)
+                try:  # noqa: SIM105 (suppress() would cost an object per closed socket)
+                    self._epoll.unregister(fd)
+                except (OSError, ValueError):
+                    pass  # never registered, or the epoll set is closed already
+        sock.close()  # our own: the close leaves the epoll set (one system call, not two)
 
     def forwarder(self, stream: Stream) -> Callable[[bytes], None]:
         """The settled per-packet path of ``stream``: count, analyse, send on."""
