@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import logging.handlers
 import os
@@ -635,6 +636,12 @@ class Relay:
         media.connect_engine(engine.receive, self.dispatch)
         self.notifier = Notifier(self.counters.relay)
         self._handlers = self._event_handlers(media, self.notifier)
+        # What start-up made (modules, configuration) lives as long as the process: out
+        # of the collector's sight, a full collection walks only the sessions, not the
+        # hundred thousand objects of the imports (a pause of milliseconds, otherwise).
+        # Before the journal's sessions are restored: those end, and their cycles must
+        # stay collectable.
+        gc.freeze()
         if config.state_file is not None and not self._open_journal(config.state_file):
             media.close()
             return 1
