@@ -304,7 +304,9 @@ def run_config(
     logfile = OUT_DIR / "logs" / f"control-{spec.name}-{transport}-c{clients}-r{rep}.log"
     cpus = relay_cpus(args)
     relay_cpu = None if cpus is None else cpus[0]
-    client_cpu = None if args.no_pin else args.gen_cpu
+    client_cpu = (
+        None if args.no_pin else (args.gen_cpu if args.client_cpu is None else args.client_cpu)
+    )
     ctx = multiprocessing.get_context("fork")
     workers: list[multiprocessing.context.ForkProcess] = []
     try:
@@ -536,6 +538,15 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help="triples each client runs before the measurement starts (default 20)",
     )
     g.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for a reply (1)")
+    g.add_argument(
+        "--client-cpu",
+        type=int,
+        default=None,
+        metavar="CPU",
+        help="CPU the control clients use (default --gen-cpu). With --media-sessions and a\n"
+        "relay that forwards in the kernel, the forwarding runs in the sender's CPU, the\n"
+        "generator's: --client-cpu 0 keeps the clients off it",
+    )
     g.add_argument(
         "--media-sessions",
         type=int,
