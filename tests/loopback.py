@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import struct
@@ -19,6 +20,15 @@ def free_port(kind: int = socket.SOCK_STREAM, family: int = socket.AF_INET) -> i
     with socket.socket(family, kind) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def unix_command(path: str | os.PathLike[str], command: str) -> str:
+    """One command over a ``unix:`` control socket at ``path``; the reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        sock.sendall(command.encode())
+        return sock.recv(1000).decode()
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 5.0, step: float = 0.02) -> T:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from loopback import unix_command
 from pyrtpproxy.app import Relay
 from pyrtpproxy.config import Config, ControlSpec
 from pyrtpproxy.engine.addresses import AddressPlan, LocalAddress
@@ -37,14 +37,6 @@ def _config(tmp_path: Path) -> Config:
     )
 
 
-def _command(path: Path, command: str) -> str:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
-        sock.connect(str(path))
-        sock.sendall(command.encode())
-        return sock.recv(1000).decode()
-
-
 async def _serve(config: Config, commands: list[str]) -> tuple[list[str], bool]:
     """Run a relay, send ``commands``; its replies, and whether the sessions it holds
     then are in the collector's sight."""
@@ -56,7 +48,7 @@ async def _serve(config: Config, commands: list[str]) -> tuple[list[str], bool]:
         if path.exists() and relay.engine is not None:
             break
         await asyncio.sleep(0.01)
-    replies = [await loop.run_in_executor(None, _command, path, c) for c in commands]
+    replies = [await loop.run_in_executor(None, unix_command, path, c) for c in commands]
     tracked = {id(o) for o in gc.get_objects() if isinstance(o, Session)}
     assert relay.engine is not None
     sessions = list(relay.engine.table)
@@ -80,7 +72,7 @@ def _journal_with_a_session(tmp_path: Path) -> None:
             if sock.exists():
                 break
             time.sleep(0.01)
-        assert _command(sock, "U c1 127.0.0.1 5000 ft").split()[0].isdigit()
+        assert unix_command(sock, "U c1 127.0.0.1 5000 ft").split()[0].isdigit()
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from loopback import unix_command
 from pyrtpproxy.app import Relay, prepare
 from pyrtpproxy.config import Config, ConfigError, ControlSpec
 from pyrtpproxy.engine.addresses import AddressPlan, LocalAddress
@@ -76,14 +76,6 @@ def test_a_name_that_does_not_resolve_at_start_is_an_error(tmp_path: Path) -> No
     prepare(_config(tmp_path, "relay.test"), FakeDns({"relay.test": "192.0.2.1"}))
 
 
-def _command(path: Path, command: str) -> str:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
-        sock.connect(str(path))
-        sock.sendall(command.encode())
-        return sock.recv(1000).decode()
-
-
 def test_replies_follow_the_name_while_the_relay_runs(tmp_path: Path) -> None:
     dns = FakeDns({"relay.test": "192.0.2.1"})
     config = _config(tmp_path, "relay.test", resolve_interval=0.05)
@@ -97,11 +89,11 @@ def test_replies_follow_the_name_while_the_relay_runs(tmp_path: Path) -> None:
             if path.exists():
                 break
             await asyncio.sleep(0.01)
-        first = await loop.run_in_executor(None, _command, path, "U c1 127.0.0.1 5000 ft")
+        first = await loop.run_in_executor(None, unix_command, path, "U c1 127.0.0.1 5000 ft")
         dns.answers["relay.test"] = "192.0.2.2"
         await asyncio.sleep(0.3)
-        second = await loop.run_in_executor(None, _command, path, "U c2 127.0.0.1 5000 ft")
-        again = await loop.run_in_executor(None, _command, path, "U c1 127.0.0.1 5000 ft")
+        second = await loop.run_in_executor(None, unix_command, path, "U c2 127.0.0.1 5000 ft")
+        again = await loop.run_in_executor(None, unix_command, path, "U c1 127.0.0.1 5000 ft")
         relay.stop()
         assert await running == 0
         return first, second, again
@@ -129,7 +121,7 @@ def test_localhost_for_real(tmp_path: Path) -> None:
             proc.poll()
             assert proc.returncode is None
             asyncio.run(asyncio.sleep(0.02))
-        reply = _command(sock, "U c 127.0.0.1 5000 ft")
+        reply = unix_command(sock, "U c 127.0.0.1 5000 ft")
         assert reply.endswith(" 127.0.0.1\n"), reply
     finally:
         proc.terminate()
