@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -59,6 +62,29 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+@contextlib.contextmanager
+def unix_relay(
+    directory: Path, ports: tuple[int, int], *flags: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A relay process of our own on ``directory/ctl.sock`` (media on 127.0.0.1, ports
+    ``ports``), once its socket is there; it must exit cleanly on SIGTERM."""
+    sock = directory / "ctl.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyrtpproxy", "-f", "-F", "-l", "127.0.0.1",
+         "-s", f"unix:{sock}", "-m", str(ports[0]), "-M", str(ports[1]),
+         "-p", str(directory / "pid"), "-d", "ERR", *flags],
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: sock.exists() or proc.poll() is not None), "no control socket"
+        assert proc.poll() is None, f"the relay exited: {proc.returncode}"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
 
 
 class Party:

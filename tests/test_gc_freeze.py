@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from loopback import unix_command
+from loopback import unix_command, unix_relay
 from pyrtpproxy.app import Relay
 from pyrtpproxy.config import Config, ControlSpec
 from pyrtpproxy.engine.addresses import AddressPlan, LocalAddress
@@ -60,22 +56,8 @@ async def _serve(config: Config, commands: list[str]) -> tuple[list[str], bool]:
 def _journal_with_a_session(tmp_path: Path) -> None:
     """A relay in a process of its own (it holds the journal's lock until it exits) keeps
     a session in the journal."""
-    sock = tmp_path / "ctl.sock"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pyrtpproxy", "-f", "-F", "-l", "127.0.0.1",
-         "-s", f"unix:{sock}", "-m", "34000", "-M", "34999", "-p", str(tmp_path / "pid"),
-         "-d", "ERR", "--state-file", str(tmp_path / "journal")],
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        for _ in range(500):
-            if sock.exists():
-                break
-            time.sleep(0.01)
-        assert unix_command(sock, "U c1 127.0.0.1 5000 ft").split()[0].isdigit()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+    with unix_relay(tmp_path, (34000, 34999), "--state-file", str(tmp_path / "journal")):
+        assert unix_command(tmp_path / "ctl.sock", "U c1 127.0.0.1 5000 ft").split()[0].isdigit()
 
 
 def test_startup_objects_are_frozen_and_restored_sessions_are_not(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from loopback import unix_command
+from loopback import unix_command, unix_relay
 from pyrtpproxy.app import Relay, prepare
 from pyrtpproxy.config import Config, ConfigError, ControlSpec
 from pyrtpproxy.engine.addresses import AddressPlan, LocalAddress
@@ -107,25 +107,9 @@ def test_replies_follow_the_name_while_the_relay_runs(tmp_path: Path) -> None:
 
 def test_localhost_for_real(tmp_path: Path) -> None:
     assert system_resolver("localhost", False) == "127.0.0.1"
-    sock = tmp_path / "r.sock"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pyrtpproxy", "-f", "-F", "-l", "127.0.0.1", "-A", "localhost",
-         "-s", f"unix:{sock}", "-m", "32000", "-M", "32099", "-p", str(tmp_path / "pid"),
-         "-d", "ERR"],
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        for _ in range(500):
-            if sock.exists():
-                break
-            proc.poll()
-            assert proc.returncode is None
-            asyncio.run(asyncio.sleep(0.02))
-        reply = unix_command(sock, "U c 127.0.0.1 5000 ft")
+    with unix_relay(tmp_path, (32000, 32099), "-A", "localhost"):
+        reply = unix_command(tmp_path / "ctl.sock", "U c 127.0.0.1 5000 ft")
         assert reply.endswith(" 127.0.0.1\n"), reply
-    finally:
-        proc.terminate()
-        assert proc.wait(10) == 0
     bad = subprocess.run(
         [sys.executable, "-m", "pyrtpproxy", "-f", "-F", "-A", "no-such-name.invalid",
          "-s", f"unix:{tmp_path / 'b.sock'}", "-p", str(tmp_path / "pid2")],
