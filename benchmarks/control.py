@@ -304,9 +304,7 @@ def run_config(
     logfile = OUT_DIR / "logs" / f"control-{spec.name}-{transport}-c{clients}-r{rep}.log"
     cpus = relay_cpus(args)
     relay_cpu = None if cpus is None else cpus[0]
-    client_cpu = (
-        None if args.no_pin else (args.gen_cpu if args.client_cpu is None else args.client_cpu)
-    )
+    client_cpu = None if args.no_pin else args.client_cpu
     ctx = multiprocessing.get_context("fork")
     workers: list[multiprocessing.context.ForkProcess] = []
     try:
@@ -573,6 +571,8 @@ def check_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--media-sessions takes 0..4000")
     if args.media_sessions and "udp" not in args.transports:
         p.error("--media-sessions needs the udp transport (the generator's control socket)")
+    if args.client_cpu is None:
+        args.client_cpu = args.gen_cpu
 
 
 def configurations(args: argparse.Namespace, spec: RelaySpec) -> list[str]:

@@ -703,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
         else {
             "relay": args.relay_cpu,
             "generator": args.gen_cpu,
-            "control_clients": args.gen_cpu if args.client_cpu is None else args.client_cpu,
+            "control_clients": args.client_cpu,
         },
     }  # fmt: skip
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -728,10 +728,9 @@ def main(argv: list[str] | None = None) -> int:
         kill_all_started()
 
     out_path.write_text(json.dumps(doc, indent=1, default=str))
-    clients_cpu = args.gen_cpu if args.client_cpu is None else args.client_cpu
     pin = "not pinned" if args.no_pin else (
         f"relay on CPU {args.relay_cpu}, generator on CPU {args.gen_cpu}, "
-        f"control clients on CPU {clients_cpu}")  # fmt: skip
+        f"control clients on CPU {args.client_cpu}")  # fmt: skip
     print(
         f"machine: {facts['cpus']} x {facts['cpu_model']}, kernel {facts['kernel']}, "
         f"{facts['mem_gib']} GiB; {pin}; repeat {args.repeat}"
