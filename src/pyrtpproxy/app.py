@@ -638,7 +638,7 @@ class Relay:
         self._handlers = self._event_handlers(media, self.notifier)
         # What start-up made (modules, configuration) lives as long as the process: out
         # of the collector's sight, a full collection walks only the sessions, not the
-        # hundred thousand objects of the imports (a pause of milliseconds, otherwise).
+        # tens of thousands of objects of the imports as well.
         # Before the journal's sessions are restored: those end, and their cycles must
         # stay collectable.
         gc.freeze()

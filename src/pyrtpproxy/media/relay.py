@@ -804,7 +804,7 @@ class MediaRelay:
                     self._epoll.unregister(fd)
                 except (OSError, ValueError):
                     pass  # never registered, or the epoll set is closed already
-        sock.close()  # our own: the close leaves the epoll set (one system call, not two)
+        sock.close()  # for a socket only we hold, this alone leaves the epoll set
 
     def forwarder(self, stream: Stream) -> Callable[[bytes], None]:
         """The settled per-packet path of ``stream``: count, analyse, send on."""
