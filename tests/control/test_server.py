@@ -1,64 +1,178 @@
-"""Control socket framing that needs a running event loop (the rest is in integration)."""
+"""The ``unix:`` listener on real sockets and a running event loop (the rest of the
+control transports is in integration)."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
+
+import pytest
+import uvloop
 
 from engine.support import FakeClock, make_engine
 from pyrtpproxy.control.processor import CommandProcessor
-from pyrtpproxy.control.server import OneShotProtocol
+from pyrtpproxy.control.server import OneShotListener
+from pyrtpproxy.engine.engine import RequestContext
+
+VERSION_REPLY = b"20040107\n"
+Run = Callable[[Any], Any]
 
 
-class Transport(asyncio.Transport):
-    """What a protocol writes and whether it closed, without a socket."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = b""
-        self.closes = 0
-
-    def write(self, data: Any) -> None:
-        self.written += bytes(data)
-
-    @property
-    def closed(self) -> bool:
-        return self.closes > 0
-
-    def close(self) -> None:
-        self.closes += 1
-
-    def is_closing(self) -> bool:
-        return self.closed
+@pytest.fixture(params=["uvloop", "asyncio"])
+def run(request: pytest.FixtureRequest) -> Run:
+    """The relay's event loop, and asyncio's own (add_reader and add_writer on both)."""
+    return uvloop.run if request.param == "uvloop" else asyncio.run  # type: ignore[no-any-return]
 
 
-def _one_shot(idle: float) -> tuple[OneShotProtocol, Transport]:
-    processor = CommandProcessor(make_engine(), FakeClock())
-    protocol = OneShotProtocol(processor, asyncio.get_running_loop(), idle=idle)
-    transport = Transport()
-    protocol.connection_made(transport)
-    return protocol, transport
+class BigReplies:
+    """A processor whose every reply is ``size`` bytes: more than a socket buffer holds."""
+
+    def __init__(self, size: int) -> None:
+        self.reply = bytes(range(256)) * (size // 256)
+
+    def handle(self, data: bytes, ctx: RequestContext) -> bytes:
+        return self.reply
 
 
-def test_a_silent_unix_connection_is_closed_after_the_idle_time() -> None:
-    async def scenario() -> Transport:
-        _protocol, transport = _one_shot(idle=0.05)
-        await asyncio.sleep(0.01)
-        assert not transport.closed  # a client gets time to write
-        await asyncio.sleep(0.1)
-        return transport
+@asynccontextmanager
+async def listening(
+    path: Path,
+    processor: object | None = None,
+    *,
+    idle: float = 5.0,
+    limit: int = 100,
+    on_refused: Callable[[], None] | None = None,
+) -> AsyncIterator[OneShotListener]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen(128)
+    listener = OneShotListener(
+        sock,
+        processor or CommandProcessor(make_engine(), FakeClock()),  # type: ignore[arg-type]
+        asyncio.get_running_loop(),
+        idle=idle,
+        limit=limit,
+        on_refused=on_refused,
+    )
+    try:
+        yield listener
+    finally:
+        listener.close()
 
-    transport = asyncio.run(scenario())
-    assert transport.closed and transport.written == b""
+
+async def connect(path: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_unix_connection(str(path))
 
 
-def test_a_unix_command_is_answered_and_its_timer_dropped() -> None:
-    async def scenario() -> Transport:
-        protocol, transport = _one_shot(idle=0.05)
-        protocol.data_received(b"V")
-        await asyncio.sleep(0.1)
-        return transport
+async def answer(reader: asyncio.StreamReader) -> bytes:
+    """Everything the relay sends until it closes the connection."""
+    return await asyncio.wait_for(reader.read(), 5)
 
-    transport = asyncio.run(scenario())
-    assert transport.written == b"20040107\n"
-    assert transport.closes == 1  # the idle timer did not fire after the reply
+
+def test_a_command_is_answered_and_the_connection_closed(tmp_path: Path, run: Run) -> None:
+    async def scenario() -> tuple[bytes, int]:
+        async with listening(tmp_path / "s") as listener:
+            reader, writer = await connect(tmp_path / "s")
+            writer.write(b"V")
+            reply = await answer(reader)  # read() returns at EOF: the relay closed
+            writer.close()
+            return reply, listener.waiting
+
+    assert run(scenario()) == (VERSION_REPLY, 0)
+
+
+def test_a_command_written_after_the_accept_is_answered(tmp_path: Path, run: Run) -> None:
+    async def scenario() -> tuple[int, bytes, int]:
+        async with listening(tmp_path / "s") as listener:
+            reader, writer = await connect(tmp_path / "s")
+            await asyncio.sleep(0.05)  # accepted meanwhile, nothing to read yet
+            waiting = listener.waiting
+            writer.write(b"V\n")
+            reply = await answer(reader)
+            writer.close()
+            return waiting, reply, listener.waiting
+
+    assert run(scenario()) == (1, VERSION_REPLY, 0)
+
+
+def test_a_silent_connection_is_closed_after_the_idle_time(tmp_path: Path, run: Run) -> None:
+    async def scenario() -> tuple[bool, bytes, int]:
+        async with listening(tmp_path / "s", idle=0.1) as listener:
+            reader, writer = await connect(tmp_path / "s")
+            await asyncio.sleep(0.03)
+            still_open = not reader.at_eof() and listener.waiting == 1  # time to write
+            reply = await answer(reader)
+            writer.close()
+            return still_open, reply, listener.waiting
+
+    assert run(scenario()) == (True, b"", 0)
+
+
+def test_a_connection_closed_without_a_command_gets_no_reply(tmp_path: Path, run: Run) -> None:
+    async def scenario() -> tuple[bytes, int]:
+        async with listening(tmp_path / "s") as listener:
+            reader, writer = await connect(tmp_path / "s")
+            writer.write_eof()
+            reply = await answer(reader)
+            writer.close()
+            return reply, listener.waiting
+
+    assert run(scenario()) == (b"", 0)
+
+
+def test_a_reply_bigger_than_the_socket_buffer_arrives_whole(tmp_path: Path, run: Run) -> None:
+    processor = BigReplies(4 * 1024 * 1024)
+
+    async def scenario() -> bytes:
+        async with listening(tmp_path / "s", processor):
+            reader, writer = await connect(tmp_path / "s")
+            writer.write(b"V")
+            await asyncio.sleep(0.05)  # the relay fills the buffer and waits to write more
+            reply = await answer(reader)
+            writer.close()
+            return reply
+
+    assert run(scenario()) == processor.reply
+
+
+def test_connections_beyond_the_waiting_limit_are_refused(tmp_path: Path, run: Run) -> None:
+    refused: list[int] = []
+
+    async def scenario() -> tuple[int, bytes, bytes]:
+        async with listening(tmp_path / "s", limit=2, on_refused=lambda: refused.append(1)) as lsn:
+            silent = [await connect(tmp_path / "s") for _ in range(3)]
+            await asyncio.sleep(0.05)
+            waiting = lsn.waiting
+            refused_reply = await answer(silent[2][0])  # closed at once
+            reader, writer = silent[0]
+            writer.write(b"V")  # a waiting one is still served
+            served = await answer(reader)
+            for _, w in silent:
+                w.close()
+            return waiting, refused_reply, served
+
+    assert run(scenario()) == (2, b"", VERSION_REPLY)
+    assert refused == [1]
+
+
+def test_closing_stops_accepting_and_closes_waiting_connections(tmp_path: Path, run: Run) -> None:
+    async def scenario() -> tuple[bytes, int, int]:
+        async with listening(tmp_path / "s") as listener:
+            reader, writer = await connect(tmp_path / "s")
+            await asyncio.sleep(0.05)
+            listener.close()
+            dropped = await answer(reader)
+            writer.close()
+            try:
+                await connect(tmp_path / "s")
+            except ConnectionRefusedError:
+                refused = 1
+            else:
+                refused = 0
+            return dropped, listener.waiting, refused
+
+    assert run(scenario()) == (b"", 0, 1)

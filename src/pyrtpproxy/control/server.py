@@ -27,6 +27,7 @@ log = logging.getLogger("pyrtpproxy.control")
 
 MAX_STREAM_CONNECTIONS = 100
 ONE_SHOT_IDLE = 10.0  # seconds a unix: connection may stay silent before it is closed
+ACCEPT_BATCH = 64  # unix: connections accepted per wakeup
 REFUSED_LOG_WINDOW = 10.0  # seconds: one line about refused connections per window
 MAX_LINE = 8192
 LOCAL_CONTEXT = RequestContext("127.0.0.1")
@@ -34,48 +35,131 @@ SYSTEMD_FIRST_FD = 3
 MAX_CLIENT_HOSTS = 1024  # request contexts of UDP client hosts remembered
 
 
-class OneShotProtocol(asyncio.Protocol):
+class OneShotListener:
     """``unix:``: one read is one command; reply, then close. Never waits for EOF.
 
-    A connection that sends nothing for ``idle`` seconds is closed: clients write their
-    command right after connecting, and an idle one would hold a descriptor for ever.
+    Served straight off the listening socket, without a transport and protocol per
+    connection: Kamailio and OpenSIPS connect once per command, so what a connection
+    costs is what each command costs. A client writes its command right after
+    connecting, and it is usually there when the connection is accepted; if not, the
+    connection waits for it (at most ``limit`` connections wait, each at most ``idle``
+    seconds, then it is closed), and so does a reply too big for the socket's buffer.
     """
 
     def __init__(
         self,
+        sock: socket.socket,
         processor: CommandProcessor,
         loop: asyncio.AbstractEventLoop,
+        *,
         idle: float = ONE_SHOT_IDLE,
+        limit: int = MAX_STREAM_CONNECTIONS,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._fd = sock.fileno()
         self._processor = processor
-        self._idle = idle
-        # Given, not asked for: asyncio.get_running_loop() costs a getpid() system call,
-        # which here would be one per command.
         self._loop = loop
-        self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._idle = idle
+        self._limit = limit
+        self._on_refused = on_refused
+        # by fd: the connection, its idle timer, and what is left to send (None: the
+        # command has not arrived yet)
+        self._waiting: dict[int, tuple[socket.socket, asyncio.TimerHandle, bytes | None]] = {}
+        loop.add_reader(self._fd, self._accept)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-        self._timer = self._loop.call_later(self._idle, self._close)
+    @property
+    def waiting(self) -> int:
+        """Connections whose command, or the rest of whose reply, is still to come."""
+        return len(self._waiting)
 
-    def data_received(self, data: bytes) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
+    def fileno(self) -> int:
+        """The listening socket's descriptor (for a hand-over), -1 once closed."""
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        """Stop accepting; close the listening socket and every waiting connection."""
+        if self._sock.fileno() < 0:
             return
-        transport.write(self._processor.handle(data[:MAX_COMMAND], LOCAL_CONTEXT))
-        self._close()
+        self._loop.remove_reader(self._fd)
+        self._sock.close()
+        for fd in list(self._waiting):
+            self._forget(fd).close()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._close()
+    def _accept(self) -> None:
+        accept = self._sock.accept
+        for _ in range(ACCEPT_BATCH):  # then the event loop's other work gets a turn
+            try:
+                conn, _address = accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors, say: the next wakeup tries again
+                log.warning("unix control socket: accept failed: %s", exc)
+                return
+            self._read(conn)
 
-    def _close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+    def _read(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(MAX_COMMAND, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            self._wait(conn, None)
+            return
+        except OSError:
+            conn.close()
+            return
+        if not data:  # closed without a command: nothing to answer
+            conn.close()
+            return
+        self._send(conn, self._processor.handle(data, LOCAL_CONTEXT))
+
+    def _send(self, conn: socket.socket, reply: bytes) -> None:
+        try:
+            sent = conn.send(reply, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:  # the client is gone
+            conn.close()
+            return
+        if sent < len(reply):
+            self._wait(conn, reply[sent:])
+        else:
+            conn.close()
+
+    def _wait(self, conn: socket.socket, rest: bytes | None) -> None:
+        if len(self._waiting) >= self._limit:
+            conn.close()
+            if self._on_refused is not None:
+                self._on_refused()
+            return
+        fd = conn.fileno()
+        timer = self._loop.call_later(self._idle, self._expire, fd)
+        self._waiting[fd] = (conn, timer, rest)
+        if rest is None:
+            self._loop.add_reader(fd, self._readable, fd)
+        else:
+            self._loop.add_writer(fd, self._writable, fd)
+
+    def _forget(self, fd: int) -> socket.socket:
+        conn, timer, rest = self._waiting.pop(fd)
+        timer.cancel()
+        if rest is None:
+            self._loop.remove_reader(fd)
+        else:
+            self._loop.remove_writer(fd)
+        return conn
+
+    def _readable(self, fd: int) -> None:
+        self._read(self._forget(fd))
+
+    def _writable(self, fd: int) -> None:
+        rest = self._waiting[fd][2]
+        assert rest is not None
+        self._send(self._forget(fd), rest)
+
+    def _expire(self, fd: int) -> None:
+        if fd in self._waiting:
+            self._forget(fd).close()
 
 
 class LineProtocol(asyncio.Protocol):
@@ -227,13 +311,12 @@ class ControlServer:
             sock = passed[0] if passed else self._unix_listener(spec.path)
             if passed:
                 self._unix_paths.append(spec.path)
-            factory: Callable[[], asyncio.Protocol] = (
-                (lambda: OneShotProtocol(self._processor, loop))
-                if kind is ControlKind.UNIX
-                else self._line_protocol
-            )
-            server = await loop.create_unix_server(factory, sock=sock)
-            self._serving(name, server)
+            if kind is ControlKind.UNIX:
+                listener = OneShotListener(sock, self._processor, loop, on_refused=self._refuse)
+                self._closers.append(listener.close)
+                self._listening.append((name, listener.fileno))
+            else:
+                self._serving(name, await loop.create_unix_server(self._line_protocol, sock=sock))
         elif kind in (ControlKind.TCP, ControlKind.TCP6):
             if passed:
                 server = await loop.create_server(self._line_protocol, sock=passed[0])

@@ -108,7 +108,7 @@ class RelayCounters:
     sessions_not_restored: int = 0  # in the journal, but their ports could not be had
     state_write_failures: int = 0  # journal writes that failed (disk full...)
     sessions_refused_overload: int = 0  # new sessions refused with E98 (--overload_prot)
-    control_connections_refused: int = 0  # stream connections closed: 100 were open
+    control_connections_refused: int = 0  # closed at once: 100 open (unix: 100 waiting)
 
 
 @dataclass(frozen=True, slots=True)

@@ -251,7 +251,8 @@ RELAY_COUNTER_METRICS: dict[str, tuple[str, str]] = {
     ),
     "control_connections_refused": (
         "control_connections_refused_total",
-        "cunix:/tcp: control connections closed at once because 100 were open already.",
+        "Control connections closed at once: cunix:/tcp: because 100 were open, "
+        "unix: because 100 waited for their command.",
     ),
     "notifications_sent": ("notifications_sent_total", "Timeout notifications delivered."),
     "notifications_failed": (
