@@ -6,10 +6,12 @@ import _socket
 import socket
 from typing import TypeAlias
 
-# Media sockets are made as the C type itself: ``socket.socket`` adds a Python-level
-# constructor and close to every one, and a relay makes and closes two per leg. Sockets
-# made as ``socket.socket`` (handed over by a previous relay) are of this type too.
-MediaSocket: TypeAlias = _socket.socket
+# Sockets made and closed per call leg (media: two per leg) or per command (a unix:
+# control connection) are made as the C type itself: ``socket.socket`` adds a
+# Python-level constructor and close to every one. Sockets made as ``socket.socket``
+# (handed over by a previous relay) are of this type too.
+RawSocket: TypeAlias = _socket.socket
+MediaSocket: TypeAlias = RawSocket
 
 
 def family_of(host: str) -> socket.AddressFamily:

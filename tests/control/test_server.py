@@ -4,7 +4,11 @@ control transports is in integration)."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import resource
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -176,3 +180,43 @@ def test_closing_stops_accepting_and_closes_waiting_connections(tmp_path: Path, 
             return dropped, listener.waiting, refused
 
     assert run(scenario()) == (b"", 0, 1)
+
+
+def test_out_of_descriptors_pauses_accepting_without_spinning(
+    tmp_path: Path, run: Run, caplog: pytest.LogCaptureFixture
+) -> None:
+    def unanswered(client: socket.socket) -> bool:
+        try:
+            client.recv(100, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        return False
+
+    async def scenario() -> tuple[bool, float, bytes]:
+        loop = asyncio.get_running_loop()
+        async with listening(tmp_path / "s"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                # connected and written before the listener runs: its accept comes after
+                client.connect(str(tmp_path / "s"))
+                client.send(b"V")
+                soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                lowest_free = os.dup(0)
+                os.close(lowest_free)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # EMFILE
+                try:
+                    cpu = time.process_time()
+                    await asyncio.sleep(0.08)
+                    cpu = time.process_time() - cpu
+                    waited = unanswered(client)
+                finally:
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                client.setblocking(False)
+                reply = await asyncio.wait_for(loop.sock_recv(client, 100), 5)
+        return waited, cpu, reply
+
+    with caplog.at_level(logging.WARNING, logger="pyrtpproxy.control"):
+        waited, cpu, reply = run(scenario())
+    assert waited and reply == VERSION_REPLY  # served once the pause was over
+    assert cpu < 0.04  # resting, not retrying a readable socket in a loop
+    failures = [r.getMessage() for r in caplog.records if "accept failed" in r.getMessage()]
+    assert len(failures) == 1 and "Too many open files" in failures[0]
