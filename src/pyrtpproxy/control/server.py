@@ -92,7 +92,7 @@ class OneShotListener:
         self._loop.remove_reader(self._fd)
         self._sock.close()
         for fd in list(self._waiting):
-            self._forget(fd).close()
+            self._forget(fd)[0].close()
 
     def _accept(self) -> None:
         # One connection per wakeup: then the event loop's other ready work (UDP
@@ -165,26 +165,26 @@ class OneShotListener:
         else:
             self._loop.add_writer(fd, self._writable, fd)
 
-    def _forget(self, fd: int) -> RawSocket:
+    def _forget(self, fd: int) -> tuple[RawSocket, bytes | None]:
+        """Stop waiting on ``fd``: its connection and what was left to send."""
         conn, timer, rest = self._waiting.pop(fd)
         timer.cancel()
         if rest is None:
             self._loop.remove_reader(fd)
         else:
             self._loop.remove_writer(fd)
-        return conn
+        return conn, rest
 
     def _readable(self, fd: int) -> None:
-        self._read(self._forget(fd))
+        self._read(self._forget(fd)[0])
 
     def _writable(self, fd: int) -> None:
-        rest = self._waiting[fd][2]
+        conn, rest = self._forget(fd)
         assert rest is not None
-        self._send(self._forget(fd), rest)
+        self._send(conn, rest)
 
-    def _expire(self, fd: int) -> None:
-        if fd in self._waiting:
-            self._forget(fd).close()
+    def _expire(self, fd: int) -> None:  # (forgetting cancels the timer: fd still waits)
+        self._forget(fd)[0].close()
 
 
 class LineProtocol(asyncio.Protocol):
