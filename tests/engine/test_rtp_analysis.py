@@ -53,6 +53,16 @@ def test_late_packets_within_the_misorder_limit() -> None:
     assert counts(feed([*late, 1005, 1010])) == (100, 100, 0, 2, 0)  # late duplicates
 
 
+def test_late_duplicates_after_long_in_order_runs() -> None:
+    # in-order packets are folded into the duplicate window only when one is out of
+    # order: after runs shorter and longer than the window, late copies are still known
+    for run in (5, 127, 128, 129, 1000):
+        seqs = list(range(65000, 65000 + run))
+        late = [seqs[-2], seqs[max(0, run - 99)]]
+        a = feed([*seqs, *late, seqs[-1] + 2, seqs[-1] + 1, seqs[-1] + 1])
+        assert counts(a) == (run + 2, run + 2, 0, 3, 0), run
+
+
 def test_duplicates_across_a_gap() -> None:
     assert counts(feed([1, 2, 50, 2, 49, 49])) == (50, 4, 46, 2, 0)
 

@@ -11,7 +11,7 @@ MAX_MISORDER = 100
 SEQ_MOD = 1 << 16
 WINDOW_BITS = 128  # more than MAX_MISORDER: late duplicates are recognised
 _WINDOW_MASK = (1 << WINDOW_BITS) - 1
-_SEQ_TS_SSRC = struct.Struct("!HII")
+_unpack_seq_ts_ssrc = struct.Struct("!HII").unpack_from
 
 
 def rtp_header(packet: bytes) -> tuple[int, int, int, int] | None:
@@ -30,7 +30,8 @@ class RtpAnalysis:
 
     Runs for every relayed RTP packet, so the in-order case is a handful of operations:
     duplicates are found with a bit window over the last ``WINDOW_BITS`` sequence numbers
-    instead of a set.
+    instead of a set, and in-order packets only count themselves into it; the window
+    (a many-digit int, dear to shift) is brought up to date when a packet is out of order.
     """
 
     __slots__ = (
@@ -38,11 +39,11 @@ class RtpAnalysis:
         "_base_seq",
         "_cycles",
         "_expected_before",
+        "_in_order",
         "_jitter_samples",
         "_jitter_sum",
         "_last_arrival",
         "_last_transit",
-        "_max_seq",
         "_next_seq",
         "_window",
         "dups",
@@ -68,13 +69,14 @@ class RtpAnalysis:
         self._jitter_samples = 0
         self._bad_seq: int | None = None
         self._base_seq = 0
-        self._max_seq = 0
-        self._next_seq = -1
+        self._next_seq = -1  # the highest sequence number received, plus one (mod 2**16)
         self._cycles = 0
         self._expected_before = 0
-        # bit k set: the packet k sequence numbers before _max_seq was received
+        # bit k set: the packet k sequence numbers before the highest was received, as of
+        # _in_order in-order packets ago (each of which sets the bit of its own number)
         self._window = 0
-        self._last_arrival: float | None = None
+        self._in_order = 0
+        self._last_arrival = float("inf")  # none yet: no inter-packet gap to measure
         self._last_transit: float | None = None
 
     def feed(self, packet: bytes, arrival: float, clock_rate: int = 8000) -> None:
@@ -82,13 +84,12 @@ class RtpAnalysis:
         if len(packet) < RTP_HEADER_SIZE or packet[0] & 0xC0 != 0x80:
             self.parse_errors += 1
             return
-        seq, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(packet, 2)
+        seq, timestamp, ssrc = _unpack_seq_ts_ssrc(packet, 2)
         if seq == self._next_seq and ssrc == self.ssrc:  # in order: the common case
             if seq == 0:
                 self._cycles += SEQ_MOD
-            self._max_seq = seq
             self._next_seq = (seq + 1) & 0xFFFF
-            self._window = ((self._window << 1) | 1) & _WINDOW_MASK
+            self._in_order += 1
         elif ssrc != self.ssrc:
             if self.ssrc is not None:
                 self.ssrc_changes += 1
@@ -96,9 +97,9 @@ class RtpAnalysis:
         elif not self._update_seq(seq):
             return
         self.received += 1
-        last_arrival = self._last_arrival
-        if last_arrival is not None and arrival - last_arrival > self.longest_ipi:
-            self.longest_ipi = arrival - last_arrival
+        gap = arrival - self._last_arrival
+        if gap > self.longest_ipi:
+            self.longest_ipi = gap
         self._last_arrival = arrival
         transit = arrival - timestamp / clock_rate
         last_transit = self._last_transit
@@ -107,7 +108,8 @@ class RtpAnalysis:
             delta = transit - last_transit
             if delta < 0.0:
                 delta = -delta
-            jitter = self.jitter_last + (delta - self.jitter_last) / 16.0
+            jitter = self.jitter_last
+            jitter += (delta - jitter) / 16.0
             self.jitter_last = jitter
             if jitter > self.jitter_max:
                 self.jitter_max = jitter
@@ -123,31 +125,43 @@ class RtpAnalysis:
     def _follow(self, seq: int) -> None:
         """Take ``seq`` as the first packet of a (new) sequence."""
         self._base_seq = seq
-        self._max_seq = seq
         self._next_seq = (seq + 1) & 0xFFFF
         self._cycles = 0
         self._window = 1
+        self._in_order = 0
+
+    def _current_window(self) -> int:
+        """The duplicate window with the in-order packets since it was last updated."""
+        run = self._in_order
+        if run:
+            self._in_order = 0
+            if run >= WINDOW_BITS:
+                self._window = _WINDOW_MASK
+            else:
+                self._window = ((self._window << run) | ((1 << run) - 1)) & _WINDOW_MASK
+        return self._window
 
     def _update_seq(self, seq: int) -> bool:
         """RFC 3550 A.1, simplified, for packets out of order: True when the packet
         counts as received."""
-        delta = (seq - self._max_seq) % SEQ_MOD
+        max_seq = self.max_seq
+        delta = (seq - max_seq) % SEQ_MOD
         if delta == 0:
             self.dups += 1
             return False
         if delta < MAX_DROPOUT:  # ahead, with a gap
-            if seq < self._max_seq:
+            if seq < max_seq:
                 self._cycles += SEQ_MOD
-            self._max_seq = seq
             self._next_seq = (seq + 1) & 0xFFFF
-            self._window = ((self._window << delta) | 1) & _WINDOW_MASK
+            self._window = ((self._current_window() << delta) | 1) & _WINDOW_MASK
             return True
         if delta >= SEQ_MOD - MAX_MISORDER:  # late, possibly from before the last wrap
             bit = 1 << (SEQ_MOD - delta)
-            if self._window & bit:
+            window = self._current_window()
+            if window & bit:
                 self.dups += 1
                 return False
-            self._window |= bit
+            self._window = window | bit
             return True
         # a big jump: a restart of the sequence (the source was reset) only when the
         # next packet follows on; a single stray or very late packet is not counted
@@ -162,14 +176,14 @@ class RtpAnalysis:
     @property
     def max_seq(self) -> int:
         """The highest sequence number received (modulo 2**16)."""
-        return self._max_seq
+        return (self._next_seq - 1) & 0xFFFF
 
     @property
     def expected(self) -> int:
         """Packets the sender sent, judged by sequence numbers (``rtpa_nsent``)."""
         if self.ssrc is None:
             return 0
-        return self._expected_before + self._cycles + self._max_seq - self._base_seq + 1
+        return self._expected_before + self._cycles + self.max_seq - self._base_seq + 1
 
     @property
     def lost(self) -> int:
