@@ -19,7 +19,12 @@ import uvloop
 
 from engine.support import FakeClock, make_engine
 from pyrtpproxy.control.processor import CommandProcessor
-from pyrtpproxy.control.server import OneShotListener
+from pyrtpproxy.control.server import (
+    CONTROL_RECEIVE_BUFFER,
+    SO_RCVBUFFORCE,
+    OneShotListener,
+    _enlarge_receive_buffer,
+)
 from pyrtpproxy.engine.engine import RequestContext
 
 VERSION_REPLY = b"20040107\n"
@@ -220,3 +225,48 @@ def test_out_of_descriptors_pauses_accepting_without_spinning(
     assert cpu < 0.04  # resting, not retrying a readable socket in a loop
     failures = [r.getMessage() for r in caplog.records if "accept failed" in r.getMessage()]
     assert len(failures) == 1 and "Too many open files" in failures[0]
+
+
+class _CappedSocket:
+    """A UDP socket as an unprivileged relay sees it: no SO_RCVBUFFORCE, and SO_RCVBUF
+    capped by net.core.rmem_max (the kernel reports twice what it grants)."""
+
+    def __init__(self, rmem_max: int) -> None:
+        self.rmem_max = rmem_max
+        self.granted = 212992
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        if option == SO_RCVBUFFORCE:
+            raise PermissionError(1, "Operation not permitted")
+        assert option == socket.SO_RCVBUF
+        self.granted = min(value, self.rmem_max)
+
+    def getsockopt(self, level: int, option: int) -> int:
+        return 2 * self.granted
+
+
+def test_receive_buffer_beyond_rmem_max_needs_privileges(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    capped = _CappedSocket(rmem_max=212992)
+    with caplog.at_level(logging.INFO, logger="pyrtpproxy.control"):
+        _enlarge_receive_buffer("udp:127.0.0.1:22222", capped)  # type: ignore[arg-type]
+    assert capped.granted == 212992
+    assert caplog.messages == [
+        "udp:127.0.0.1:22222: receive buffer 212992 bytes (net.core.rmem_max), not 1048576: "
+        "a burst of commands beyond it is dropped"
+    ]
+    roomy = _CappedSocket(rmem_max=4 << 20)
+    caplog.clear()
+    _enlarge_receive_buffer("udp:127.0.0.1:22222", roomy)  # type: ignore[arg-type]
+    assert roomy.granted == CONTROL_RECEIVE_BUFFER and caplog.messages == []
+
+
+def test_receive_buffer_of_a_real_socket() -> None:
+    rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    expected = (
+        CONTROL_RECEIVE_BUFFER if os.geteuid() == 0 else min(rmem_max, CONTROL_RECEIVE_BUFFER)
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        _enlarge_receive_buffer("udp:", sock)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * expected

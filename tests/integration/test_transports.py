@@ -258,6 +258,32 @@ def test_200_concurrent_clients(relay_factory: RelayFactory) -> None:
     assert created == 200 and destroyed == 200
 
 
+def test_udp_burst_while_the_relay_is_busy_is_all_answered(relay: Relay) -> None:
+    """Many proxy workers send at once while the relay is busy: the control socket's
+    receive buffer queues the burst (the kernel's default holds about 250 of them)."""
+    burst = 1500
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.connect(("127.0.0.1", relay.udp_port))
+        os.kill(relay.pid, signal.SIGSTOP)  # busy: nothing is read meanwhile
+        try:
+            for n in range(burst):
+                sock.send(b"b%d VF 20040107" % n)
+        finally:
+            os.kill(relay.pid, signal.SIGCONT)
+        sock.settimeout(5)
+        answered = set()
+        while len(answered) < burst:
+            try:
+                cookie, reply = sock.recv(100).split()
+            except TimeoutError:
+                break
+            assert reply == b"1"
+            answered.add(cookie)
+    assert len(answered) == burst
+
+
 def test_idle_and_dropped_clients_cost_nothing(relay: Relay) -> None:
     relay.unix("V")
     baseline = relay.fd_count()

@@ -33,6 +33,11 @@ MAX_LINE = 8192
 LOCAL_CONTEXT = RequestContext("127.0.0.1")
 SYSTEMD_FIRST_FD = 3
 MAX_CLIENT_HOSTS = 1024  # request contexts of UDP client hosts remembered
+# The receive buffer of a UDP control socket the relay binds: a burst from many proxy
+# workers while the relay is busy queues (about 2500 commands) instead of overflowing the
+# default (about 250). Without CAP_NET_ADMIN, net.core.rmem_max caps it.
+CONTROL_RECEIVE_BUFFER = 1 << 20
+SO_RCVBUFFORCE = 33  # Linux: SO_RCVBUF beyond net.core.rmem_max, with CAP_NET_ADMIN
 
 
 class OneShotListener:
@@ -280,6 +285,29 @@ class DatagramProtocol(asyncio.DatagramProtocol):
         log.debug("control socket error: %s", exc)
 
 
+def _enlarge_receive_buffer(name: str, sock: socket.socket) -> None:
+    """Give a UDP control socket :data:`CONTROL_RECEIVE_BUFFER`; beyond
+    net.core.rmem_max only with CAP_NET_ADMIN (which a relay has before ``-u``)."""
+    try:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, CONTROL_RECEIVE_BUFFER)
+            return
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CONTROL_RECEIVE_BUFFER)
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux doubles it
+    except OSError as exc:  # the default buffer still serves; a burst may overflow it
+        log.warning("%s: cannot enlarge the receive buffer: %s", name, exc)
+        return
+    if granted < CONTROL_RECEIVE_BUFFER:
+        log.info(
+            "%s: receive buffer %d bytes (net.core.rmem_max), not %d: a burst of "
+            "commands beyond it is dropped",
+            name,
+            granted,
+            CONTROL_RECEIVE_BUFFER,
+        )
+
+
 class ControlServer:
     """Opens every ``-s`` listener and closes them (removing socket files) on shutdown."""
 
@@ -355,23 +383,37 @@ class ControlServer:
                 )
             self._serving(name, server)
         elif kind.datagram:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: DatagramProtocol(self._processor),
-                **(
-                    {"sock": passed[0]}
-                    if passed
-                    else {
-                        "local_addr": (spec.bind_host, spec.port),
-                        "family": family_of(spec.bind_host),
-                    }
-                ),
-            )
-            self._closers.append(transport.close)
-            self._listening.append((name, transport.get_extra_info("socket").fileno))
+            if passed:  # the predecessor's socket, buffer and all
+                await self._serve_datagrams(name, sock=passed[0])
+            else:
+                bound = await self._serve_datagrams(
+                    name, local_addr=(spec.bind_host, spec.port), family=family_of(spec.bind_host)
+                )
+                _enlarge_receive_buffer(name, bound)
         elif kind in (ControlKind.STDIO, ControlKind.STDIOC):
             await self._open_stdio()
         elif kind is ControlKind.SYSTEMD:
             await self._open_systemd(passed)
+
+    async def _serve_datagrams(
+        self,
+        name: str,
+        sock: socket.socket | None = None,
+        local_addr: tuple[str, int] | None = None,
+        family: int = 0,
+    ) -> socket.socket:
+        """Speak the cookie protocol on ``sock``, or on a new socket bound to
+        ``local_addr``; returns the socket."""
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: DatagramProtocol(self._processor),
+            sock=sock,
+            local_addr=local_addr,
+            family=family,
+        )
+        bound: socket.socket = transport.get_extra_info("socket")
+        self._closers.append(transport.close)
+        self._listening.append((name, bound.fileno))
+        return bound
 
     def _serving(self, name: str, server: asyncio.AbstractServer) -> None:
         self._closers.append(server.close)
@@ -436,12 +478,8 @@ class ControlServer:
         name = str(ControlSpec(ControlKind.SYSTEMD))
         for sock in passed:
             inet = sock.family in (socket.AF_INET, socket.AF_INET6)
-            if sock.type == socket.SOCK_DGRAM and inet:
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: DatagramProtocol(self._processor), sock=sock
-                )
-                self._closers.append(transport.close)
-                self._listening.append((name, sock.fileno))
+            if sock.type == socket.SOCK_DGRAM and inet:  # its buffer: the unit's ReceiveBuffer=
+                await self._serve_datagrams(name, sock=sock)
             elif sock.type == socket.SOCK_STREAM and (inet or sock.family == socket.AF_UNIX):
                 if inet:
                     server = await loop.create_server(self._line_protocol, sock=sock)
