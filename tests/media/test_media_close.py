@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import pytest
 
 from pyrtpproxy.engine.addresses import Endpoint, LocalAddress
+from pyrtpproxy.engine.engine import Forwarding
 from pyrtpproxy.engine.events import LegClosed, LegOpened, Outbox, StreamChanged
-from pyrtpproxy.engine.session import DETACHED, Leg, Session
+from pyrtpproxy.engine.session import DETACHED, Leg, Session, Stream
 from pyrtpproxy.media.relay import MediaConfig, MediaRelay, StreamSocket
 
 LOCAL = LocalAddress("127.0.0.1")
@@ -45,6 +46,11 @@ def _transport(leg: Leg, rtcp: bool = False) -> StreamSocket:
     return transport
 
 
+def _answered(relay: MediaRelay) -> None:
+    """The command at hand is answered: the loop runs what waited for its reply."""
+    relay.loop.run_until_complete(asyncio.sleep(0))
+
+
 def _port_taken(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
@@ -63,6 +69,7 @@ def test_closing_a_leg_disarms_the_peer_fast_path(relay: MediaRelay) -> None:
     relay.apply(LegClosed(a, LOCAL, port_a))
     assert all(s.transport is DETACHED for s in a.streams)
     assert all(_transport(b, rtcp).fast_src is None for rtcp in (False, True))
+    _answered(relay)
     assert not _port_taken(port_a) and not _port_taken(port_a + 1)
 
 
@@ -111,9 +118,11 @@ def test_closed_legs_leave_the_epoll_set(relay: MediaRelay) -> None:
     for _ in range(20):
         a, b = _session().legs
         ports = _open(relay, a), _open(relay, b)
+        _answered(relay)
         assert _registered(relay) == 4
         for leg, port in zip((a, b), ports, strict=True):
             relay.apply(LegClosed(leg, LOCAL, port))
+        _answered(relay)
         assert _registered(relay) == 0
 
 
@@ -133,9 +142,10 @@ def test_a_socket_another_process_shares_is_unregistered_before_it_closes(
     assert relay.try_bind(LOCAL, port)
     a.local, a.port = LOCAL, port
     relay.apply(LegOpened(a, LOCAL, port))
+    _answered(relay)
     assert _registered(relay) == 2
     relay.apply(LegClosed(a, LOCAL, port))
-    assert _registered(relay) == 0
+    assert _registered(relay) == 0  # at once: the fd number may be reused before the reply
     for sock in theirs:
         sock.close()
 
@@ -145,8 +155,59 @@ def test_once_handed_over_every_socket_is_unregistered_before_it_closes(
 ) -> None:
     a, _b = _session().legs
     port = _open(relay, a)
+    _answered(relay)
     successor = [os.dup(fd) for fd in relay.handover_sockets()]  # a hand-over that failed
     relay.apply(LegClosed(a, LOCAL, port))
     assert _registered(relay) == 0
     for fd in successor:
         os.close(fd)
+
+
+def test_sockets_are_watched_and_closed_once_the_command_is_answered(
+    relay: MediaRelay,
+) -> None:
+    # The proxy's worker waits for the reply, not for epoll_ctl and close: those follow it.
+    judged: list[tuple[Stream, bytes]] = []
+
+    def slow_path(stream: Stream, data: bytes, src: tuple[str, int], now: float) -> Forwarding:
+        judged.append((stream, data))
+        return Forwarding(None, False, (), False)
+
+    relay.connect_engine(slow_path, lambda events: None)
+    a, b = _session().legs
+    port = _open(relay, a)
+    _open(relay, b)
+    assert _registered(relay) == 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as party:
+        party.sendto(b"early", ("127.0.0.1", port))  # before the reply: it waits, not lost
+        _answered(relay)
+        assert _registered(relay) == 4
+        for _ in range(100):
+            if judged:
+                break
+            _answered(relay)
+        assert judged == [(a.rtp, b"early")]
+    relay.apply(LegClosed(a, LOCAL, port))
+    assert a.rtp.transport is DETACHED and _port_taken(port)  # not read, not closed yet
+    _answered(relay)
+    assert not _port_taken(port) and not _port_taken(port + 1) and _registered(relay) == 2
+
+
+def test_a_port_a_closed_leg_still_holds_is_bound_again_at_once(relay: MediaRelay) -> None:
+    a, _b = _session().legs
+    port = _open(relay, a)
+    _answered(relay)
+    relay.apply(LegClosed(a, LOCAL, port))
+    assert relay.try_bind(LOCAL, port)  # a U right after the D, in the same batch
+
+
+def test_descriptors_of_closed_legs_count_until_they_are_closed(relay: MediaRelay) -> None:
+    a, _b = _session().legs
+    port = _open(relay, a)
+    _answered(relay)
+    relay._fd_budget = relay._media_sockets() + 2  # room for one more port pair only
+    relay.apply(LegClosed(a, LOCAL, port))
+    assert relay._media_sockets() == 2  # closing, not closed
+    other = next(p for p in range(34000, 35000, 2) if not _port_taken(p) and not _port_taken(p + 1))
+    assert relay.try_bind(LOCAL, other)  # the closed leg's descriptors came back first
+    assert relay._media_sockets() == 2

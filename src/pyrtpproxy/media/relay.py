@@ -324,6 +324,10 @@ class MediaRelay:
         # handed its sockets over, all of them.
         self._shared_fds: set[int] = set()
         self._all_shared = False
+        # Sockets to add to the epoll set (True) or to close (False) once the command at
+        # hand is answered: the proxy's worker waits for the reply, not for these.
+        self._after_reply: list[tuple[bool, MediaSocket]] = []
+        self._closing = 0  # sockets in _after_reply to close
         loop.add_reader(self._epoll.fileno(), self._dispatch)
         self._handlers = self.handlers()
 
@@ -411,6 +415,7 @@ class MediaRelay:
         ``finish_taps`` (the sessions live on in the journal) recordings are written out
         and left where they are, for the next process to append to; without
         ``delete_kernel_table`` (a successor runs) the kernel path is left alone."""
+        self.run_after_reply()
         for sink in (*self.taps.values(), *self._pending_taps.values()):
             if finish_taps:
                 sink.close()
@@ -434,9 +439,20 @@ class MediaRelay:
         Out of file descriptors, no port can be bound: raises ``PortsExhausted``."""
         if self._adopted and self._take_adopted(local, port):
             return True
+        if self._closing and self._media_sockets() + SOCKETS_PER_LEG > self._media_fd_budget():
+            self.run_after_reply()  # closed legs' descriptors first
         if self._media_sockets() + SOCKETS_PER_LEG > self._media_fd_budget():
             self._warn_no_descriptors("the open-file limit is reached")
             raise PortsExhausted
+        if self._bind_pair(local, port):
+            return True
+        if not self._closing:
+            return False
+        self.run_after_reply()  # the port may be a closed leg's, not let go yet
+        return self._bind_pair(local, port)
+
+    def _bind_pair(self, local: LocalAddress, port: int) -> bool:
+        """Bind RTP and RTCP on ``port``; False if either is taken."""
         sockets: list[MediaSocket] = []
         try:
             for number in (port, port + 1):
@@ -454,7 +470,7 @@ class MediaRelay:
         return True
 
     def _media_sockets(self) -> int:
-        return self._watched + 2 * len(self._bound)
+        return self._watched + 2 * len(self._bound) + self._closing
 
     def _media_fd_budget(self) -> float:
         """How many sockets media may hold: the open-file limit less what was open at the
@@ -780,7 +796,9 @@ class MediaRelay:
     # --- sockets and readers ---------------------------------------------------------
 
     def watch(self, sock: MediaSocket, reader: Callable[[], None]) -> None:
-        """Start calling ``reader`` when ``sock`` is readable (or has an error to read)."""
+        """Start calling ``reader`` when ``sock`` is readable (or has an error to read),
+        from when the command at hand is answered: what arrives meanwhile waits in the
+        socket."""
         fd = sock.fileno()
         readers = self._readers
         if fd >= len(readers):
@@ -788,23 +806,49 @@ class MediaRelay:
         if readers[fd] is None:
             self._watched += 1
         readers[fd] = reader
-        self._epoll.register(fd, select.EPOLLIN)
+        self._after(True, sock)
 
     def unwatch(self, sock: MediaSocket) -> None:
-        """Stop reading ``sock`` and close it."""
+        """Stop reading ``sock`` at once, and close it once the command at hand is
+        answered (a shared socket at once: see ``_shared_fds``)."""
         fd = sock.fileno()
-        if fd >= 0:
-            readers = self._readers
-            if fd < len(readers) and readers[fd] is not None:
-                readers[fd] = None
-                self._watched -= 1
-            if self._all_shared or fd in self._shared_fds:
-                self._shared_fds.discard(fd)
-                try:  # noqa: SIM105 (suppress() would cost an object per closed socket)
-                    self._epoll.unregister(fd)
-                except (OSError, ValueError):
-                    pass  # never registered, or the epoll set is closed already
-        sock.close()  # for a socket only we hold, this alone leaves the epoll set
+        if fd < 0:
+            return
+        readers = self._readers
+        if fd < len(readers) and readers[fd] is not None:
+            readers[fd] = None
+            self._watched -= 1
+        if self._all_shared or fd in self._shared_fds:
+            self._shared_fds.discard(fd)
+            try:  # noqa: SIM105 (suppress() would cost an object per closed socket)
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass  # never registered, or the epoll set is closed already
+            sock.close()
+            return
+        self._closing += 1
+        self._after(False, sock)  # for a socket only we hold, closing leaves the epoll set
+
+    def _after(self, register: bool, sock: MediaSocket) -> None:
+        if not self._after_reply:
+            self.loop.call_soon(self.run_after_reply)
+        self._after_reply.append((register, sock))
+
+    def run_after_reply(self) -> None:
+        """Register and close the sockets commands left for after their replies, in order."""
+        pending, self._after_reply = self._after_reply, []
+        readers = self._readers
+        for register, sock in pending:
+            fd = sock.fileno()
+            if register:
+                if fd >= 0 and readers[fd] is not None:  # (not unwatched since)
+                    try:
+                        self._epoll.register(fd, select.EPOLLIN)
+                    except OSError:  # a bug; the other sockets must still be served
+                        log.exception("cannot watch media socket %d", fd)
+            else:
+                self._closing -= 1
+                sock.close()
 
     def forwarder(self, stream: Stream) -> Callable[[bytes], None]:
         """The settled per-packet path of ``stream``: count, analyse, send on."""
