@@ -333,6 +333,12 @@ class Soak:
 
     def run(self) -> None:
         cfg = self.config
+        # A relay that has opened a leg may keep something ready for the next one
+        # (pyrtpproxy: a few spare, unbound media sockets): the idle baseline is taken
+        # after one such leg, so that "back to idle" means nothing was left behind.
+        self.control.ask("U soak-baseline 127.0.0.1 9 soak-baseline")
+        self.control.ask("D soak-baseline soak-baseline")
+        self.control.ask("V")  # what the D left for after its reply is done by now
         self.take_sample("idle")
         start = time.monotonic()
         churn_end = start + cfg.duration

@@ -199,6 +199,14 @@ class Relay:
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def idle_fd_count(self) -> int:
+        """Descriptors of the relay with no session, once a leg has been opened: the
+        spare media sockets it keeps ready from then on are part of the baseline."""
+        assert parse_port(self.cmd("U fd-baseline 127.0.0.1 9 fd-baseline"))
+        assert self.cmd("D fd-baseline fd-baseline") == "0"
+        self.cmd("V")  # what the D left for after its reply is done by now
+        return self.fd_count()
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

@@ -35,8 +35,7 @@ def _settle(relay: Relay, baseline: int) -> bool:
 
 
 def test_garbage_and_odd_sizes(relay: Relay, parties: PartyFactory) -> None:
-    relay.cmd("V")
-    baseline = relay.fd_count()
+    baseline = relay.idle_fd_count()
     caller, callee, stranger = parties(), parties(), parties()
     a, b = _call(relay, "junk1", caller, callee)
     _good(caller, b, callee, 0, 0xA1)
@@ -73,8 +72,7 @@ def test_garbage_and_odd_sizes(relay: Relay, parties: PartyFactory) -> None:
 
 
 def test_flood_from_third_party(relay: Relay, parties: PartyFactory) -> None:
-    relay.cmd("V")
-    baseline = relay.fd_count()
+    baseline = relay.idle_fd_count()
     caller, callee, flooder = parties(), parties(), parties()
     a, b = _call(relay, "flood1", caller, callee)
     _good(caller, b, callee, 0, 0xA1)
@@ -112,8 +110,7 @@ def test_flood_from_third_party(relay: Relay, parties: PartyFactory) -> None:
 
 
 def test_icmp_port_unreachable_from_peer(relay: Relay, parties: PartyFactory) -> None:
-    relay.cmd("V")
-    baseline = relay.fd_count()
+    baseline = relay.idle_fd_count()
     caller, callee = parties(), parties()
     other_caller, other_callee = parties(), parties()
     a, b = _call(relay, "icmp1", caller, callee)

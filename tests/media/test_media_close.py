@@ -205,9 +205,29 @@ def test_descriptors_of_closed_legs_count_until_they_are_closed(relay: MediaRela
     a, _b = _session().legs
     port = _open(relay, a)
     _answered(relay)
-    relay._fd_budget = relay._media_sockets() + 2  # room for one more port pair only
+    held = relay._media_sockets()  # the leg's two sockets, and the spares made since
     relay.apply(LegClosed(a, LOCAL, port))
-    assert relay._media_sockets() == 2  # closing, not closed
+    assert relay._media_sockets() == held  # closing, not closed
+    relay._fd_budget = held + 2  # no room for a leg while they are held
     other = next(p for p in range(34000, 35000, 2) if not _port_taken(p) and not _port_taken(p + 1))
-    assert relay.try_bind(LOCAL, other)  # the closed leg's descriptors came back first
+    assert relay.try_bind(LOCAL, other)  # closed legs and spares gave their descriptors back
     assert relay._media_sockets() == 2
+
+
+def test_spare_sockets_are_made_after_the_reply_and_bound_by_the_next_leg(
+    relay: MediaRelay,
+) -> None:
+    a, b = _session().legs
+    _open(relay, a)
+    assert relay._spare_count == 0  # the first leg made its own
+    _answered(relay)
+    assert relay._spare_count == 4
+    port = _open(relay, b)  # binds two spares: no socket() on the way to the reply
+    assert relay._spare_count == 2 and _port_taken(port) and _port_taken(port + 1)
+    _answered(relay)
+    assert relay._spare_count == 4 and _registered(relay) == 4
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", port + 10))
+        assert not relay.try_bind(LOCAL, port + 10)  # busy: the spare stays unbound
+        assert relay._spare_count == 4
+    assert relay.try_bind(LOCAL, port + 10)

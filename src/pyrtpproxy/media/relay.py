@@ -68,6 +68,7 @@ FD_WARNING_INTERVAL = 10.0  # seconds between two warnings about the open-file l
 # recording files still open when the open-file limit (-L) is the bottleneck.
 RESERVED_FDS = 16
 SOCKETS_PER_LEG = 4  # RTP and RTCP, each with its connected twin
+SPARE_SOCKETS = 4  # unbound media sockets kept ready per address family: two legs' worth
 _NONBLOCKING_DATAGRAM = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK  # one system call less
 
 log = logging.getLogger("pyrtpproxy.media")
@@ -86,20 +87,30 @@ class MediaConfig:
     send_small_twice: bool = False
 
 
-def _media_socket(local: LocalAddress, port: int, tos: int, twin: bool = False) -> MediaSocket:
-    """A media socket bound to ``local``:``port``. The first socket of a port binds
-    without ``SO_REUSEPORT``, so the bind itself proves nobody else holds the port; a
-    connected ``twin`` shares the port with it."""
-    sock = MediaSocket(family_of(local.bind_host), _NONBLOCKING_DATAGRAM)
+def _unbound_socket(family: int, ipv6: bool, tos: int, twin: bool = False) -> MediaSocket:
+    """A media socket with its options set, not bound yet."""
+    sock = MediaSocket(family, _NONBLOCKING_DATAGRAM)
     try:
         if twin:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-        if local.ipv6:
+        if ipv6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
         else:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _media_socket(local: LocalAddress, port: int, tos: int, twin: bool = False) -> MediaSocket:
+    """A media socket bound to ``local``:``port``. The first socket of a port binds
+    without ``SO_REUSEPORT``, so the bind itself proves nobody else holds the port; a
+    connected ``twin`` shares the port with it."""
+    sock = _unbound_socket(family_of(local.bind_host), local.ipv6, tos, twin)
+    try:
         sock.bind((local.bind_host, port))
     except OSError:
         sock.close()
@@ -327,7 +338,12 @@ class MediaRelay:
         # Sockets to add to the epoll set (True) or to close (False) once the command at
         # hand is answered: the proxy's worker waits for the reply, not for these.
         self._after_reply: list[tuple[bool, MediaSocket]] = []
+        self._after_reply_due = False  # run_after_reply is scheduled
         self._closing = 0  # sockets in _after_reply to close
+        # Made (with their options) after a reply, bound by the next U/L: per family,
+        # what the legs of the address families in use take, SPARE_SOCKETS at most.
+        self._spares: dict[tuple[int, bool], list[MediaSocket]] = {}
+        self._spare_count = 0
         loop.add_reader(self._epoll.fileno(), self._dispatch)
         self._handlers = self.handlers()
 
@@ -415,7 +431,8 @@ class MediaRelay:
         ``finish_taps`` (the sessions live on in the journal) recordings are written out
         and left where they are, for the next process to append to; without
         ``delete_kernel_table`` (a successor runs) the kernel path is left alone."""
-        self.run_after_reply()
+        self._run_pending()
+        self._close_spares()
         for sink in (*self.taps.values(), *self._pending_taps.values()):
             if finish_taps:
                 sink.close()
@@ -439,8 +456,9 @@ class MediaRelay:
         Out of file descriptors, no port can be bound: raises ``PortsExhausted``."""
         if self._adopted and self._take_adopted(local, port):
             return True
-        if self._closing and self._media_sockets() + SOCKETS_PER_LEG > self._media_fd_budget():
-            self.run_after_reply()  # closed legs' descriptors first
+        if self._media_sockets() + SOCKETS_PER_LEG > self._media_fd_budget():
+            self._run_pending()  # closed legs' descriptors first
+            self._close_spares()  # and spare sockets give theirs up near the limit
         if self._media_sockets() + SOCKETS_PER_LEG > self._media_fd_budget():
             self._warn_no_descriptors("the open-file limit is reached")
             raise PortsExhausted
@@ -448,29 +466,73 @@ class MediaRelay:
             return True
         if not self._closing:
             return False
-        self.run_after_reply()  # the port may be a closed leg's, not let go yet
+        self._run_pending()  # the port may be a closed leg's, not let go yet
         return self._bind_pair(local, port)
 
     def _bind_pair(self, local: LocalAddress, port: int) -> bool:
-        """Bind RTP and RTCP on ``port``; False if either is taken."""
+        """Bind RTP and RTCP on ``port`` (spare sockets first); False if either is taken."""
+        kind = (family_of(local.bind_host), local.ipv6)
+        spares = self._spares.get(kind)
+        if spares is None:
+            spares = self._spares[kind] = []
         sockets: list[MediaSocket] = []
+        sock: MediaSocket | None = None
         try:
             for number in (port, port + 1):
-                sockets.append(_media_socket(local, number, self.config.tos))
+                if spares:
+                    sock = spares.pop()
+                    self._spare_count -= 1
+                else:
+                    sock = None
+                    sock = _unbound_socket(kind[0], local.ipv6, self.config.tos)
+                sock.bind((local.bind_host, number))
+                sockets.append(sock)
         except OSError as exc:
-            for sock in sockets:
-                sock.close()
+            for bound in sockets:
+                bound.close()
+            if sock is not None and sock not in sockets:
+                if exc.errno in _BIND_BUSY:  # not bound: still a spare
+                    spares.append(sock)
+                    self._spare_count += 1
+                else:
+                    sock.close()
             if exc.errno in _BIND_BUSY:
                 return False
             if exc.errno in _NO_DESCRIPTORS:  # no other port would do better: E71/E72
                 self._warn_no_descriptors(exc.strerror or "no file descriptors")
                 raise PortsExhausted from exc
             raise
+        finally:
+            if len(spares) < SPARE_SOCKETS:
+                self._schedule_after_reply()
         self._bound[(local, port)] = (sockets[0], sockets[1])
         return True
 
+    def _refill_spares(self) -> None:
+        """Make the spare sockets the last U/Ls took, while the open-file limit has room
+        for them and a leg besides."""
+        budget = self._media_fd_budget()
+        tos = self.config.tos
+        for (family, ipv6), spares in self._spares.items():
+            while (
+                len(spares) < SPARE_SOCKETS
+                and self._media_sockets() + 1 + SOCKETS_PER_LEG <= budget
+            ):
+                try:
+                    spares.append(_unbound_socket(family, ipv6, tos))
+                except OSError:
+                    return  # the next bind makes its own, and says why it could not
+                self._spare_count += 1
+
+    def _close_spares(self) -> None:
+        for spares in self._spares.values():
+            for sock in spares:
+                sock.close()
+            spares.clear()
+        self._spare_count = 0
+
     def _media_sockets(self) -> int:
-        return self._watched + 2 * len(self._bound) + self._closing
+        return self._watched + 2 * len(self._bound) + self._closing + self._spare_count
 
     def _media_fd_budget(self) -> float:
         """How many sockets media may hold: the open-file limit less what was open at the
@@ -830,12 +892,22 @@ class MediaRelay:
         self._after(False, sock)  # for a socket only we hold, closing leaves the epoll set
 
     def _after(self, register: bool, sock: MediaSocket) -> None:
-        if not self._after_reply:
-            self.loop.call_soon(self.run_after_reply)
+        self._schedule_after_reply()
         self._after_reply.append((register, sock))
 
+    def _schedule_after_reply(self) -> None:
+        if not self._after_reply_due:
+            self._after_reply_due = True
+            self.loop.call_soon(self.run_after_reply)
+
     def run_after_reply(self) -> None:
-        """Register and close the sockets commands left for after their replies, in order."""
+        """Register and close the sockets commands left for after their replies, in
+        order, and make the spare sockets they took."""
+        self._after_reply_due = False
+        self._run_pending()
+        self._refill_spares()
+
+    def _run_pending(self) -> None:
         pending, self._after_reply = self._after_reply, []
         readers = self._readers
         for register, sock in pending:
