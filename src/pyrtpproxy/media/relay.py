@@ -483,7 +483,6 @@ class MediaRelay:
                     sock = spares.pop()
                     self._spare_count -= 1
                 else:
-                    sock = None
                     sock = _unbound_socket(kind[0], local.ipv6, self.config.tos)
                 sock.bind((local.bind_host, number))
                 sockets.append(sock)
