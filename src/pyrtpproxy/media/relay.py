@@ -335,15 +335,15 @@ class MediaRelay:
         # handed its sockets over, all of them.
         self._shared_fds: set[int] = set()
         self._all_shared = False
-        # Sockets to add to the epoll set (True) or to close (False) once the command at
-        # hand is answered: the proxy's worker waits for the reply, not for these.
-        self._after_reply: list[tuple[bool, MediaSocket]] = []
+        # Sockets to add to the epoll set, and to close, once the command at hand is
+        # answered: the proxy's worker waits for the reply, not for these. A socket to
+        # close keeps its fd until then, so no socket to watch can share its number.
+        self._to_watch: list[MediaSocket] = []
+        self._to_close: list[MediaSocket] = []
         self._after_reply_due = False  # run_after_reply is scheduled
-        self._closing = 0  # sockets in _after_reply to close
         # Made (with their options) after a reply, bound by the next U/L: per family,
         # what the legs of the address families in use take, SPARE_SOCKETS at most.
         self._spares: dict[tuple[int, bool], list[MediaSocket]] = {}
-        self._spare_count = 0
         loop.add_reader(self._epoll.fileno(), self._dispatch)
         self._handlers = self.handlers()
 
@@ -433,6 +433,7 @@ class MediaRelay:
         ``delete_kernel_table`` (a successor runs) the kernel path is left alone."""
         self._run_pending()
         self._close_spares()
+        self._spares.clear()  # a run_after_reply still due makes none
         for sink in (*self.taps.values(), *self._pending_taps.values()):
             if finish_taps:
                 sink.close()
@@ -464,7 +465,7 @@ class MediaRelay:
             raise PortsExhausted
         if self._bind_pair(local, port):
             return True
-        if not self._closing:
+        if not self._to_close:
             return False
         self._run_pending()  # the port may be a closed leg's, not let go yet
         return self._bind_pair(local, port)
@@ -481,7 +482,6 @@ class MediaRelay:
             for number in (port, port + 1):
                 if spares:
                     sock = spares.pop()
-                    self._spare_count -= 1
                 else:
                     sock = _unbound_socket(kind[0], local.ipv6, self.config.tos)
                 sock.bind((local.bind_host, number))
@@ -492,7 +492,6 @@ class MediaRelay:
             if sock is not None and sock not in sockets:
                 if exc.errno in _BIND_BUSY:  # not bound: still a spare
                     spares.append(sock)
-                    self._spare_count += 1
                 else:
                     sock.close()
             if exc.errno in _BIND_BUSY:
@@ -521,17 +520,19 @@ class MediaRelay:
                     spares.append(_unbound_socket(family, ipv6, tos))
                 except OSError:
                     return  # the next bind makes its own, and says why it could not
-                self._spare_count += 1
 
     def _close_spares(self) -> None:
         for spares in self._spares.values():
             for sock in spares:
                 sock.close()
             spares.clear()
-        self._spare_count = 0
+
+    @property
+    def _spare_count(self) -> int:
+        return sum(map(len, self._spares.values()))
 
     def _media_sockets(self) -> int:
-        return self._watched + 2 * len(self._bound) + self._closing + self._spare_count
+        return self._watched + 2 * len(self._bound) + len(self._to_close) + self._spare_count
 
     def _media_fd_budget(self) -> float:
         """How many sockets media may hold: the open-file limit less what was open at the
@@ -867,7 +868,8 @@ class MediaRelay:
         if readers[fd] is None:
             self._watched += 1
         readers[fd] = reader
-        self._after(True, sock)
+        self._schedule_after_reply()
+        self._to_watch.append(sock)
 
     def unwatch(self, sock: MediaSocket) -> None:
         """Stop reading ``sock`` at once, and close it once the command at hand is
@@ -887,12 +889,8 @@ class MediaRelay:
                 pass  # never registered, or the epoll set is closed already
             sock.close()
             return
-        self._closing += 1
-        self._after(False, sock)  # for a socket only we hold, closing leaves the epoll set
-
-    def _after(self, register: bool, sock: MediaSocket) -> None:
         self._schedule_after_reply()
-        self._after_reply.append((register, sock))
+        self._to_close.append(sock)  # for a socket only we hold, closing leaves the epoll set
 
     def _schedule_after_reply(self) -> None:
         if not self._after_reply_due:
@@ -900,26 +898,25 @@ class MediaRelay:
             self.loop.call_soon(self.run_after_reply)
 
     def run_after_reply(self) -> None:
-        """Register and close the sockets commands left for after their replies, in
-        order, and make the spare sockets they took."""
+        """Register and close the sockets commands left for after their replies, and
+        make the spare sockets they took."""
         self._after_reply_due = False
         self._run_pending()
         self._refill_spares()
 
     def _run_pending(self) -> None:
-        pending, self._after_reply = self._after_reply, []
+        to_watch, self._to_watch = self._to_watch, []
+        to_close, self._to_close = self._to_close, []
         readers = self._readers
-        for register, sock in pending:
+        for sock in to_watch:
             fd = sock.fileno()
-            if register:
-                if fd >= 0 and readers[fd] is not None:  # (not unwatched since)
-                    try:
-                        self._epoll.register(fd, select.EPOLLIN)
-                    except OSError:  # a bug; the other sockets must still be served
-                        log.exception("cannot watch media socket %d", fd)
-            else:
-                self._closing -= 1
-                sock.close()
+            if fd >= 0 and readers[fd] is not None:  # (not unwatched since)
+                try:
+                    self._epoll.register(fd, select.EPOLLIN)
+                except OSError:  # a bug; the other sockets must still be served
+                    log.exception("cannot watch media socket %d", fd)
+        for sock in to_close:
+            sock.close()
 
     def forwarder(self, stream: Stream) -> Callable[[bytes], None]:
         """The settled per-packet path of ``stream``: count, analyse, send on."""
