@@ -104,6 +104,21 @@ def test_parse_raises_only_protocol_errors(data: bytes, bridge: bool) -> None:
         parse(rest, bridge_mode=bridge)
 
 
+COOKIE_PIECES = [b"k1", b" ", b"\t", b"\r\n", b"\x0b", b"\x0c", b"\0", b"V"]
+
+
+@SETTINGS
+@given(st.lists(st.sampled_from(COOKIE_PIECES)).map(b"".join))
+def test_split_cookie_splits_at_the_first_run_of_separators(data: bytes) -> None:
+    stripped = data.lstrip(SEPARATORS)
+    run = re.search(b"[" + SEPARATORS + b"]+", stripped)
+    if run is None:  # a cookie alone (trailing NULs are padding): no command
+        expected = (stripped.rstrip(b"\0" + SEPARATORS) or None, b"")
+    else:  # vertical tab and form feed belong to the cookie or the command
+        expected = (stripped[: run.start()], stripped[run.end() :])
+    assert split_cookie(data) == expected
+
+
 @SETTINGS
 @given(st.binary(max_size=200))
 def test_tokenize_drops_separators(data: bytes) -> None:
