@@ -509,17 +509,15 @@ class MediaRelay:
     def _refill_spares(self) -> None:
         """Make the spare sockets the last U/Ls took, while the open-file limit has room
         for them and a leg besides."""
-        budget = self._media_fd_budget()
+        room = self._media_fd_budget() - self._media_sockets() - SOCKETS_PER_LEG
         tos = self.config.tos
         for (family, ipv6), spares in self._spares.items():
-            while (
-                len(spares) < SPARE_SOCKETS
-                and self._media_sockets() + 1 + SOCKETS_PER_LEG <= budget
-            ):
+            while len(spares) < SPARE_SOCKETS and room >= 1:
                 try:
                     spares.append(_unbound_socket(family, ipv6, tos))
                 except OSError:
                     return  # the next bind makes its own, and says why it could not
+                room -= 1
 
     def _close_spares(self) -> None:
         for spares in self._spares.values():
