@@ -8,6 +8,7 @@ import gc
 import logging
 import logging.handlers
 import os
+import platform
 import resource
 import signal
 import socket
@@ -683,10 +684,13 @@ class Relay:
         self._drop_privileges()
         self._started_serving()
         log.info(
-            "pyrtpproxy %s started, media ports %d-%d",
+            "pyrtpproxy %s started, media ports %d-%d; %s %s at %s",
             __version__,
             config.ports[0],
             config.ports[-1] + 1,  # the last RTCP port
+            platform.python_implementation(),  # which build runs us matters (operations.md)
+            platform.python_version(),
+            sys.executable,
         )
         loop.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
         if config.overload_threshold is not None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import platform
 import random
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -355,6 +357,11 @@ def test_malformed_commands_do_not_disturb_sessions(
 
 
 # --- signals and process lifetime ----------------------------------------------------------
+
+
+def test_startup_line_names_the_interpreter(relay: Relay) -> None:
+    started = next(line for line in relay.log_text().splitlines() if " started, media " in line)
+    assert started.endswith(f"; CPython {platform.python_version()} at {sys.executable}")
 
 
 def test_sighup_drains_then_exits(relay: Relay) -> None:
