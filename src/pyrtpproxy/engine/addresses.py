@@ -60,7 +60,7 @@ class AddressPlan:
         choices = self.ipv6 if ipv6 else self.ipv4
         if not choices:
             raise ProtocolError(ErrorCode.NO_ADDRESS_OF_FAMILY, "no local address of that family")
-        return choices[min(interface.value, len(choices) - 1)]
+        return choices[min(interface, len(choices) - 1)]  # (an IntEnum: .value costs a call)
 
     def all(self) -> tuple[LocalAddress, ...]:
         """Every configured address."""

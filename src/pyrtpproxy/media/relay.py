@@ -460,9 +460,9 @@ class MediaRelay:
         if self._media_sockets() + SOCKETS_PER_LEG > self._media_fd_budget():
             self._run_pending()  # closed legs' descriptors first
             self._close_spares()  # and spare sockets give theirs up near the limit
-        if self._media_sockets() + SOCKETS_PER_LEG > self._media_fd_budget():
-            self._warn_no_descriptors("the open-file limit is reached")
-            raise PortsExhausted
+            if self._media_sockets() + SOCKETS_PER_LEG > self._media_fd_budget():
+                self._warn_no_descriptors("the open-file limit is reached")
+                raise PortsExhausted
         if self._bind_pair(local, port):
             return True
         if not self._to_close:
@@ -472,7 +472,8 @@ class MediaRelay:
 
     def _bind_pair(self, local: LocalAddress, port: int) -> bool:
         """Bind RTP and RTCP on ``port`` (spare sockets first); False if either is taken."""
-        kind = (family_of(local.bind_host), local.ipv6)
+        host = local.bind_host
+        kind = (family_of(host), local.ipv6)
         spares = self._spares.get(kind)
         if spares is None:
             spares = self._spares[kind] = []
@@ -484,7 +485,7 @@ class MediaRelay:
                     sock = spares.pop()
                 else:
                     sock = _unbound_socket(kind[0], local.ipv6, self.config.tos)
-                sock.bind((local.bind_host, number))
+                sock.bind((host, number))
                 sockets.append(sock)
         except OSError as exc:
             for bound in sockets:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import IntEnum
 
 from .values import slot_init
 
@@ -11,8 +11,9 @@ CallId = bytes
 Tag = bytes
 
 
-class Interface(Enum):
-    """Bridge-mode side selected by the ``i``/``e`` modifiers."""
+class Interface(IntEnum):
+    """Bridge-mode side selected by the ``i``/``e`` modifiers (the index of its address
+    among a family's, ``-l internal/external``)."""
 
     INTERNAL = 0
     EXTERNAL = 1
