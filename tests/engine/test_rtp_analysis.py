@@ -183,3 +183,45 @@ def test_jitter_and_counts_never_negative(packets: list[tuple[int, int, float]])
         assert a.jitter_avg >= 0 and a.longest_ipi >= 0
         assert a.lost >= 0 and a.received >= 0 and a.expected >= 0
         assert a.received + a.dups <= len(packets)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([1, 1, 1, 2]),  # mostly one SSRC, now and then another
+            st.integers(0, 40),  # sequence numbers close enough to repeat and reorder
+            st.integers(0, 2**32 - 1),
+            st.floats(0, 0.1),
+        ),
+        max_size=80,
+    )
+)
+def test_jitter_follows_rfc3550_over_the_packets_counted(
+    packets: list[tuple[int, int, int, float]],
+) -> None:
+    a = RtpAnalysis()
+    now = 0.0
+    ssrc_now: int | None = None
+    last_transit: float | None = None
+    jitter = jitter_max = jitter_sum = 0.0
+    samples = 0
+    for ssrc, seq, ts, step in packets:
+        now += step
+        before = a.received
+        a.feed(rtp(seq, ssrc=ssrc, ts=ts), now)
+        if a.received == before:
+            continue  # a duplicate or a stray packet: no jitter step either
+        assert a.received == before + 1
+        if ssrc != ssrc_now:  # a new source: its first packet has nothing to compare with
+            ssrc_now, last_transit = ssrc, None
+        transit = now - ts / 8000
+        if last_transit is not None:
+            jitter += (abs(transit - last_transit) - jitter) / 16
+            jitter_max = max(jitter_max, jitter)
+            jitter_sum += jitter
+            samples += 1
+        last_transit = transit
+    assert a.jitter_last == jitter
+    assert a.jitter_max == jitter_max
+    assert a.jitter_avg == (jitter_sum / samples if samples else 0.0)

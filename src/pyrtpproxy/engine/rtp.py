@@ -40,18 +40,18 @@ class RtpAnalysis:
         "_cycles",
         "_expected_before",
         "_in_order",
-        "_jitter_samples",
         "_jitter_sum",
         "_last_arrival",
         "_last_transit",
         "_next_seq",
+        "_received",
+        "_restarts",
         "_window",
         "dups",
         "jitter_last",
         "jitter_max",
         "longest_ipi",
         "parse_errors",
-        "received",
         "ssrc",
         "ssrc_changes",
     )
@@ -59,14 +59,14 @@ class RtpAnalysis:
     def __init__(self) -> None:
         self.ssrc: int | None = None
         self.ssrc_changes = 0
-        self.received = 0
+        self._received = 0  # with _in_order: see received
+        self._restarts = 0  # SSRCs taken up: each one's first packet has no jitter sample
         self.dups = 0
         self.parse_errors = 0
         self.longest_ipi = 0.0
         self.jitter_last = 0.0
         self.jitter_max = 0.0
         self._jitter_sum = 0.0
-        self._jitter_samples = 0
         self._bad_seq: int | None = None
         self._base_seq = 0
         self._next_seq = -1  # the highest sequence number received, plus one (mod 2**16)
@@ -89,14 +89,15 @@ class RtpAnalysis:
             if seq == 0:
                 self._cycles += SEQ_MOD
             self._next_seq = (seq + 1) & 0xFFFF
-            self._in_order += 1
-        elif ssrc != self.ssrc:
-            if self.ssrc is not None:
-                self.ssrc_changes += 1
-            self._restart(ssrc, seq)
-        elif not self._update_seq(seq):
-            return
-        self.received += 1
+            self._in_order += 1  # (counted as received there too: see received)
+        else:
+            if ssrc != self.ssrc:
+                if self.ssrc is not None:
+                    self.ssrc_changes += 1
+                self._restart(ssrc, seq)
+            elif not self._update_seq(seq):
+                return
+            self._received += 1
         gap = arrival - self._last_arrival
         if gap > self.longest_ipi:
             self.longest_ipi = gap
@@ -106,19 +107,17 @@ class RtpAnalysis:
         self._last_transit = transit
         if last_transit is not None:
             delta = transit - last_transit
-            if delta < 0.0:
-                delta = -delta
             jitter = self.jitter_last
-            jitter += (delta - jitter) / 16.0
+            jitter += ((delta if delta >= 0.0 else -delta) - jitter) * 0.0625  # ( / 16)
             self.jitter_last = jitter
             if jitter > self.jitter_max:
                 self.jitter_max = jitter
             self._jitter_sum += jitter
-            self._jitter_samples += 1
 
     def _restart(self, ssrc: int, seq: int) -> None:
         self._expected_before = self.expected
         self.ssrc = ssrc
+        self._restarts += 1
         self._follow(seq)
         self._last_transit = None
 
@@ -128,12 +127,14 @@ class RtpAnalysis:
         self._next_seq = (seq + 1) & 0xFFFF
         self._cycles = 0
         self._window = 1
+        self._received += self._in_order
         self._in_order = 0
 
     def _current_window(self) -> int:
         """The duplicate window with the in-order packets since it was last updated."""
         run = self._in_order
         if run:
+            self._received += run
             self._in_order = 0
             if run >= WINDOW_BITS:
                 self._window = _WINDOW_MASK
@@ -186,6 +187,13 @@ class RtpAnalysis:
         return self._expected_before + self._cycles + self.max_seq - self._base_seq + 1
 
     @property
+    def received(self) -> int:
+        """Packets received, duplicates and stray packets not counted (``rtpa_nrcvd``):
+        an in-order packet only counts itself in ``_in_order``, folded in when the window
+        is brought up to date."""
+        return self._received + self._in_order
+
+    @property
     def lost(self) -> int:
         """Packets never received (``rtpa_nlost``); never negative."""
         return max(0, self.expected - self.received)
@@ -193,4 +201,5 @@ class RtpAnalysis:
     @property
     def jitter_avg(self) -> float:
         """Mean of the running jitter estimates, seconds."""
-        return self._jitter_sum / self._jitter_samples if self._jitter_samples else 0.0
+        samples = self.received - self._restarts
+        return self._jitter_sum / samples if samples else 0.0
