@@ -36,6 +36,17 @@ RTPPROXY_VERSION = "20040107"  # what every relay answers to V
 IPV6_MEDIA_ADDRESS = "::1"  # where relays and the generator's parties put IPv6 media
 
 
+# Run by a relay's interpreter: what it is, and whether libpython is a shared library
+_DESCRIBE_INTERPRETER = """
+import os, platform, sys
+with open("/proc/self/maps") as maps:
+    shared = any("libpython" in line for line in maps)
+linked = "libpython shared" if shared else "libpython linked in"
+print(f"{platform.python_implementation()} {platform.python_version()} "
+      f"{os.path.realpath(sys.executable)} ({linked})")
+"""
+
+
 class Interrupted(Exception):
     """Raised from the SIGTERM/SIGHUP handler so that cleanup runs."""
 
@@ -128,7 +139,34 @@ class RelaySpec:
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"? ({exc})"
         out = (res.stdout or res.stderr).decode(errors="replace").strip().splitlines()
-        return out[0] if out else "?"
+        version = out[0] if out else "?"
+        interpreter = self.interpreter()
+        return version if interpreter is None else f"{version}; {interpreter}"
+
+    def interpreter(self) -> str | None:
+        """The Python that runs the relay (its script's ``#!`` line), with how its
+        libpython is linked: the same CPython runs a tenth slower from a shared,
+        unoptimized build (pyenv's) than from a distribution's (benchmarks/README.md)."""
+        program = self.command[0]
+        if Path(program).name.startswith("python"):  # python -m pyrtpproxy
+            python = [program]
+        else:
+            try:
+                with Path(program).open("rb") as script:
+                    first = script.readline(512)
+            except OSError:
+                return None
+            python = first[2:].decode(errors="replace").split() if first[:2] == b"#!" else []
+            if not python or not Path(python[-1]).name.startswith("python"):
+                return None  # a binary, or a script of another language
+        try:
+            res = subprocess.run(
+                [*python, "-c", _DESCRIBE_INTERPRETER], capture_output=True, timeout=20,
+                check=False,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"python ? ({exc})"
+        return res.stdout.decode(errors="replace").strip() or "python ?"
 
 
 def parse_relays(items: list[str], instance_counts: list[int] | None = None) -> list[RelaySpec]:
