@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -493,11 +493,13 @@ def relay_process(
     probe: Callable[[], str | None] | None = None,
     instance: int = 0,
     ipv6: bool = False,
+    prefix: Sequence[str] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start one relay with the benchmark's options; yield it once it answers ``V``; stop it.
 
     ``probe`` replaces the readiness check (one ``V`` over UDP to ``control.port``);
-    ``ipv6`` puts its media on ::1 (see ``RelaySpec.argv``).
+    ``ipv6`` puts its media on ::1 (see ``RelaySpec.argv``); ``prefix`` runs the relay
+    under another program (``valgrind ...``).
     pyrtpproxy runs with ``PYRTPPROXY_KERNEL_FORWARD=off`` unless the environment says
     otherwise: a relay uses the kernel path only when its command asks for it
     (``--kernel-forward``), so user-space figures stay user space when run as root.
@@ -505,6 +507,7 @@ def relay_process(
     pidfile = OUT_DIR / "run" / f"{spec.name}-{instance}.pid"
     pidfile.parent.mkdir(parents=True, exist_ok=True)
     argv = spec.argv(control, port_lo, port_hi, pidfile, ipv6=ipv6)
+    argv = [*prefix, *argv]
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu), *argv]
     logfile.parent.mkdir(parents=True, exist_ok=True)
