@@ -32,7 +32,8 @@ from relays import OUT_DIR, ControlSocket, RelaySpec, parse_relays, relay_proces
 
 from control import ClientJob, Target, triple_commands
 
-PORTS_PER_RELAY = 10000
+PORTS_PER_RELAY = 10000  # at most; fewer when the relays' ranges would pass port 65535
+MIN_PORTS_PER_RELAY = 100
 
 
 def measure(target: Target, job: ClientJob, round_no: int) -> float:
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     specs: list[RelaySpec] = parse_relays(args.relay)
     if len(specs) < 2:
         parser.error("give two relays or more")
+    span = min(PORTS_PER_RELAY, (65536 - args.port_min) // len(specs)) & ~1
+    if span < MIN_PORTS_PER_RELAY:
+        parser.error(f"--port-min {args.port_min} leaves {span} ports per relay; lower it")
     rates: dict[str, list[float]] = {spec.name: [] for spec in specs}
     with contextlib.ExitStack() as stack:
         targets: dict[str, tuple[Target, ClientJob]] = {}
@@ -72,11 +76,11 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(tempfile.gettempdir()) / f"control-ab-{os.getpid()}-{i}.sock"
             sock = ControlSocket(args.transport, args.ctl_port + i, str(path))
             target = Target(sock, args.timeout)
-            lo = args.port_min + i * PORTS_PER_RELAY
+            lo = args.port_min + i * span
             logfile = OUT_DIR / "logs" / f"control-ab-{spec.name}.log"
             stack.enter_context(
                 relay_process(
-                    spec, sock, lo, lo + PORTS_PER_RELAY - 2, args.relay_cpu, logfile, 10.0,
+                    spec, sock, lo, lo + span - 2, args.relay_cpu, logfile, 10.0,
                     probe=target.probe,
                 )
             )  # fmt: skip
