@@ -30,8 +30,9 @@ class RtpAnalysis:
 
     Runs for every relayed RTP packet, so the in-order case is a handful of operations:
     duplicates are found with a bit window over the last ``WINDOW_BITS`` sequence numbers
-    instead of a set, and in-order packets only count themselves into it; the window
-    (a many-digit int, dear to shift) is brought up to date when a packet is out of order.
+    instead of a set, and an in-order packet only adds one to the run of them; the window
+    (a many-digit int, dear to shift) and the received count take the run in when a
+    packet is out of order.
     """
 
     __slots__ = (
@@ -89,7 +90,7 @@ class RtpAnalysis:
             if seq == 0:
                 self._cycles += SEQ_MOD
             self._next_seq = (seq + 1) & 0xFFFF
-            self._in_order += 1  # (counted as received there too: see received)
+            self._in_order += 1  # also its count in received (see there)
         else:
             if ssrc != self.ssrc:
                 if self.ssrc is not None:
@@ -108,7 +109,7 @@ class RtpAnalysis:
         if last_transit is not None:
             delta = transit - last_transit
             jitter = self.jitter_last
-            jitter += ((delta if delta >= 0.0 else -delta) - jitter) * 0.0625  # ( / 16)
+            jitter += ((delta if delta >= 0.0 else -delta) - jitter) * 0.0625  # exactly / 16
             self.jitter_last = jitter
             if jitter > self.jitter_max:
                 self.jitter_max = jitter
