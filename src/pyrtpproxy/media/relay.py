@@ -922,6 +922,7 @@ class MediaRelay:
         analysis = stream.rtp_analysis()
         relay = self
         counters = self.counters.relay
+        peer = stream.peer  # wired for the session's life; its transport is not
 
         def forward(data: bytes) -> None:
             now = relay.now
@@ -931,7 +932,7 @@ class MediaRelay:
             if analysis is not None:
                 analysis.feed(data, now)
             try:
-                stream.peer.transport.send(data)
+                peer.transport.send(data)
             except OSError:
                 counters.send_errors += 1
 
