@@ -35,9 +35,18 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
-from relays import OUT_DIR, ControlSocket, RelaySpec, log, parse_relays, relay_process
+from relays import (
+    OUT_DIR,
+    ControlSocket,
+    RelaySpec,
+    UdpClient,
+    log,
+    parse_relays,
+    relay_process,
+)
+
+from control import ClientJob, triple_commands
 
 VALGRIND = ("valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null")
 WARMUP = 100  # triples (and packets each way) before the counted ones, in both runs
@@ -45,56 +54,42 @@ STOP_GRACE = 300.0  # seconds for a relay under valgrind to shut down and print 
 _TOTAL = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
-class Control:
-    """A synchronous UDP client of one relay: every command waits for its reply."""
+CLIENT_TIMEOUT = 60.0  # seconds: a relay under valgrind is slow, not absent
 
-    def __init__(self, port: int, tag_suffix: str) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.connect(("127.0.0.1", port))
-        self.sock.settimeout(60.0)  # valgrind is slow, not absent
-        self.suffix = tag_suffix
-        self.cookie = 0
 
-    def ask(self, command: str) -> str:
-        self.cookie += 1
-        cookie = f"i{self.cookie}"
-        self.sock.send(f"{cookie} {command}".encode())
-        while True:
-            reply = self.sock.recv(4096).decode(errors="replace")
-            if reply.split(" ", 1)[0] == cookie:
-                return reply[len(cookie) + 1 :].strip()
-
-    def triples(self, count: int, prefix: str) -> None:
-        ft, tt = f"ft{self.suffix}", f"tt{self.suffix}"
-        for i in range(count):
-            call = f"{prefix}{i}"
-            for command in (
-                f"U {call} 127.0.0.1 40000 {ft}",
-                f"L {call} 127.0.0.1 40002 {ft} {tt}",
-                f"D {call} {ft} {tt}",
-            ):
-                reply = self.ask(command)
-                if reply.startswith("E"):
-                    raise RuntimeError(f"{command!r} -> {reply}")
+def _ask(client: UdpClient, command: str) -> str:
+    reply = client.ask(command)
+    if reply is None or reply.startswith("E"):
+        raise RuntimeError(f"{command!r} -> {reply}")
+    return reply
 
 
 def _rtp(seq: int, ssrc: int) -> bytes:
     return struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, seq * 160 & 0xFFFFFFFF, ssrc) + bytes(160)
 
 
-def media(control: Control, count: int) -> None:
+def triples(client: UdpClient, job: ClientJob, count: int) -> None:
+    """``WARMUP`` and then ``count`` U+L+D triples, each command waiting for its reply."""
+    for label, number in (("w", WARMUP), ("c", count)):
+        for i in range(number):
+            for command in triple_commands(job, job.callid(f"{label}{i}")):
+                _ask(client, command)
+
+
+def media(client: UdpClient, job: ClientJob, count: int) -> None:
     """One call between two local sockets; ``count`` packets each way after the warm-up,
     one each way at a time, each waited for at the other end."""
     ends = []
     for _ in range(2):
         end = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         end.bind(("127.0.0.1", 0))
-        end.settimeout(60.0)
+        end.settimeout(CLIENT_TIMEOUT)
         ends.append(end)
     caller, callee = ends
-    ft, tt = f"ft{control.suffix}", f"tt{control.suffix}"
-    offer = control.ask(f"U media 127.0.0.1 {caller.getsockname()[1]} {ft}")
-    answer = control.ask(f"L media 127.0.0.1 {callee.getsockname()[1]} {ft} {tt}")
+    ft, tt = f"ft{job.tag_suffix}", f"tt{job.tag_suffix}"
+    call = job.callid("media")
+    offer = _ask(client, f"U {call} 127.0.0.1 {caller.getsockname()[1]} {ft}")
+    answer = _ask(client, f"L {call} 127.0.0.1 {callee.getsockname()[1]} {ft} {tt}")
     to_callee = ("127.0.0.1", int(answer.split()[0]))  # where the caller sends
     to_caller = ("127.0.0.1", int(offer.split()[0]))
     for seq in range(WARMUP + count):
@@ -102,13 +97,17 @@ def media(control: Control, count: int) -> None:
         callee.sendto(_rtp(seq, 2), to_caller)
         callee.recv(2048)
         caller.recv(2048)
-    control.ask(f"D media {ft} {tt}")
+    _ask(client, f"D {call} {ft} {tt}")
     for end in ends:
         end.close()
 
 
-def instructions(spec: RelaySpec, port: int, port_lo: int, work: Callable[[Control], None]) -> int:
-    """The relay's user-space instruction total for one run of ``work``."""
+WORKLOADS = {"control": triples, "media": media}
+UNITS_PER_COUNT = {"control": 1, "media": 2}  # a triple; a packet each way
+
+
+def instructions(spec: RelaySpec, port: int, port_lo: int, what: str, count: int) -> int:
+    """The relay's user-space instruction total for one run of the ``what`` workload."""
     logs = OUT_DIR / "logs"
     valgrind_log = logs / f"instructions-{spec.name}.valgrind"
     sock = ControlSocket("udp", port)
@@ -117,7 +116,10 @@ def instructions(spec: RelaySpec, port: int, port_lo: int, work: Callable[[Contr
     with relay_process(
         spec, sock, port_lo, port_lo + 998, None, logfile, 300.0, prefix=prefix
     ) as proc:
-        work(Control(port, spec.tag_suffix))
+        client = UdpClient(port, CLIENT_TIMEOUT, "i")
+        job = ClientJob(0, "i", count, 0.0, WARMUP, None, spec.tag_suffix)
+        WORKLOADS[what](client, job, count)
+        client.close()
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=STOP_GRACE)
     found = _TOTAL.search(valgrind_log.read_text())
@@ -131,21 +133,9 @@ def per_unit(spec: RelaySpec, port: int, port_lo: int, counts: tuple[int, int], 
     totals = []
     for count in counts:
         started = time.monotonic()
-        if what == "control":
-
-            def work(control: Control, count: int = count) -> None:
-                control.triples(WARMUP, "w")
-                control.triples(count, "c")
-
-        else:
-
-            def work(control: Control, count: int = count) -> None:
-                media(control, count)
-
-        totals.append(instructions(spec, port, port_lo, work))
+        totals.append(instructions(spec, port, port_lo, what, count))
         log(f"{spec.name} {what} {count}: {totals[-1]} ({time.monotonic() - started:.0f} s)")
-    units = (counts[1] - counts[0]) * (1 if what == "control" else 2)  # a packet each way
-    return (totals[1] - totals[0]) / units
+    return (totals[1] - totals[0]) / ((counts[1] - counts[0]) * UNITS_PER_COUNT[what])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("valgrind is not installed (Debian: apt-get install valgrind)")
     specs = parse_relays(args.relay)
     whats = [w for w in args.what.split(",") if w]
-    if not set(whats) <= {"control", "media"}:
+    if not set(whats) <= set(WORKLOADS):
         parser.error("--what takes control and media")
     counts: dict[str, tuple[int, int]] = {}
     for what, text in (("control", args.triples), ("media", args.packets)):
