@@ -145,8 +145,9 @@ class RelaySpec:
 
     def interpreter(self) -> str | None:
         """The Python that runs the relay (its script's ``#!`` line), with how its
-        libpython is linked: the same CPython runs a tenth slower from a shared,
-        unoptimized build (pyenv's) than from a distribution's (benchmarks/README.md)."""
+        libpython is linked: the same code answers up to a sixth fewer commands per
+        second on a shared, unoptimized build (pyenv's) than on a distribution's
+        (benchmarks/README.md, "Which Python")."""
         program = self.command[0]
         if Path(program).name.startswith("python"):  # python -m pyrtpproxy
             python = [program]
