@@ -338,7 +338,15 @@ class Soak:
         # after one such leg, so that "back to idle" means nothing was left behind.
         self.control.ask("U soak-baseline 127.0.0.1 9 soak-baseline")
         self.control.ask("D soak-baseline soak-baseline")
-        self.control.ask("V")  # what the D left for after its reply is done by now
+        # The leg's sockets close after the D's reply, in a later turn of the relay's
+        # loop; a command sent meanwhile over UDP may be read in the same turn as the D,
+        # so only the port range itself says when they are gone (bounded by SETTLE).
+        settle_end = time.monotonic() + SETTLE
+        while time.monotonic() < settle_end:
+            udp = udp_sockets_in_range(self.pid, cfg.port_min, cfg.port_max)
+            if udp is not None and udp[0] == 0:
+                break
+            time.sleep(0.01)
         self.take_sample("idle")
         start = time.monotonic()
         churn_end = start + cfg.duration
