@@ -25,6 +25,16 @@ def free_port(kind: int = socket.SOCK_STREAM, family: int = socket.AF_INET) -> i
         return int(probe.getsockname()[1])
 
 
+def udp_port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a UDP socket holds ``host``:``port`` (a probe cannot bind it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+        return False
+
+
 def unix_command(path: str | os.PathLike[str], command: str) -> str:
     """One command over a ``unix:`` control socket at ``path``; the reply."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:

@@ -26,6 +26,7 @@ import pytest
 
 from loopback import free_port as free_port
 from loopback import rtp_packet as rtp_packet
+from loopback import udp_port_taken
 from loopback import wait_for as wait_for
 
 PYRTPPROXY = [sys.executable, "-m", "pyrtpproxy"]
@@ -202,9 +203,11 @@ class Relay:
     def idle_fd_count(self) -> int:
         """Descriptors of the relay with no session, once a leg has been opened: the
         spare media sockets it keeps ready from then on are part of the baseline."""
-        assert parse_port(self.cmd("U fd-baseline 127.0.0.1 9 fd-baseline"))
+        port = parse_port(self.cmd("U fd-baseline 127.0.0.1 9 fd-baseline"))
         assert self.cmd("D fd-baseline fd-baseline") == "0"
-        self.cmd("V")  # what the D left for after its reply is done by now
+        # the leg's sockets close in a later turn of the relay's loop than the D's reply,
+        # which a command sent meanwhile does not wait for: the ports themselves tell
+        assert wait_for(lambda: not udp_port_taken(port) and not udp_port_taken(port + 1), 3.0)
         return self.fd_count()
 
     def alive(self) -> bool:

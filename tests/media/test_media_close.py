@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from loopback import udp_port_taken
 from pyrtpproxy.engine.addresses import Endpoint, LocalAddress
 from pyrtpproxy.engine.engine import Forwarding
 from pyrtpproxy.engine.events import LegClosed, LegOpened, Outbox, StreamChanged
@@ -46,18 +47,15 @@ def _transport(leg: Leg, rtcp: bool = False) -> StreamSocket:
     return transport
 
 
+def _free_pair(start: int) -> int:
+    """An even port from ``start`` on that is free, with the port above it."""
+    free = (p for p in range(start, start + 1000, 2) if not udp_port_taken(p))
+    return next(p for p in free if not udp_port_taken(p + 1))
+
+
 def _answered(relay: MediaRelay) -> None:
     """The command at hand is answered: the loop runs what waited for its reply."""
     relay.loop.run_until_complete(asyncio.sleep(0))
-
-
-def _port_taken(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-        return False
 
 
 def test_closing_a_leg_disarms_the_peer_fast_path(relay: MediaRelay) -> None:
@@ -70,16 +68,16 @@ def test_closing_a_leg_disarms_the_peer_fast_path(relay: MediaRelay) -> None:
     assert all(s.transport is DETACHED for s in a.streams)
     assert all(_transport(b, rtcp).fast_src is None for rtcp in (False, True))
     _answered(relay)
-    assert not _port_taken(port_a) and not _port_taken(port_a + 1)
+    assert not udp_port_taken(port_a) and not udp_port_taken(port_a + 1)
 
 
 def test_the_probe_holds_the_ports_until_the_leg_opens_or_closes(relay: MediaRelay) -> None:
     a, _b = _session().legs
     port = next(p for p in range(32000, 33000, 2) if relay.try_bind(LOCAL, p))
-    assert _port_taken(port) and _port_taken(port + 1)
+    assert udp_port_taken(port) and udp_port_taken(port + 1)
     # a creating U that failed after the probe: the ports go back
     relay.apply(LegClosed(a, LOCAL, port))
-    assert not _port_taken(port) and not _port_taken(port + 1)
+    assert not udp_port_taken(port) and not udp_port_taken(port + 1)
     assert a.rtp.transport is DETACHED
 
 
@@ -131,7 +129,7 @@ def test_a_socket_another_process_shares_is_unregistered_before_it_closes(
 ) -> None:
     # A previous relay's sockets: it holds the same sockets until it exits, so closing
     # ours alone would leave them in the epoll set.
-    port = next(p for p in range(33000, 34000, 2) if not _port_taken(p) and not _port_taken(p + 1))
+    port = _free_pair(33000)
     theirs = []
     for number in (port, port + 1):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -188,9 +186,9 @@ def test_sockets_are_watched_and_closed_once_the_command_is_answered(
             _answered(relay)
         assert judged == [(a.rtp, b"early")]
     relay.apply(LegClosed(a, LOCAL, port))
-    assert a.rtp.transport is DETACHED and _port_taken(port)  # not read, not closed yet
+    assert a.rtp.transport is DETACHED and udp_port_taken(port)  # not read, not closed yet
     _answered(relay)
-    assert not _port_taken(port) and not _port_taken(port + 1) and _registered(relay) == 2
+    assert not udp_port_taken(port) and not udp_port_taken(port + 1) and _registered(relay) == 2
 
 
 def test_a_port_a_closed_leg_still_holds_is_bound_again_at_once(relay: MediaRelay) -> None:
@@ -209,7 +207,7 @@ def test_descriptors_of_closed_legs_count_until_they_are_closed(relay: MediaRela
     relay.apply(LegClosed(a, LOCAL, port))
     assert relay._media_sockets() == held  # closing, not closed
     relay._fd_budget = held + 2  # no room for a leg while they are held
-    other = next(p for p in range(34000, 35000, 2) if not _port_taken(p) and not _port_taken(p + 1))
+    other = _free_pair(34000)
     assert relay.try_bind(LOCAL, other)  # closed legs and spares gave their descriptors back
     assert relay._media_sockets() == 2
 
@@ -223,7 +221,7 @@ def test_spare_sockets_are_made_after_the_reply_and_bound_by_the_next_leg(
     _answered(relay)
     assert relay._spare_count == 4
     port = _open(relay, b)  # binds two spares: no socket() on the way to the reply
-    assert relay._spare_count == 2 and _port_taken(port) and _port_taken(port + 1)
+    assert relay._spare_count == 2 and udp_port_taken(port) and udp_port_taken(port + 1)
     _answered(relay)
     assert relay._spare_count == 4 and _registered(relay) == 4
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
